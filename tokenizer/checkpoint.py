@@ -1,0 +1,108 @@
+"""Reading, strictly loading and downloading state dicts, with messages that name the problem.
+
+Shared by `load_official_vae` and the transformer's `load_official_var` (var imports it: the
+dependency points down).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+__all__ = ["CheckpointError", "hub_download", "load_state_dict_strict", "read_state_dict", "save_state_dict"]
+
+HUB_REPO = "FoundationVision/var"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint that cannot be read, downloaded, or does not fit the model."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a `.pth`/`.pt`/`.bin` (torch.load, weights only) or `.safetensors` file onto the CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(path), device="cpu")
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(err).__name__}: {err}") from err
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a flat state dict of tensors")
+    return dict(sd)
+
+
+def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Write a `.safetensors` (or torch) file atomically: a temporary file, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(tensors, str(tmp))
+        else:
+            torch.save(tensors, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """`module.load_state_dict(strict=True)` with one message listing every mismatch.
+
+    `what` names the checkpoint in the message (a path or a description).
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {head(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {head(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {head(shapes)}")
+        raise CheckpointError(f"{what} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state_dict, strict=True)
+
+
+def hub_download(filename: str, repo_id: str = HUB_REPO) -> str:
+    """Download (or take from the local cache) `filename` of the Hugging Face repo `repo_id`."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub is a hard dependency
+        raise CheckpointError("huggingface_hub is not installed; pip install huggingface_hub") from err
+    try:
+        return hf_hub_download(repo_id=repo_id, filename=filename)
+    except Exception as err:
+        # Offline (HF_HUB_OFFLINE, no route, DNS), gated or missing file: one actionable message.
+        raise CheckpointError(
+            f"could not get '{filename}' from the Hugging Face hub repo '{repo_id}' "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}). "
+            f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/main/{filename} "
+            f"elsewhere and pass the local file path instead."
+        ) from err

@@ -1,0 +1,211 @@
+"""Image datasets (DESIGN.md section 10): the bundled `digits` and an ImageNet-layout `imagefolder`.
+
+Every dataset yields `(img_3HW in [-1, 1], label)`. No torchvision: there is no CPU build of it for
+every torch we support, and PIL does the little we need (resize, crop, flip).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from .errors import UserError
+
+__all__ = [
+    "DataConfig",
+    "DatasetError",
+    "DigitsDataset",
+    "ImageFolderDataset",
+    "build_datasets",
+    "class_names",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
+
+
+class DatasetError(UserError, RuntimeError):
+    """A dataset that cannot be used: missing root, empty class folder, unreadable image."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # "digits" | "imagefolder"
+    root: str | None = None  # imagefolder: root/<class>/<image>
+    val_root: str | None = None  # imagefolder: held-out images in the same layout; else split `root`
+    image_size: int = 32
+    val_fraction: float = 0.1  # held-out share when there is no separate validation folder
+    seed: int = 0  # fixes the train/val split
+    on_error: str = "skip"  # an unreadable image: "skip" (warn, take another) or "fail"
+    hflip: bool = False  # random horizontal flips while training (not for digits)
+    mid_ratio: float = 1.125  # imagefolder: resize the short side to mid_ratio*size, then crop
+
+    def validate(self) -> None:
+        if self.name not in ("digits", "imagefolder"):
+            raise ValueError(f"data.name must be 'digits' or 'imagefolder', got {self.name!r}")
+        if self.name == "imagefolder" and not self.root:
+            raise ValueError("data.root is required for data.name=imagefolder (root/<class>/<image>)")
+        if self.on_error not in ("skip", "fail"):
+            raise ValueError(f"data.on_error must be 'skip' or 'fail', got {self.on_error!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be at least 8, got {self.image_size}")
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = round(n * val_fraction)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's 1,797 real 8x8 handwritten digits, upscaled (bicubic) to `image_size`, 3 channels.
+
+    Ink is bright on a dark background. The split is fixed by `seed`; no download.
+    """
+
+    CLASS_NAMES = tuple(str(d) for d in range(10))
+
+    def __init__(self, split: str = "train", image_size: int = 32, val_fraction: float = 0.1, seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        if split not in ("train", "val", "all"):
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float().div_(16.0)  # [N, 8, 8] in [0, 1]
+        labels = torch.from_numpy(digits.target).long()
+        if split != "all":
+            train_idx, val_idx = _split(len(labels), val_fraction, seed)
+            keep = torch.from_numpy(train_idx if split == "train" else val_idx)
+            images, labels = images[keep], labels[keep]
+        up = torch.nn.functional.interpolate(images[:, None], size=(image_size, image_size), mode="bicubic")
+        self.images = up.clamp_(0, 1).mul_(2).sub_(1).expand(-1, 3, -1, -1).contiguous()  # [N, 3, S, S]
+        self.labels = labels
+        self.class_names = list(self.CLASS_NAMES)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise DatasetError(f"image folder not found: {root} (expected root/<class>/<image>)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"no class folders in {root} (expected root/<class>/<image>)")
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise DatasetError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        samples.extend((p, label) for p in files)
+    return classes, samples
+
+
+class ImageFolderDataset(Dataset):
+    """`root/<class>/<image>` (ImageNet layout); classes sorted by folder name.
+
+    Training: resize the short side to `mid_ratio * size` (Lanczos), random crop, optional flip -
+    the published VAR recipe. Evaluation: the same resize and a centre crop.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 256,
+        train: bool = True,
+        hflip: bool = False,
+        mid_ratio: float = 1.125,
+        on_error: str = "skip",
+        indices: np.ndarray | None = None,
+        listing: tuple[list[str], list[tuple[Path, int]]] | None = None,
+    ):
+        self.root = Path(root)
+        # `listing` lets a caller that already walked the folder (train/val split) skip a second walk.
+        self.class_names, samples = listing or _list_image_folder(self.root)
+        self.samples = samples if indices is None else [samples[i] for i in indices]
+        if not self.samples:
+            raise DatasetError(f"no images selected from {self.root}")
+        self.image_size, self.train, self.hflip = image_size, train, hflip
+        self.mid_size = max(image_size, round(mid_ratio * image_size))
+        self.on_error = on_error
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, i: int) -> torch.Tensor:
+        path = self.samples[i][0]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, ValueError) as err:
+            raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+        w, h = im.size
+        s = self.mid_size / min(w, h)
+        im = im.resize((max(self.mid_size, round(w * s)), max(self.mid_size, round(h * s))), Image.LANCZOS)
+        w, h = im.size
+        size = self.image_size
+        if self.train:
+            left, top = random.randint(0, w - size), random.randint(0, h - size)
+        else:
+            left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        if self.train and self.hflip and random.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        arr = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy())  # [S, S, 3]
+        return arr.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        for attempt in range(len(self.samples)):
+            j = (i + attempt) % len(self.samples)
+            if j in self._bad:
+                continue
+            try:
+                return self.load(j), self.samples[j][1]
+            except DatasetError as err:
+                if self.on_error == "fail":
+                    raise
+                self._bad.add(j)
+                log.warning("skipping unreadable image (data.on_error=skip): %s", err)
+        raise DatasetError(f"no readable image left in {self.root}")
+
+
+def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
+    """(train, val) datasets of a config; `val` is held out by `cfg.seed` unless `val_root` is set."""
+    cfg.validate()
+    if cfg.name == "digits":
+        kw = dict(image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
+        return DigitsDataset("train", **kw), DigitsDataset("val", **kw)
+    kw = dict(image_size=cfg.image_size, hflip=cfg.hflip, mid_ratio=cfg.mid_ratio, on_error=cfg.on_error)
+    if cfg.val_root:
+        return ImageFolderDataset(cfg.root, train=True, **kw), ImageFolderDataset(cfg.val_root, train=False, **kw)
+    listing = _list_image_folder(Path(cfg.root))
+    n = len(listing[1])
+    train_idx, val_idx = _split(n, cfg.val_fraction, cfg.seed)
+    if len(val_idx) == 0:
+        raise DatasetError(f"{cfg.root}: {n} images leave no held-out image at val_fraction={cfg.val_fraction}")
+    return (
+        ImageFolderDataset(cfg.root, train=True, indices=train_idx, listing=listing, **kw),
+        ImageFolderDataset(cfg.root, train=False, indices=val_idx, listing=listing, **kw),
+    )
+
+
+def class_names(dataset: Dataset) -> list[str]:
+    names = getattr(dataset, "class_names", None)
+    if names is None:
+        raise DatasetError(f"{type(dataset).__name__} has no class names")
+    return list(names)
