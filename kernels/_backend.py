@@ -96,8 +96,12 @@ def _triton_impl(op: str) -> Callable | None:
 
 
 def has_triton_kernel(op: str) -> bool:
-    """Whether ``kernels/<folder>/triton.py`` exists (defining the op is checked on first use)."""
-    return _triton_file_exists(_check_op(op))
+    """Whether a Triton implementation of ``op`` is registered (``kernels/<folder>/triton.py`` defines it)."""
+    if not _triton_file_exists(_check_op(op)):
+        return False
+    # Whether the file defines this op shows only on import, which needs Triton; without Triton the
+    # file's presence is all there is to go on (and the kernel cannot run anyway).
+    return not triton_installed() or _triton_impl(op) is not None
 
 
 def _check_op(op: str) -> str:
@@ -118,7 +122,7 @@ def torch_unavailable_reason(op: str, device: torch.device) -> str | None:
 def triton_unavailable_reason(op: str, device: torch.device) -> str | None:
     """Why the Triton kernel of ``op`` cannot run on ``device`` (None when it can)."""
     _check_op(op)
-    if not has_triton_kernel(op):
+    if not _triton_file_exists(op):
         return f"Triton kernel for {op} is not implemented yet"
     if not triton_installed():
         return "Triton is not installed"
