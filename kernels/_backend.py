@@ -159,16 +159,19 @@ def resolve_backend(op: str, backend: str, device: torch.device | str) -> Litera
     requested, source = _requested_backend(backend)
     if requested == "torch":
         return "torch"
+    if requested == "auto":
+        # Triton only for real GPU tensors; the interpreter on CPU is opt-in via backend="triton".
+        # Checking the device first also spares CPU runs the import of triton.py.
+        if device.type != "cuda":
+            return "torch"
+        return "triton" if triton_unavailable_reason(op, device) is None else "torch"
     reason = triton_unavailable_reason(op, device)
-    if requested == "triton":
-        if reason is not None:
-            raise BackendUnavailableError(
-                f"{op}: the triton backend was requested ({source}) but cannot run: {reason}. "
-                f"Use backend='torch' (or unset {ENV_VAR}) to run the PyTorch reference."
-            )
-        return "triton"
-    # auto: Triton only for real GPU tensors; the interpreter on CPU is opt-in via backend="triton".
-    return "triton" if device.type == "cuda" and reason is None else "torch"
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"{op}: the triton backend was requested ({source}) but cannot run: {reason}. "
+            f"Use backend='torch' (or unset {ENV_VAR}) to run the PyTorch reference."
+        )
+    return "triton"
 
 
 def get_impl(op: str, backend: str, device: torch.device | str) -> Callable:
