@@ -363,7 +363,8 @@ def test_gspn_normalize_gates_invariants(H):
 def test_neighborhood_with_kernel_covering_every_map_is_block_causal(patch_nums):
     q, k, v = (_rand(2, 2, _L(patch_nums), 4, seed=s, requires_grad=False) for s in range(3))
     full = kernels.block_causal_attention(q, k, v, patch_nums)
-    for kernel_size in {max(patch_nums) | 1, max(patch_nums) + 3 - max(patch_nums) % 2}:  # odd, >= max
+    smallest_covering = max(patch_nums) | 1  # the smallest odd kernel_size >= max(patch_nums)
+    for kernel_size in (smallest_covering, smallest_covering + 4):
         torch.testing.assert_close(kernels.neighborhood_attention(q, k, v, patch_nums, kernel_size), full)
 
 
