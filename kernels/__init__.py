@@ -1,0 +1,35 @@
+"""Token-mixing ops of the next-scale transformer (DESIGN.md section 7).
+
+Each op lives in its own folder: ``reference.py`` is the plain PyTorch version and the executable
+specification; ``triton.py`` (when written) holds the fused kernels. The public functions below
+check their arguments and dispatch with ``backend="auto" | "triton" | "torch"``; the environment
+variable ``VAR_KERNEL_BACKEND`` overrides the argument (see :mod:`kernels._backend`).
+
+Sequences are next-scale token sequences: ``patch_nums`` lists the side of each square scale,
+``L = sum(p*p)``, tokens coarse to fine and row-major inside a scale; a token of scale k may depend
+on tokens of scales <= k only.
+"""
+
+from ._backend import BACKENDS, ENV_VAR, BackendUnavailableError, has_triton_kernel, resolve_backend
+from ._scales import scale_boundaries, token_scale_ids
+from .block_causal_attention import block_causal_attention
+from .external_attention import external_attention
+from .gspn_scan import gspn_normalize_gates, gspn_scan
+from .neighborhood_attention import neighborhood_attention
+from .ragged_depthwise_conv2d import ragged_depthwise_conv2d
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "BackendUnavailableError",
+    "block_causal_attention",
+    "external_attention",
+    "gspn_normalize_gates",
+    "gspn_scan",
+    "has_triton_kernel",
+    "neighborhood_attention",
+    "ragged_depthwise_conv2d",
+    "resolve_backend",
+    "scale_boundaries",
+    "token_scale_ids",
+]

@@ -1,0 +1,183 @@
+"""Backend choice for the ops: "torch" (the reference, runs everywhere) or "triton" (fused kernels).
+
+Rules (DESIGN.md section 7, STYLE.md point 8):
+
+- ``backend="auto"`` runs Triton when the tensors are on CUDA, Triton is installed and the op has a
+  Triton kernel; otherwise the PyTorch reference. On CPU tensors auto always picks the reference,
+  also under ``TRITON_INTERPRET=1``: the interpreter is for tests that ask for Triton explicitly.
+- ``backend="triton"`` runs Triton or raises :class:`BackendUnavailableError` saying why. There is
+  no silent fallback.
+- The environment variable ``VAR_KERNEL_BACKEND`` (auto | triton | torch), when set, overrides the
+  argument, so a whole run can be switched to the reference without touching code.
+
+Registering a Triton kernel: add ``kernels/<op folder>/triton.py`` defining a function named after
+the op with the same signature as the op's ``reference.py`` function (arguments already checked
+and normalised by the public op, no ``backend``). The dispatcher finds the file by that convention;
+nothing else needs editing. A ``triton.py`` that fails to import raises, it is never skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "OPS",
+    "BackendUnavailableError",
+    "get_impl",
+    "has_triton_kernel",
+    "resolve_backend",
+    "torch_unavailable_reason",
+    "triton_installed",
+    "triton_unavailable_reason",
+]
+
+Backend = Literal["auto", "triton", "torch"]
+BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
+ENV_VAR = "VAR_KERNEL_BACKEND"
+
+# op name -> the folder under kernels/ that holds its reference.py (and, once written, triton.py).
+OPS: dict[str, str] = {
+    "block_causal_attention": "block_causal_attention",
+    "neighborhood_attention": "neighborhood_attention",
+    "external_attention": "external_attention",
+    "ragged_depthwise_conv2d": "ragged_depthwise_conv2d",
+    "gspn_scan": "gspn_scan",
+    "gspn_normalize_gates": "gspn_scan",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested explicitly (argument or VAR_KERNEL_BACKEND) but cannot run here."""
+
+
+def _truthy(value: str | None) -> bool:
+    # Same spelling of "on" as Triton's own environment knobs.
+    return value is not None and value.strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def triton_interpret() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks Triton to run kernels on CPU tensors."""
+    return _truthy(os.environ.get("TRITON_INTERPRET"))
+
+
+@functools.cache
+def triton_installed() -> bool:
+    # find_spec, not import: importing triton costs a second and is only needed to run a kernel.
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_module_name(op: str) -> str:
+    return f"{__package__}.{OPS[op]}.triton"
+
+
+@functools.cache
+def _triton_file_exists(op: str) -> bool:
+    return importlib.util.find_spec(_triton_module_name(op)) is not None
+
+
+@functools.cache
+def _triton_impl(op: str) -> Callable | None:
+    """The op's Triton function, or None when its folder's ``triton.py`` does not define it.
+
+    Only called once Triton is known to be installed; an ImportError inside triton.py propagates.
+    """
+    if not _triton_file_exists(op):
+        return None
+    return getattr(importlib.import_module(_triton_module_name(op)), op, None)
+
+
+def has_triton_kernel(op: str) -> bool:
+    """Whether a Triton implementation of ``op`` is registered (``kernels/<folder>/triton.py`` defines it)."""
+    if not _triton_file_exists(_check_op(op)):
+        return False
+    # Whether the file defines this op shows only on import, which needs Triton; without Triton the
+    # file's presence is all there is to go on (and the kernel cannot run anyway).
+    return not triton_installed() or _triton_impl(op) is not None
+
+
+def _check_op(op: str) -> str:
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; known ops: {sorted(OPS)}")
+    return op
+
+
+# One predicate per backend: None when it can run ``op`` on tensors on ``device``, else the reason.
+
+
+def torch_unavailable_reason(op: str, device: torch.device) -> str | None:
+    """The PyTorch reference runs on every device."""
+    _check_op(op)
+    return None
+
+
+def triton_unavailable_reason(op: str, device: torch.device) -> str | None:
+    """Why the Triton kernel of ``op`` cannot run on ``device`` (None when it can)."""
+    _check_op(op)
+    if not _triton_file_exists(op):
+        return f"Triton kernel for {op} is not implemented yet"
+    if not triton_installed():
+        return "Triton is not installed"
+    if _triton_impl(op) is None:
+        return f"Triton kernel for {op} is not implemented yet ({_triton_module_name(op)} does not define {op})"
+    device = torch.device(device)
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        return None if triton_interpret() else "tensors are on cpu and TRITON_INTERPRET is not set"
+    return f"tensors are on {device.type}; Triton runs on cuda, or on cpu with TRITON_INTERPRET=1"
+
+
+def _requested_backend(backend: str) -> tuple[str, str]:
+    """The backend in force and where it came from (for error messages)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS}, got {env!r}")
+        return env, f"{ENV_VAR}={env}"
+    return backend, f"backend={backend!r}"
+
+
+def resolve_backend(op: str, backend: str, device: torch.device | str) -> Literal["triton", "torch"]:
+    """The backend that ``op`` will run with on tensors on ``device``: "triton" or "torch".
+
+    Raises BackendUnavailableError when "triton" is requested and cannot run, ValueError for an
+    unknown op or backend name. Modules call this in ``extra_repr`` to say which backend is active.
+    """
+    _check_op(op)
+    device = torch.device(device)
+    requested, source = _requested_backend(backend)
+    if requested == "torch":
+        return "torch"
+    if requested == "auto":
+        # Triton only for real GPU tensors; the interpreter on CPU is opt-in via backend="triton".
+        # Checking the device first also spares CPU runs the import of triton.py.
+        if device.type != "cuda":
+            return "torch"
+        return "triton" if triton_unavailable_reason(op, device) is None else "torch"
+    reason = triton_unavailable_reason(op, device)
+    if reason is not None:
+        raise BackendUnavailableError(
+            f"{op}: the triton backend was requested ({source}) but cannot run: {reason}. "
+            f"Use backend='torch' (or unset {ENV_VAR}) to run the PyTorch reference."
+        )
+    return "triton"
+
+
+def get_impl(op: str, backend: str, device: torch.device | str) -> Callable:
+    """The function that runs ``op``: its ``reference.py`` or ``triton.py`` function of the same name."""
+    if resolve_backend(op, backend, device) == "triton":
+        impl = _triton_impl(op)
+        assert impl is not None  # resolve_backend returned "triton" only if it exists
+        return impl
+    return getattr(importlib.import_module(f"{__package__}.{OPS[op]}.reference"), op)

@@ -1,0 +1,36 @@
+"""PyTorch reference of the ragged depthwise conv (DESIGN.md section 7.4, the executable spec).
+
+Each scale's tokens form a ``p x p`` map, convolved depthwise with zero padding ``d*(k//2)`` ('same'
+size); nothing is read across scales, so the op is one ``F.conv2d(groups=C)`` per scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._scales import scale_boundaries
+
+__all__ = ["ragged_depthwise_conv2d"]
+
+
+def ragged_depthwise_conv2d(
+    x_BLC: torch.Tensor,
+    patch_nums: tuple[int, ...],
+    weight_Ckk: torch.Tensor,
+    bias_C: torch.Tensor | None,
+    dilation: int,
+) -> torch.Tensor:
+    B, _, C = x_BLC.shape
+    k = weight_Ckk.shape[-1]
+    # Half-precision inputs are computed in float32 (the reference is the accurate side of tests).
+    acc_dtype = torch.promote_types(x_BLC.dtype, torch.float32)
+    x = x_BLC.to(acc_dtype)
+    bias = None if bias_C is None else bias_C.to(acc_dtype)
+    weight_C1kk = weight_Ckk.to(acc_dtype).unsqueeze(1)  # conv2d's depthwise layout [C_out, C_in / groups, k, k]
+    out_per_scale = []
+    for p, (begin, end) in zip(patch_nums, scale_boundaries(patch_nums)):
+        x_BCpp = x[:, begin:end].transpose(1, 2).reshape(B, C, p, p)
+        y_BCpp = F.conv2d(x_BCpp, weight_C1kk, bias, padding=dilation * (k // 2), dilation=dilation, groups=C)
+        out_per_scale.append(y_BCpp.reshape(B, C, p * p).transpose(1, 2))  # [B, p*p, C]
+    return torch.cat(out_per_scale, dim=1).to(x_BLC.dtype)  # [B, L, C]

@@ -1,0 +1,340 @@
+"""Backend dispatch and argument checks of the kernels package (DESIGN.md section 7, STYLE.md point 8)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import sys
+import types
+
+import pytest
+import torch
+
+import kernels
+from kernels import _backend
+
+
+@pytest.fixture(autouse=True)
+def _clean_env_and_caches(monkeypatch):
+    monkeypatch.delenv("VAR_KERNEL_BACKEND", raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _backend._triton_file_exists.cache_clear()
+    _backend._triton_impl.cache_clear()
+    yield
+    _backend._triton_file_exists.cache_clear()
+    _backend._triton_impl.cache_clear()
+
+
+PN = (1, 2, 3)  # L = 14
+
+
+def _qkv(L=14, dtype=torch.float32):
+    return [torch.randn(1, 2, L, 8, dtype=dtype) for _ in range(3)]
+
+
+def _call_op(op: str, backend: str) -> torch.Tensor:
+    """Run ``op`` on small valid CPU inputs (the same ones every call) with ``backend``."""
+    torch.manual_seed(0)
+    q, k, v = _qkv()
+    if op == "block_causal_attention":
+        return kernels.block_causal_attention(q, k, v, PN, backend=backend)
+    if op == "neighborhood_attention":
+        return kernels.neighborhood_attention(q, k, v, PN, 3, backend=backend)
+    if op == "external_attention":
+        return kernels.external_attention(q, k[0, :, :5], v[0, :, :5], PN, backend=backend)
+    if op == "ragged_depthwise_conv2d":
+        return kernels.ragged_depthwise_conv2d(q[0], PN, torch.randn(8, 3, 3), backend=backend)  # x [2, 14, 8]
+    if op == "gspn_scan":
+        return kernels.gspn_scan(q, k, torch.stack([v] * 3, dim=1) / 3, backend=backend)
+    assert op == "gspn_normalize_gates"
+    return kernels.gspn_normalize_gates(torch.stack([q] * 3, dim=1), backend=backend)
+
+
+ALL_OPS = list(_backend.OPS)
+
+
+@pytest.fixture
+def fake_triton_kernel(monkeypatch):
+    """Register a Triton kernel for block_causal_attention the way a real one does: a module
+    ``kernels.block_causal_attention.triton`` defining ``block_causal_attention``. The fake records
+    its arguments and returns zeros, so the test can tell it ran."""
+    name = "kernels.block_causal_attention.triton"
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
+    calls = []
+
+    def block_causal_attention(q_BHLD, k_BHLD, v_BHLD, patch_nums, scale):
+        calls.append((patch_nums, scale))
+        return torch.zeros_like(q_BHLD)
+
+    module.block_causal_attention = block_causal_attention
+    monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(_backend, "triton_installed", lambda: True)
+    return calls
+
+
+# ----------------------------------------------------------------------------------------------
+# Backend choice
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_triton_request_without_kernel_raises_naming_the_op(op):
+    with pytest.raises(kernels.BackendUnavailableError, match=f"Triton kernel for {op} is not implemented yet"):
+        _call_op(op, "triton")
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_auto_on_cpu_runs_the_reference(op):
+    assert kernels.resolve_backend(op, "auto", "cpu") == "torch"
+    torch.testing.assert_close(_call_op(op, "auto"), _call_op(op, "torch"), rtol=0, atol=0)
+
+
+def test_no_op_has_a_triton_kernel_yet():
+    assert not any(kernels.has_triton_kernel(op) for op in ALL_OPS)
+
+
+def test_env_torch_overrides_a_triton_argument(monkeypatch):
+    monkeypatch.setenv("VAR_KERNEL_BACKEND", "torch")
+    assert kernels.resolve_backend("neighborhood_attention", "triton", "cpu") == "torch"
+    assert _call_op("neighborhood_attention", "triton").shape == (1, 2, 14, 8)
+
+
+def test_env_triton_overrides_a_torch_argument_and_says_so(monkeypatch):
+    monkeypatch.setenv("VAR_KERNEL_BACKEND", "triton")
+    with pytest.raises(kernels.BackendUnavailableError, match=r"VAR_KERNEL_BACKEND=triton.*not implemented yet"):
+        _call_op("external_attention", "torch")
+
+
+def test_invalid_backend_names_are_value_errors(monkeypatch):
+    with pytest.raises(ValueError, match=r"backend must be one of .*'cuda'"):
+        _call_op("block_causal_attention", "cuda")
+    monkeypatch.setenv("VAR_KERNEL_BACKEND", "fast")
+    with pytest.raises(ValueError, match=r"VAR_KERNEL_BACKEND must be one of .*'fast'"):
+        _call_op("block_causal_attention", "auto")
+
+
+def test_unknown_op_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown op 'flash'"):
+        kernels.resolve_backend("flash", "auto", "cpu")
+
+
+def test_registered_triton_kernel_needs_interpreter_on_cpu(fake_triton_kernel):
+    assert kernels.has_triton_kernel("block_causal_attention")
+    with pytest.raises(kernels.BackendUnavailableError, match="tensors are on cpu and TRITON_INTERPRET is not set"):
+        _call_op("block_causal_attention", "triton")
+    assert fake_triton_kernel == []
+
+
+def test_registered_triton_kernel_runs_under_interpreter_when_asked(fake_triton_kernel, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    q, k, v = _qkv()
+    out = kernels.block_causal_attention(q, k, v, [1, 2, 3], backend="triton")
+    assert torch.equal(out, torch.zeros_like(q))
+    # The kernel receives the checked, normalised arguments: patch_nums as a tuple, the default scale.
+    assert fake_triton_kernel == [((1, 2, 3), 8**-0.5)]
+    # auto keeps CPU tensors on the reference even under the interpreter.
+    assert kernels.resolve_backend("block_causal_attention", "auto", "cpu") == "torch"
+    kernels.block_causal_attention(q, k, v, PN)
+    assert len(fake_triton_kernel) == 1
+
+
+def test_auto_picks_a_registered_triton_kernel_for_cuda_tensors(fake_triton_kernel):
+    assert kernels.resolve_backend("block_causal_attention", "auto", "cuda") == "triton"
+    assert kernels.resolve_backend("block_causal_attention", "triton", "cuda:0") == "triton"
+    assert kernels.resolve_backend("block_causal_attention", "torch", "cuda") == "torch"
+    # Other ops have no kernel: auto stays on the reference on CUDA too.
+    assert kernels.resolve_backend("neighborhood_attention", "auto", "cuda") == "torch"
+
+
+def test_triton_not_installed(fake_triton_kernel, monkeypatch):
+    monkeypatch.setattr(_backend, "triton_installed", lambda: False)
+    assert kernels.resolve_backend("block_causal_attention", "auto", "cuda") == "torch"
+    with pytest.raises(kernels.BackendUnavailableError, match="Triton is not installed"):
+        kernels.resolve_backend("block_causal_attention", "triton", "cuda")
+
+
+def test_triton_on_other_devices_says_where_it_runs(fake_triton_kernel):
+    with pytest.raises(kernels.BackendUnavailableError, match="tensors are on mps; Triton runs on cuda"):
+        kernels.resolve_backend("block_causal_attention", "triton", "mps")
+
+
+def test_triton_file_without_the_op_is_not_implemented(fake_triton_kernel):
+    del sys.modules["kernels.block_causal_attention.triton"].block_causal_attention
+    assert not kernels.has_triton_kernel("block_causal_attention")
+    with pytest.raises(kernels.BackendUnavailableError, match="does not define block_causal_attention"):
+        kernels.resolve_backend("block_causal_attention", "triton", "cuda")
+
+
+def test_backend_error_is_a_runtime_error():
+    assert issubclass(kernels.BackendUnavailableError, RuntimeError)
+    assert kernels.BACKENDS == ("auto", "triton", "torch")
+    assert kernels.ENV_VAR == "VAR_KERNEL_BACKEND"
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale layout helpers
+
+
+def test_scale_boundaries_and_ids():
+    assert kernels.scale_boundaries([1, 2, 3]) == [(0, 1), (1, 5), (5, 14)]
+    assert kernels.token_scale_ids((1, 2, 3)).tolist() == [0] + [1] * 4 + [2] * 9
+    assert kernels.scale_boundaries((1, 2, 3, 4, 6, 9, 13, 18, 24, 32))[-1] == (1216, 2240)
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument errors: ValueError naming the argument and the values
+
+
+def _q(L=14, dtype=torch.float32, D=8, device="cpu"):
+    return torch.randn(1, 2, L, D, dtype=dtype, device=device)
+
+
+def _x(L=14, C=4, dtype=torch.float32):
+    return torch.randn(2, L, C, dtype=dtype)
+
+
+def _g(N=1, C=2, H=3, W=4):
+    return torch.full((N, 3, C, H, W), 1 / 3)
+
+
+ARG_ERRORS = [
+    # patch_nums vs L
+    (
+        "bca-sum",
+        lambda: kernels.block_causal_attention(_q(15), _q(15), _q(15), PN),
+        r"patch_nums \(1, 2, 3\) gives sum\(p\*p\) = 14 tokens but q \[B, H, L, D\] has L = 15",
+    ),
+    ("na-sum", lambda: kernels.neighborhood_attention(_q(), _q(), _q(), (1, 2), 3), r"sum\(p\*p\) = 5 .* L = 14"),
+    ("ea-sum", lambda: kernels.external_attention(_q(), _q()[0], _q()[0], (2, 3)), r"sum\(p\*p\) = 13 .* L = 14"),
+    (
+        "conv-sum",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), (1, 3), torch.randn(4, 3, 3)),
+        r"patch_nums \(1, 3\) gives sum\(p\*p\) = 10 tokens but x \[B, L, C\] has L = 14",
+    ),
+    ("pn-zero", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), (0, 1)), "patch_nums must be .* positive"),
+    ("pn-empty", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), []), "patch_nums must hold at least"),
+    ("pn-float", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), (1.0,)), "patch_nums must be"),
+    ("pn-tensor", lambda: kernels.scale_boundaries(torch.tensor([1, 2])), "patch_nums must be"),
+    # kernel sizes and other ints
+    (
+        "ks-even",
+        lambda: kernels.neighborhood_attention(_q(), _q(), _q(), PN, 4),
+        "kernel_size must be an odd int >= 1, got 4",
+    ),
+    ("ks-zero", lambda: kernels.neighborhood_attention(_q(), _q(), _q(), PN, 0), "kernel_size must be an odd int"),
+    (
+        "conv-k-even",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), PN, torch.randn(4, 2, 2)),
+        "weight's kernel size k must be an odd int >= 1, got 2",
+    ),
+    (
+        "conv-dilation",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), PN, torch.randn(4, 3, 3), dilation=0),
+        "dilation must be an int >= 1, got 0",
+    ),
+    (
+        "chunk-value",
+        lambda: kernels.gspn_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), _g(), chunk=0),
+        "chunk must be an int >= 1 or None, got 0",
+    ),
+    ("scale", lambda: kernels.block_causal_attention(_q(), _q(), _q(), PN, scale="0.5"), "scale must be a float"),
+    # ranks and shapes
+    (
+        "q-rank",
+        lambda: kernels.block_causal_attention(_q()[0], _q(), _q(), PN),
+        r"q must have 4 dims \[B, H, L, D\], got shape \(2, 14, 8\)",
+    ),
+    ("q-not-tensor", lambda: kernels.block_causal_attention([[1.0]], _q(), _q(), PN), "q must be a torch.Tensor"),
+    (
+        "k-shape",
+        lambda: kernels.block_causal_attention(_q(), _q(D=4), _q(), PN),
+        r"k must have the shape of q \(1, 2, 14, 8\), got \(1, 2, 14, 4\)",
+    ),
+    ("v-shape", lambda: kernels.neighborhood_attention(_q(), _q(), _q()[:, :1], PN, 3), "v must have the shape of q"),
+    (
+        "mem_k-heads",
+        lambda: kernels.external_attention(_q(), torch.randn(3, 5, 8), torch.randn(3, 5, 8), PN),
+        r"mem_k must be \[H, S, D\] with H = 2 and D = 8",
+    ),
+    (
+        "mem_v-shape",
+        lambda: kernels.external_attention(_q(), torch.randn(2, 5, 8), torch.randn(2, 6, 8), PN),
+        r"mem_v must have the shape of mem_k \(2, 5, 8\), got \(2, 6, 8\)",
+    ),
+    (
+        "mem_k-rank",
+        lambda: kernels.external_attention(_q(), torch.randn(5, 8), torch.randn(5, 8), PN),
+        r"mem_k must have 3 dims \[H, S, D\]",
+    ),
+    (
+        "conv-weight-C",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), PN, torch.randn(3, 3, 3)),
+        r"weight must be \[C, k, k\] with C = 4",
+    ),
+    (
+        "conv-bias",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), PN, torch.randn(4, 3, 3), torch.randn(5)),
+        r"bias must be \[C\] with C = 4",
+    ),
+    (
+        "gspn-lam",
+        lambda: kernels.gspn_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 5), _g()),
+        r"lam must have the shape of x \(1, 2, 3, 4\), got \(1, 2, 3, 5\)",
+    ),
+    (
+        "gspn-g",
+        lambda: kernels.gspn_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), _g(W=5)),
+        r"g must be \[N, 3, C, H, W\] = \(1, 3, 2, 3, 4\)",
+    ),
+    (
+        "g_raw-gates",
+        lambda: kernels.gspn_normalize_gates(torch.randn(1, 2, 2, 3, 4)),
+        r"g_raw must be \[N, 3, C, H, W\] \(3 gates on dim 1\)",
+    ),
+    # dtypes and devices
+    (
+        "q-int",
+        lambda: kernels.block_causal_attention(*[torch.ones(1, 1, 14, 8, dtype=torch.long)] * 3, PN),
+        "q must have a floating dtype, got torch.int64",
+    ),
+    (
+        "x-int",
+        lambda: kernels.ragged_depthwise_conv2d(torch.ones(1, 14, 4, dtype=torch.int32), PN, torch.randn(4, 3, 3)),
+        "x must have a floating dtype",
+    ),
+    (
+        "g_raw-bool",
+        lambda: kernels.gspn_normalize_gates(torch.ones(1, 3, 1, 2, 2, dtype=torch.bool)),
+        "g_raw must have a floating dtype",
+    ),
+    (
+        "k-dtype",
+        lambda: kernels.block_causal_attention(_q(), _q(dtype=torch.float64), _q(), PN),
+        "k has dtype torch.float64 but q has dtype torch.float32",
+    ),
+    (
+        "weight-dtype",
+        lambda: kernels.ragged_depthwise_conv2d(_x(), PN, torch.randn(4, 3, 3, dtype=torch.float16)),
+        "weight has dtype torch.float16 but x has dtype torch.float32",
+    ),
+    (
+        "g-dtype",
+        lambda: kernels.gspn_scan(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4), _g().double()),
+        "g has dtype torch.float64 but x has dtype torch.float32",
+    ),
+    (
+        "v-device",
+        lambda: kernels.block_causal_attention(_q(), _q(), _q(device="meta"), PN),
+        "v is on meta but q is on cpu",
+    ),
+    (
+        "mem_v-device",
+        lambda: kernels.external_attention(_q(), torch.randn(2, 5, 8), torch.randn(2, 5, 8, device="meta"), PN),
+        "mem_v is on meta but q is on cpu",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, match", [pytest.param(c, m, id=i) for i, c, m in ARG_ERRORS])
+def test_argument_errors_name_the_argument(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
