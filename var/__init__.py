@@ -1,0 +1,19 @@
+"""The VAR transformer, its sampler and zero-shot editing."""
+
+from var.attention import MIXERS, TokenMixer, register_mixer
+from var.checkpoint import load_official_var
+from var.model import PRESETS, VAR, VARConfig, preset
+from var.sample import sample, sample_progressive
+
+__all__ = [
+    "MIXERS",
+    "PRESETS",
+    "VAR",
+    "TokenMixer",
+    "VARConfig",
+    "load_official_var",
+    "preset",
+    "register_mixer",
+    "sample",
+    "sample_progressive",
+]
