@@ -2,8 +2,9 @@
 
 from var.attention import MIXERS, TokenMixer, register_mixer
 from var.checkpoint import load_official_var
+from var.edit import edit
 from var.model import PRESETS, VAR, VARConfig, preset
-from var.sample import sample, sample_progressive
+from var.sample import generate, sample, sample_progressive
 
 __all__ = [
     "MIXERS",
@@ -11,6 +12,8 @@ __all__ = [
     "VAR",
     "TokenMixer",
     "VARConfig",
+    "edit",
+    "generate",
     "load_official_var",
     "preset",
     "register_mixer",
