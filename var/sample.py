@@ -17,6 +17,7 @@ Seeding rule. ``seed`` is an ``int``, a sequence of ints (one per image) or ``No
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Optional, Union
@@ -96,8 +97,8 @@ def make_generators(
 ) -> Union[torch.Generator, list[torch.Generator], None]:
     if seed is None:
         return None
-    if isinstance(seed, int):
-        return torch.Generator(device).manual_seed(seed)
+    if isinstance(seed, numbers.Integral):
+        return torch.Generator(device).manual_seed(int(seed))
     seeds = list(seed)
     if len(seeds) != batch:
         raise ValueError(f"got {len(seeds)} seeds for {batch} images")
@@ -148,6 +149,7 @@ def generate(
 
     With ``cfg > 0`` the batch is doubled with the null class; with ``cfg == 0`` only the conditional
     half runs (the unconditional one would be weighted by 0). ``teacher`` forces tokens (editing).
+    Call it with the model in eval mode: in training mode drop-path would perturb every scale.
     """
     device = model.lvl_1L.device
     labels_B = _labels(labels_B, device)
