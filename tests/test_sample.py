@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from var import VAR, VARConfig, generate, sample, sample_progressive
+from var.sample import filter_top_k_top_p, guidance_ratio, guide
+
+TINY = dict(depth=2, num_classes=10, patch_nums=(1, 2, 3, 4), vocab_size=64, c_vae=8)
+
+
+@pytest.fixture
+def model() -> VAR:
+    torch.manual_seed(0)
+    model = VAR(VARConfig(**TINY)).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial weights: the published init starts every block near the identity
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "scale_mul" in name else 0.1))
+    return model
+
+
+@pytest.fixture
+def vae(tiny_vae):
+    with torch.no_grad():  # spread the codebook so that different tokens decode to visibly different images
+        tiny_vae.quantize.embedding.weight.normal_(generator=torch.Generator().manual_seed(2))
+    return tiny_vae
+
+
+def test_guidance_schedule():
+    assert [guidance_ratio(1.5, k, 4) for k in range(4)] == [0.0, 0.5, 1.0, 1.5]
+    cond, uncond = torch.tensor([[[2.0, 0.0]]]), torch.tensor([[[1.0, 1.0]]])
+    assert torch.equal(guide(torch.cat((cond, uncond)), 1.0), torch.tensor([[[3.0, -1.0]]]))
+
+
+def test_top_k_top_p_semantics():
+    logits = torch.tensor([[[0.0, 3.0, 1.0, 3.0, 2.0]]])
+    inf = float("-inf")
+    # top-k keeps every logit >= the k-th largest, ties included
+    assert torch.equal(filter_top_k_top_p(logits, top_k=1), torch.tensor([[[inf, 3.0, inf, 3.0, inf]]]))
+    assert torch.equal(filter_top_k_top_p(logits, top_k=100), logits)
+    # top-p: drop ascending-sorted tokens whose cumulative probability is <= 1 - top_p
+    probs = logits.softmax(-1)[0, 0]  # [0.02, 0.40, 0.06, 0.40, 0.12]
+    kept = filter_top_k_top_p(logits, top_p=0.85)[0, 0] > inf
+    assert kept.tolist() == [False, True, False, True, True]
+    assert probs[~kept].sum() <= 0.15
+    # the largest logit always stays, even with a tiny top_p
+    assert (filter_top_k_top_p(logits, top_p=1e-6)[0, 0] > inf).sum() >= 1
+
+
+@pytest.mark.parametrize("cfg", [0.0, 2.0], ids=["no_guidance", "guidance"])
+def test_cache_gives_the_teacher_forcing_logits(model, vae, cfg):
+    labels = torch.tensor([1, 4, 7])
+    steps = list(generate(model, vae, labels, cfg=cfg, top_k=20, top_p=0.9, seed=3))
+    idx = [s.idx_Bl for s in steps]
+    sampled = torch.cat([s.logits_BlV[:3] for s in steps], 1)  # conditional half
+    with torch.no_grad():
+        forced = model(labels, vae.idx_to_var_input(idx))
+    torch.testing.assert_close(sampled, forced, atol=1e-5, rtol=1e-5)
+    if cfg:  # the unconditional half is the null class's teacher forcing
+        uncond = torch.cat([s.logits_BlV[3:] for s in steps], 1)
+        with torch.no_grad():
+            forced_null = model(torch.full_like(labels, 10), vae.idx_to_var_input(idx))
+        torch.testing.assert_close(uncond, forced_null, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_shapes_range_and_tokens(model, vae):
+    imgs, idx = sample(model, vae, [1, 2], seed=0, return_tokens=True)
+    assert imgs.shape == (2, 3, 32, 32) and imgs.min() >= 0 and imgs.max() <= 1
+    assert [t.shape for t in idx] == [(2, 1), (2, 4), (2, 9), (2, 16)]
+    torch.testing.assert_close(imgs, vae.idx_to_img(idx).add(1).mul(0.5), atol=1e-5, rtol=0)
+
+
+def test_same_seed_same_images_different_seed_different_images(model, vae):
+    a = sample(model, vae, [1, 2], seed=0)
+    assert torch.equal(a, sample(model, vae, [1, 2], seed=0))
+    assert not torch.allclose(a, sample(model, vae, [1, 2], seed=1))
+    s = sample(model, vae, [1, 2], seed=0, more_smooth=True)
+    assert torch.equal(s, sample(model, vae, [1, 2], seed=0, more_smooth=True))
+    assert not torch.allclose(s, sample(model, vae, [1, 2], seed=1, more_smooth=True))
+
+
+@pytest.mark.parametrize("more_smooth", [False, True], ids=["tokens", "more_smooth"])
+def test_per_image_seeds_do_not_depend_on_the_batch(model, vae, more_smooth):
+    kw = dict(cfg=1.5, top_k=30, top_p=0.95, more_smooth=more_smooth, return_tokens=True)
+    batch, idx_batch = sample(model, vae, [3, 5, 8], seed=[10, 11, 12], **kw)
+    alone, idx_alone = sample(model, vae, [5], seed=[11], **kw)
+    other, idx_other = sample(model, vae, [9, 5], seed=[99, 11], **kw)
+    for t_batch, t_alone, t_other in zip(idx_batch, idx_alone, idx_other):
+        assert torch.equal(t_batch[1], t_alone[0]) and torch.equal(t_other[1], t_alone[0])
+    # same tokens; the decoded images agree to float rounding (batched convolutions may sum in another order)
+    torch.testing.assert_close(batch[1], alone[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(other[1], alone[0], atol=1e-4, rtol=0)
+    assert not torch.allclose(batch[0], batch[2])
+    with pytest.raises(ValueError, match="2 seeds for 3 images"):
+        sample(model, vae, [1, 2, 3], seed=[1, 2])
+
+
+def test_progressive_ends_with_the_sample(model, vae):
+    frames = list(sample_progressive(model, vae, [1, 2], seed=4))
+    assert len(frames) == 4 and all(f.shape == (2, 3, 32, 32) for f in frames)
+    assert torch.equal(frames[-1], sample(model, vae, [1, 2], seed=4))
+
+
+def test_greedy_is_deterministic_without_seed(model, vae):
+    a = sample(model, vae, [1, 2], top_k=1, seed=None)
+    assert torch.equal(a, sample(model, vae, [1, 2], top_k=1, seed=None))

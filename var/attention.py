@@ -1,0 +1,186 @@
+"""The token-mixing sublayer of a VAR block, behind one interface, and its "full" mechanism.
+
+Every mechanism (DESIGN.md section 7) is a :class:`TokenMixer`: a module that maps normalised
+tokens ``[B, L, C]`` to ``[B, L, C]`` while keeping block causality (DESIGN.md section 6). It is
+called in two ways:
+
+- teacher forcing, ``mixer(x_BLC)``: the whole packed sequence, coarse to fine, every scale of
+  ``patch_nums``;
+- sampling, ``mixer.step(x_BlC, state, si)``: the ``pn * pn`` tokens of scale ``si`` only, with an
+  explicit per-block ``state`` made by ``mixer.init_state(batch)`` and updated in place
+  (full attention: the key/value cache; other mechanisms: running statistics, or nothing).
+
+Running ``step`` over the scales in order must give the rows of the teacher-forcing output.
+
+A mechanism registers itself under a name with :func:`register_mixer`; ``VARConfig.attention``
+picks one name per block and :func:`build_mixer` constructs it, so adding a mechanism touches
+neither the block nor the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MIXERS",
+    "FullAttention",
+    "KVCache",
+    "TokenMixer",
+    "block_causal_mask",
+    "build_mixer",
+    "register_mixer",
+    "scale_ids",
+]
+
+
+def scale_ids(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
+    """Scale index of every token of the packed sequence: LongTensor ``[L]``."""
+    counts = [pn * pn for pn in patch_nums]
+    ids = torch.arange(len(patch_nums), device=device)
+    return torch.repeat_interleave(ids, torch.tensor(counts, device=device), output_size=sum(counts))
+
+
+def block_causal_mask(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
+    """Boolean ``[L, L]`` mask, True where query ``n`` may attend to key ``m`` (scale(m) <= scale(n))."""
+    sid_L = scale_ids(patch_nums, device)
+    return sid_L[:, None] >= sid_L[None, :]
+
+
+class TokenMixer(nn.Module):
+    """Interface of a block's attention sublayer. Subclasses set ``name`` and implement the three methods.
+
+    Constructor: ``Mixer(dim, num_heads, patch_nums, *, attn_l2_norm=True, **options)``, where
+    ``options`` come from ``VARConfig.attention_options[name]`` (e.g. a kernel size).
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, dim: int, num_heads: int, patch_nums: tuple[int, ...]) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.patch_nums = tuple(patch_nums)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing over the whole packed sequence ``[B, L, C]`` -> ``[B, L, C]``."""
+        raise NotImplementedError
+
+    def init_state(self, batch: int) -> Any:
+        """A fresh sampling state for ``batch`` sequences (``None`` for a stateless mechanism)."""
+        raise NotImplementedError
+
+    def step(self, x_BlC: torch.Tensor, state: Any, si: int) -> torch.Tensor:
+        """Tokens of scale ``si`` only, ``[B, pn*pn, C]`` -> ``[B, pn*pn, C]``; updates ``state`` in place.
+
+        Called for ``si = 0, 1, ...`` in order, with the same ``state``.
+        """
+        raise NotImplementedError
+
+
+MIXERS: dict[str, type[TokenMixer]] = {}
+
+
+def register_mixer(name: str) -> Callable[[type[TokenMixer]], type[TokenMixer]]:
+    """Class decorator: make a :class:`TokenMixer` selectable as ``VARConfig.attention = name``."""
+
+    def register(cls: type[TokenMixer]) -> type[TokenMixer]:
+        if name in MIXERS:
+            raise ValueError(f"attention mechanism {name!r} is already registered ({MIXERS[name].__qualname__})")
+        cls.name = name
+        MIXERS[name] = cls
+        return cls
+
+    return register
+
+
+def build_mixer(
+    name: str, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True, **options: Any
+) -> TokenMixer:
+    if name not in MIXERS:
+        raise ValueError(f"unknown attention mechanism {name!r}; registered: {sorted(MIXERS)}")
+    return MIXERS[name](dim, num_heads, patch_nums, attn_l2_norm=attn_l2_norm, **options)
+
+
+@dataclass
+class KVCache:
+    """Sampling state of :class:`FullAttention`: keys and values of every scale seen so far, ``[B, H, l, D]``."""
+
+    k: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
+
+    def append(self, k_BHlD: torch.Tensor, v_BHlD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is None:
+            self.k, self.v = k_BHlD, v_BHlD
+        else:
+            self.k, self.v = torch.cat((self.k, k_BHlD), dim=2), torch.cat((self.v, v_BHlD), dim=2)
+        return self.k, self.v
+
+
+@register_mixer("full")
+class FullAttention(TokenMixer):
+    """Softmax attention with the block-causal mask, as in the published ``models/basic_var.py``.
+
+    Parameter and buffer names follow the published state dict: ``mat_qkv`` (no bias) with
+    ``q_bias``, ``zero_k_bias`` (a persistent buffer there, so here too) and ``v_bias``;
+    ``scale_mul_1H11`` when ``attn_l2_norm``; ``proj``.
+    """
+
+    # published: max_scale_mul = log(100), a cap on the learned per-head temperature
+    MAX_SCALE_MUL: ClassVar[float] = math.log(100)
+
+    def __init__(self, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True) -> None:
+        super().__init__(dim, num_heads, patch_nums)
+        self.attn_l2_norm = attn_l2_norm
+        if attn_l2_norm:
+            # cosine attention: q and k unit vectors, q times a learned per-head temperature, initially 4
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+
+    def _qkv(self, x_BlC: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, l, _ = x_BlC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BlC, self.mat_qkv.weight, bias).view(B, l, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, l, D]
+        if self.attn_l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp(max=self.MAX_SCALE_MUL).exp()
+            q = F.normalize(q, dim=-1) * scale_mul
+            k = F.normalize(k, dim=-1)
+        return q, k, v
+
+    def _out(self, o_BHlD: torch.Tensor) -> torch.Tensor:
+        B, H, l, D = o_BHlD.shape
+        return self.proj(o_BHlD.transpose(1, 2).reshape(B, l, H * D))
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x_BLC)
+        L = x_BLC.shape[1]
+        # the mask is L x L booleans, rebuilt per call instead of one buffer per block (cheap next to attention)
+        mask_LL = block_causal_mask(self.patch_nums, x_BLC.device)[:L, :L]
+        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL, scale=self.scale))
+
+    def init_state(self, batch: int) -> KVCache:
+        return KVCache()
+
+    def step(self, x_BlC: torch.Tensor, state: KVCache, si: int) -> torch.Tensor:
+        q, k, v = self._qkv(x_BlC)
+        k, v = state.append(k, v)
+        # the new scale's queries see all cached scales and their own scale: no mask
+        return self._out(F.scaled_dot_product_attention(q, k, v, scale=self.scale))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, attn_l2_norm={self.attn_l2_norm}"

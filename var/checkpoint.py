@@ -1,0 +1,91 @@
+"""Loading the published VAR checkpoints (``var_d16.pth`` ... from ``FoundationVision/var``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Union
+
+import torch
+
+from tokenizer.checkpoint import CheckpointError, hub_download, read_state_dict
+from var.attention import block_causal_mask, scale_ids
+from var.model import VAR, VARConfig, preset
+
+__all__ = ["load_official_var", "official_mask_bias"]
+
+MASK_KEY = "attn_bias_for_masking"
+
+
+def official_mask_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
+    """The published checkpoints' ``attn_bias_for_masking``: 0 where attention is allowed, -inf elsewhere, ``[1,1,L,L]``."""
+    mask_LL = block_causal_mask(patch_nums)
+    return torch.zeros(mask_LL.shape).masked_fill(~mask_LL, float("-inf"))[None, None]
+
+
+def load_official_var(
+    path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+    depth: int = 16,
+    *,
+    config: VARConfig | None = None,
+    **overrides: Any,
+) -> VAR:
+    """Build the published model of this ``depth`` (preset ``d{depth}``) and load its weights strictly.
+
+    ``path_or_state_dict``: a ``.pth`` (read with ``weights_only=True``) or ``.safetensors`` file, a state
+    dict, or ``"hub"`` to download ``var_d{depth}.pth`` from ``FoundationVision/var``. ``config`` replaces
+    the preset; ``overrides`` change preset fields (e.g. ``num_classes``). Every key of the published
+    layout must be present with its shape, and no other; the dense mask ``attn_bias_for_masking`` is
+    checked against the block-causal mask of ``patch_nums`` and dropped (the model builds its own).
+    Returns the model in eval mode on the CPU.
+    """
+    if config is None:
+        config = preset(f"d{depth}", **overrides)
+    elif overrides:
+        raise ValueError("pass either config or field overrides, not both")
+    if isinstance(path_or_state_dict, str) and path_or_state_dict == "hub":
+        path_or_state_dict = hub_download(f"var_d{config.depth}.pth")
+    # Built on the meta device: every tensor comes from the checkpoint (assign=True), so the 300M+ random
+    # initialisation of the published sizes is skipped.
+    with torch.device("meta"):
+        model = VAR(config)
+    what = f"VAR d{config.depth} checkpoint" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    if isinstance(path_or_state_dict, Mapping):
+        state_dict = dict(path_or_state_dict)
+    else:
+        state_dict = read_state_dict(path_or_state_dict)
+    if MASK_KEY not in state_dict:
+        raise CheckpointError(f"{what} does not fit VAR d{config.depth}: missing keys: {MASK_KEY}")
+    mask = state_dict.pop(MASK_KEY)
+    if not torch.equal(mask.float(), official_mask_bias(model.patch_nums)):
+        raise CheckpointError(
+            f"{what}: {MASK_KEY} {tuple(mask.shape)} is not the block-causal mask of patch_nums={model.patch_nums}"
+        )
+    _check_layout(model, state_dict, what)
+    if not torch.equal(state_dict["lvl_1L"], scale_ids(model.patch_nums).view(1, -1)):
+        raise CheckpointError(f"{what}: lvl_1L does not match patch_nums={model.patch_nums}")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a non-persistent buffer: a mechanism must compute it lazily to be loadable this way
+        raise RuntimeError(f"tensors not set by the checkpoint: {left}")
+    return model.eval()
+
+
+def _check_layout(model: VAR, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise one :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            parts.append(
+                f"{label}: " + ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            )
+    if parts:
+        raise CheckpointError(f"{what} does not fit VAR d{model.config.depth}: " + "; ".join(parts))

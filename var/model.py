@@ -1,0 +1,317 @@
+"""The VAR transformer: config, blocks, model and named presets (DESIGN.md section 5).
+
+Architecture, parameter names and initialisation follow the published ``models/var.py`` and
+``models/basic_var.py`` (FoundationVision/VAR), so the published checkpoints load strictly
+(:func:`var.checkpoint.load_official_var`). The attention sublayer is any registered
+:class:`var.attention.TokenMixer`, chosen per block by ``VARConfig.attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from var.attention import TokenMixer, build_mixer, scale_ids
+
+__all__ = ["PRESETS", "VAR", "VARConfig", "preset"]
+
+PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
+
+@dataclass
+class VARConfig:
+    """Hyperparameters of :class:`VAR`. Width ``64 * depth`` and ``depth`` heads, as all published models."""
+
+    depth: int = 16
+    num_classes: int = 1000
+    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    vocab_size: int = 4096
+    c_vae: int = 32
+    # one registered mechanism name for every block, or a list with one name per block
+    attention: Any = "full"
+    # keyword arguments per mechanism name, passed to its constructor, e.g. {"neighborhood": {"kernel_size": 7}}
+    attention_options: dict[str, Any] = field(default_factory=dict)
+    attn_l2_norm: bool = True
+    shared_aln: bool = False
+    cond_drop_rate: float = 0.1
+    drop_path_rate: Optional[float] = None  # None: 0.1 * depth / 24, the published schedule
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+
+    @property
+    def width(self) -> int:
+        return 64 * self.depth
+
+    @property
+    def heads(self) -> int:
+        return self.depth
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(pn * pn for pn in self.patch_nums)
+
+    def resolved_drop_path_rate(self) -> float:
+        return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
+
+    def block_attention(self) -> list[str]:
+        """The mechanism name of every block."""
+        if isinstance(self.attention, str):
+            return [self.attention] * self.depth
+        names = list(self.attention)
+        if len(names) != self.depth:
+            raise ValueError(f"attention lists {len(names)} mechanisms for depth={self.depth}")
+        return names
+
+
+PRESETS: dict[str, VARConfig] = {
+    "d16": VARConfig(depth=16),
+    "d20": VARConfig(depth=20),
+    "d24": VARConfig(depth=24),
+    "d30": VARConfig(depth=30),
+    "d36": VARConfig(depth=36, patch_nums=PATCH_NUMS_512, shared_aln=True),  # the 512 px model
+}
+
+
+def preset(name: str, **overrides: Any) -> VARConfig:
+    """A copy of ``PRESETS[name]`` with fields overridden, e.g. ``preset("d16", attention="neighborhood")``."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+class FFN(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (timm's ``drop_path``, used by the published blocks)."""
+    if p == 0.0 or not training:
+        return x_BLC
+    keep = x_BLC.new_empty(x_BLC.shape[0], 1, 1).bernoulli_(1 - p)
+    return x_BLC * keep / (1 - p)
+
+
+class AdaLNBlock(nn.Module):
+    """Pre-norm block with AdaLN from the class embedding (published ``AdaLNSelfAttn``).
+
+    Six modulation vectors in the published order gamma1, gamma2, scale1, scale2, shift1, shift2,
+    either from the block's own ``ada_lin`` or (``shared_aln``) ``ada_gss`` plus the model's shared ones.
+    """
+
+    def __init__(self, mixer: TokenMixer, dim: int, mlp_ratio: float, shared_aln: bool, drop_path_p: float, eps: float):
+        super().__init__()
+        self.dim, self.shared_aln, self.drop_path_p = dim, shared_aln, drop_path_p
+        self.attn = mixer
+        self.ffn = FFN(dim, round(dim * mlp_ratio))
+        self.ln = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        if shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim**0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``cond``: ``[B, D]`` class embedding, or ``[B, 1, 6, C]`` from the shared AdaLN -> six ``[B, 1, C]``."""
+        if self.shared_aln:
+            return (self.ada_gss + cond).unbind(2)
+        return self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
+
+    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, state: Any = None, si: Optional[int] = None):
+        """Teacher forcing when ``state is None``; otherwise one scale ``si`` of sampling with the mixer's state."""
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
+        h = self.ln(x_BLC) * (1 + scale1) + shift1
+        h = self.attn(h) if state is None else self.attn.step(h, state, si)
+        x_BLC = x_BLC + drop_path(h * gamma1, self.drop_path_p, self.training)
+        h = self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2)
+        return x_BLC + drop_path(h * gamma2, self.drop_path_p, self.training)
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.dim = dim
+        self.ln = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
+        return self.ln(x_BLC) * (1 + scale) + shift
+
+
+class VAR(nn.Module):
+    """Class-conditional next-scale prediction transformer.
+
+    Sequence layout: ``L = sum(pn**2)`` tokens, coarse to fine, row-major inside a scale. Token 0..first_l-1
+    is the start token (class embedding + ``pos_start``); the others embed the VAE feature map of the
+    previous scale (``x_BLCv``, from ``vae.idx_to_var_input``).
+    """
+
+    def __init__(self, config: VARConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, V, S = config.width, config.vocab_size, len(config.patch_nums)
+        self.patch_nums = tuple(config.patch_nums)
+        self.L = config.num_tokens
+        self.first_l = self.patch_nums[0] ** 2
+        self.begin_ends: list[tuple[int, int]] = []
+        start = 0
+        for pn in self.patch_nums:
+            self.begin_ends.append((start, start + pn * pn))
+            start += pn * pn
+
+        self.word_embed = nn.Linear(config.c_vae, C)
+        self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: the null class for guidance
+        self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
+        self.lvl_embed = nn.Embedding(S, C)
+        # published: the scale id of every token, a persistent buffer of the checkpoints
+        self.register_buffer("lvl_1L", scale_ids(self.patch_nums).view(1, self.L))
+        # The published checkpoints also hold `attn_bias_for_masking`, the dense [1, 1, L, L] block-causal
+        # mask as 0/-inf floats. It is not kept here (L^2 floats on every device, moved and broadcast by
+        # DDP for nothing: each mixer builds its own mask from patch_nums); load_official_var checks
+        # the checkpoint's copy against the mask and drops it.
+
+        if config.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        else:
+            self.shared_ada_lin = nn.Identity()
+        rate = config.resolved_drop_path_rate()
+        dpr = [rate * i / max(config.depth - 1, 1) for i in range(config.depth)]  # rising linearly from 0
+        self.blocks = nn.ModuleList(
+            [
+                AdaLNBlock(
+                    build_mixer(
+                        name,
+                        C,
+                        config.heads,
+                        self.patch_nums,
+                        attn_l2_norm=config.attn_l2_norm,
+                        **config.attention_options.get(name, {}),
+                    ),
+                    C,
+                    config.mlp_ratio,
+                    config.shared_aln,
+                    dpr[i],
+                    config.norm_eps,
+                )
+                for i, name in enumerate(config.block_attention())
+            ]
+        )
+        self.head_nm = AdaLNBeforeHead(C, config.norm_eps)
+        self.head = nn.Linear(C, V)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(
+        self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02, init_std: float = -1.0
+    ) -> None:
+        """The published initialisation (``VAR.init_weights`` as called by ``build_vae_var``).
+
+        Linear and embedding weights ~ truncated normal (std ``sqrt(1/C/3)`` when ``init_std < 0``),
+        biases 0; residual output projections divided by ``sqrt(2 * depth)``; AdaLN gates (gamma)
+        scaled by 1e-5 and scales/shifts by 0.5, so every block starts close to the identity.
+        """
+        C = self.config.width
+        if init_std < 0:
+            init_std = math.sqrt(1 / C / 3)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=init_std)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=init_std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=init_std)
+        self.head.weight.mul_(init_head)
+        self.head.bias.zero_()
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        self.head_nm.ada_lin[-1].bias.zero_()
+        depth = len(self.blocks)
+        for block in self.blocks:
+            for name in ("proj", "fc2"):  # residual outputs (the ffn's fc2 and a mixer's proj, when it has one)
+                lin = getattr(block.ffn if name == "fc2" else block.attn, name, None)
+                if isinstance(lin, nn.Linear):
+                    lin.weight.div_(math.sqrt(2 * depth))
+            if block.shared_aln:
+                block.ada_gss[:, :, 2:].mul_(init_adaln)
+                block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
+            else:
+                lin = block.ada_lin[-1]
+                lin.weight[2 * C :].mul_(init_adaln)
+                lin.weight[: 2 * C].mul_(init_adaln_gamma)
+                lin.bias.zero_()
+
+    # ---- pieces shared by teacher forcing and sampling ----
+
+    def lvl_pos(self) -> torch.Tensor:
+        """Scale embedding plus absolute position embedding, ``[1, L, C]``."""
+        return self.lvl_embed(self.lvl_1L) + self.pos_1LC
+
+    def first_scale_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Input tokens of scale 0, ``[B, first_l, C]``, from the class embedding."""
+        B = cond_BD.shape[0]
+        sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
+        return sos + self.lvl_pos()[:, : self.first_l]
+
+    def scale_tokens(self, si: int, next_BChw: torch.Tensor) -> torch.Tensor:
+        """Input tokens of scale ``si >= 1``, ``[B, pn*pn, C]``, from the VAE's next-scale input ``[B, Cvae, pn, pn]``."""
+        begin, end = self.begin_ends[si]
+        x_BlCv = next_BChw.flatten(2).transpose(1, 2)  # [B, pn*pn, Cvae]
+        return self.word_embed(x_BlCv) + self.lvl_pos()[:, begin:end]
+
+    def block_cond(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """What the blocks' AdaLN reads: the class embedding ``[B, D]``, or ``[B, 1, 6, C]`` with ``shared_aln``."""
+        if self.config.shared_aln:
+            return self.shared_ada_lin(cond_BD).view(-1, 1, 6, self.config.width)
+        return cond_BD
+
+    def logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
+        """Head: AdaLN then Linear, always in fp32 (published ``get_logits``)."""
+        with torch.autocast(h_BLC.device.type, enabled=False):
+            return self.head(self.head_nm(h_BLC.float(), cond_BD.float()))
+
+    # ---- teacher forcing ----
+
+    def forward(self, labels_B: torch.Tensor, x_BLCv: torch.Tensor) -> torch.Tensor:
+        """Teacher-forcing logits ``[B, L, V]`` (fp32).
+
+        ``x_BLCv``: ``[B, L - first_l, Cvae]``, the VAE's teacher-forcing input. In training mode each label
+        is replaced by the null class with probability ``cond_drop_rate`` (classifier-free guidance).
+        """
+        B = x_BLCv.shape[0]
+        if self.training and self.config.cond_drop_rate > 0:
+            drop_B = torch.rand(B, device=labels_B.device) < self.config.cond_drop_rate
+            labels_B = torch.where(drop_B, self.config.num_classes, labels_B)
+        with torch.autocast(x_BLCv.device.type, enabled=False):
+            cond_BD = self.class_emb(labels_B)
+            sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
+            x_BLC = torch.cat((sos, self.word_embed(x_BLCv.float())), dim=1) + self.lvl_pos()
+        cond = self.block_cond(cond_BD)
+        for block in self.blocks:
+            x_BLC = block(x_BLC, cond)
+        return self.logits(x_BLC, cond_BD)
+
+    # ---- sampling: one scale at a time over explicit per-block states ----
+
+    def init_state(self, batch: int) -> list[Any]:
+        """Fresh sampling states, one per block."""
+        return [block.attn.init_state(batch) for block in self.blocks]
+
+    def forward_scale(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, states: list[Any], si: int) -> torch.Tensor:
+        """Logits ``[B, pn*pn, V]`` of scale ``si`` from its input tokens; updates ``states`` in place."""
+        cond = self.block_cond(cond_BD)
+        for block, state in zip(self.blocks, states):
+            x_BlC = block(x_BlC, cond, state, si)
+        return self.logits(x_BlC, cond_BD)

@@ -1,0 +1,234 @@
+"""Class-conditional sampling, one scale at a time over explicit per-block states (DESIGN.md section 8).
+
+The pieces are small functions: :func:`guidance_ratio` and :func:`guide` (classifier-free guidance
+schedule), :func:`filter_top_k_top_p`, :func:`draw` and :func:`gumbel_embed` (token choice), and
+:func:`generate`, the loop that yields every scale. :func:`sample` and :func:`sample_progressive`
+are the public entry points.
+
+Seeding rule. ``seed`` is an ``int``, a sequence of ints (one per image) or ``None``:
+
+- ``int``: one ``torch.Generator`` for the whole batch, drawn row by row as the published
+  ``autoregressive_infer_cfg`` does, so a batch reproduces the published code exactly; an image
+  then depends on its position in the batch and on the batch size.
+- sequence: one generator per image, seeded with its own seed, so an image depends only on its
+  label and seed, never on the rest of the batch (for the batch CLI and resumable runs).
+- ``None``: the global RNG (not reproducible).
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from var.model import VAR
+
+__all__ = [
+    "ScaleStep",
+    "Teacher",
+    "draw",
+    "filter_top_k_top_p",
+    "generate",
+    "guidance_ratio",
+    "guide",
+    "gumbel_embed",
+    "make_generators",
+    "sample",
+    "sample_progressive",
+]
+
+Seed = Union[int, Sequence[int], None]
+
+
+@dataclass
+class ScaleStep:
+    """What :func:`generate` yields after scale ``si``."""
+
+    si: int
+    idx_Bl: torch.Tensor  # chosen tokens of this scale [B, pn*pn]
+    logits_BlV: torch.Tensor  # model logits of this scale, [2B, pn*pn, V] (conditional half first) with guidance
+    f_hat: torch.Tensor  # accumulated VAE feature map [B, Cvae, P, P]
+
+
+@dataclass
+class Teacher:
+    """Tokens forced at every scale (zero-shot editing): where ``keep_Bl[si]`` is True, ``idx_Bl[si]`` is used."""
+
+    idx_Bl: list[torch.Tensor]
+    keep_Bl: list[torch.Tensor]
+
+
+def guidance_ratio(cfg: float, si: int, num_scales: int) -> float:
+    """Guidance strength at scale ``si``: rises linearly from 0 to ``cfg`` (published schedule)."""
+    return cfg * si / max(num_scales - 1, 1)
+
+
+def guide(logits_2BlV: torch.Tensor, t: float) -> torch.Tensor:
+    """``(1 + t) * cond - t * uncond`` over a batch stacked as [conditional; unconditional]."""
+    cond, uncond = logits_2BlV.chunk(2)
+    return (1 + t) * cond - t * uncond
+
+
+def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Mask logits to -inf outside the top-k, then outside the nucleus (published ``sample_with_top_k_top_p_``).
+
+    Top-k keeps every logit >= the k-th largest (ties kept). Top-p sorts ascending and removes the tokens
+    whose cumulative probability is <= ``1 - top_p``, always keeping the largest. 0 disables either.
+    """
+    V = logits_BlV.shape[-1]
+    if top_k > 0:
+        kth = logits_BlV.topk(min(top_k, V), dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth, float("-inf"))
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
+        sorted_remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        sorted_remove[..., -1:] = False
+        remove = sorted_remove.scatter(-1, sorted_idx, sorted_remove)
+        logits_BlV = logits_BlV.masked_fill(remove, float("-inf"))
+    return logits_BlV
+
+
+def make_generators(
+    seed: Seed, batch: int, device: torch.device
+) -> Union[torch.Generator, list[torch.Generator], None]:
+    if seed is None:
+        return None
+    if isinstance(seed, numbers.Integral):
+        return torch.Generator(device).manual_seed(int(seed))
+    seeds = list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"got {len(seeds)} seeds for {batch} images")
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+def draw(logits_BlV: torch.Tensor, rng: Union[torch.Generator, list[torch.Generator], None]) -> torch.Tensor:
+    """One token per position from ``softmax(logits)``: ``[B, l]``. ``rng``: one generator, or one per image."""
+    B, l, V = logits_BlV.shape
+    probs_BlV = logits_BlV.softmax(dim=-1)
+    if isinstance(rng, list):
+        return torch.stack([torch.multinomial(probs_BlV[b], 1, generator=g)[:, 0] for b, g in enumerate(rng)])
+    return torch.multinomial(probs_BlV.view(-1, V), 1, generator=rng).view(B, l)
+
+
+def gumbel_embed(
+    logits_BlV: torch.Tensor,
+    tau: float,
+    codebook_VC: torch.Tensor,
+    rng: Union[torch.Generator, list[torch.Generator], None],
+) -> torch.Tensor:
+    """Soft code ``gumbel_softmax(logits, tau) @ codebook``: ``[B, l, Cvae]`` (published ``more_smooth``)."""
+    if isinstance(rng, list):
+        exp_BlV = torch.stack([torch.empty_like(logits_BlV[b]).exponential_(generator=g) for b, g in enumerate(rng)])
+    else:
+        exp_BlV = torch.empty_like(logits_BlV).exponential_(generator=rng)
+    y_soft = ((logits_BlV - exp_BlV.log()) / tau).softmax(dim=-1)
+    return y_soft @ codebook_VC
+
+
+def _labels(labels_B: Union[torch.Tensor, Sequence[int], int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(labels_B, dtype=torch.long, device=device).view(-1)
+
+
+@torch.no_grad()
+def generate(
+    model: VAR,
+    vae,
+    labels_B: Union[torch.Tensor, Sequence[int]],
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    seed: Seed = 0,
+    more_smooth: bool = False,
+    teacher: Optional[Teacher] = None,
+) -> Iterator[ScaleStep]:
+    """Sample scale by scale, yielding a :class:`ScaleStep` after each. Labels may include the null class.
+
+    With ``cfg > 0`` the batch is doubled with the null class; with ``cfg == 0`` only the conditional
+    half runs (the unconditional one would be weighted by 0). ``teacher`` forces tokens (editing).
+    Call it with the model in eval mode: in training mode drop-path would perturb every scale.
+    """
+    device = model.lvl_1L.device
+    labels_B = _labels(labels_B, device)
+    B, S = labels_B.shape[0], len(model.patch_nums)
+    if tuple(vae.patch_nums) != model.patch_nums:
+        raise ValueError(f"VAE patch_nums {tuple(vae.patch_nums)} != model patch_nums {model.patch_nums}")
+    rng = make_generators(seed, B, device)
+    guided = cfg != 0
+    if guided:
+        labels_B = torch.cat((labels_B, torch.full_like(labels_B, model.config.num_classes)))
+    cond_BD = model.class_emb(labels_B)
+    states = model.init_state(labels_B.shape[0])
+    codebook_VC = vae.quantize.embedding.weight
+    P = model.patch_nums[-1]
+    f_hat = torch.zeros(B, vae.c_vae, P, P, device=device)
+    x_BlC = model.first_scale_tokens(cond_BD)
+    for si, pn in enumerate(model.patch_nums):
+        ratio = si / max(S - 1, 1)
+        logits_BlV = model.forward_scale(x_BlC, cond_BD, states, si)
+        chosen_BlV = guide(logits_BlV, guidance_ratio(cfg, si, S)) if guided else logits_BlV
+        chosen_BlV = filter_top_k_top_p(chosen_BlV, top_k, top_p)
+        idx_Bl = draw(chosen_BlV, rng)
+        if teacher is not None:
+            keep_Bl = teacher.keep_Bl[si]
+            idx_Bl = torch.where(keep_Bl, teacher.idx_Bl[si], idx_Bl)
+        if more_smooth:  # visuals only; published: on the filtered logits, tau as in MaskGIT, sharper at finer scales
+            tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+            h_BlC = gumbel_embed(chosen_BlV * (1 + ratio), tau, codebook_VC, rng)
+            if teacher is not None:
+                h_BlC = torch.where(keep_Bl[..., None], F.embedding(teacher.idx_Bl[si], codebook_VC), h_BlC)
+            h_BChw = h_BlC.transpose(1, 2).reshape(B, vae.c_vae, pn, pn)
+        else:
+            h_BChw = vae.embed_idx(idx_Bl, si)
+        f_hat, next_BChw = vae.next_scale_input(si, f_hat, h_BChw)
+        yield ScaleStep(si, idx_Bl, logits_BlV, f_hat)
+        if si + 1 < S:
+            x_BlC = model.scale_tokens(si + 1, next_BChw)
+            if guided:
+                x_BlC = x_BlC.repeat(2, 1, 1)
+
+
+def _to_01(img_B3HW: torch.Tensor) -> torch.Tensor:
+    return img_B3HW.add(1).mul(0.5)
+
+
+@torch.no_grad()
+def sample_progressive(
+    model: VAR,
+    vae,
+    labels_B,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    seed: Seed = 0,
+    more_smooth: bool = False,
+) -> Iterator[torch.Tensor]:
+    """Like :func:`sample`, but yields the partial image ``[B, 3, H, W]`` in [0, 1] after every scale."""
+    for step in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth):
+        yield _to_01(vae.fhat_to_img(step.f_hat))
+
+
+@torch.no_grad()
+def sample(
+    model: VAR,
+    vae,
+    labels_B,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    seed: Seed = 0,
+    more_smooth: bool = False,
+    return_tokens: bool = False,
+) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
+    """Class-conditional images ``[B, 3, H, W]`` in [0, 1] (and, with ``return_tokens``, the token indices
+    of every scale, a list of ``[B, pn*pn]``). Seeding: see the module docstring.
+    FID setting of the paper: ``cfg=1.5, top_k=900, top_p=0.96``.
+    """
+    steps = list(generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth))
+    imgs = _to_01(vae.fhat_to_img(steps[-1].f_hat))
+    if return_tokens:
+        return imgs, [s.idx_Bl for s in steps]
+    return imgs
