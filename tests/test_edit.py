@@ -1,21 +1,14 @@
 import pytest
 import torch
+from helpers import tiny_var
 
-from var import VAR, VARConfig, edit
+from var import VAR, edit
 from var.edit import keep_masks
-
-TINY = dict(depth=2, num_classes=10, patch_nums=(1, 2, 3, 4), vocab_size=64, c_vae=8)
 
 
 @pytest.fixture
 def model() -> VAR:
-    torch.manual_seed(0)
-    model = VAR(VARConfig(**TINY)).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "scale_mul" in name else 0.1))
-    return model
+    return tiny_var(seed=1)
 
 
 def test_keep_masks_area_resize_threshold():

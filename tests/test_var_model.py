@@ -2,28 +2,11 @@ import math
 
 import pytest
 import torch
+from helpers import L_TINY, TINY_VAR, tiny_var
 
 from tokenizer import CheckpointError
 from var import MIXERS, PRESETS, VAR, TokenMixer, VARConfig, load_official_var, preset
 from var.attention import FullAttention
-
-TINY = dict(depth=2, num_classes=10, patch_nums=(1, 2, 3, 4), vocab_size=64, c_vae=8)
-L_TINY = 1 + 4 + 9 + 16
-
-
-def randomise(model: VAR, seed: int = 0) -> VAR:
-    """Non-trivial weights everywhere: the published init leaves AdaLN gates at ~1e-5 and the head at 0.02."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "scale_mul" in name else 0.1))
-    return model
-
-
-def tiny(**overrides) -> VAR:
-    torch.manual_seed(0)
-    return randomise(VAR(VARConfig(**{**TINY, **overrides}))).eval()
-
 
 # ------------------------------------------------------------------------------------ published layout
 
@@ -111,8 +94,8 @@ def test_load_checks_the_dense_mask():
 def test_load_from_pth_and_safetensors(tmp_path):
     from safetensors.torch import save_file
 
-    model = tiny()
-    sd = {**model.state_dict(), "attn_bias_for_masking": published_mask(TINY["patch_nums"])}
+    model = tiny_var()
+    sd = {**model.state_dict(), "attn_bias_for_masking": published_mask(TINY_VAR["patch_nums"])}
     torch.save(sd, tmp_path / "var.pth")
     save_file(sd, str(tmp_path / "var.safetensors"))
     x = torch.randn(2, L_TINY - 1, 8)
@@ -135,9 +118,9 @@ def test_hub_offline_message():
 
 
 def test_hub_download_uses_the_published_file_name(monkeypatch, tmp_path):
-    model = tiny()  # the file name follows the depth: var_d2.pth here, var_d16.pth for the d16 preset
+    model = tiny_var()  # the file name follows the depth: var_d2.pth here, var_d16.pth for the d16 preset
     torch.save(
-        {**model.state_dict(), "attn_bias_for_masking": published_mask(TINY["patch_nums"])}, tmp_path / "var_d2.pth"
+        {**model.state_dict(), "attn_bias_for_masking": published_mask(TINY_VAR["patch_nums"])}, tmp_path / "var_d2.pth"
     )
     calls = []
 
@@ -174,14 +157,14 @@ def test_presets_are_the_published_models():
 
 def test_attention_choice_is_validated():
     with pytest.raises(ValueError, match="2 mechanisms for depth=3"):
-        VAR(VARConfig(**{**TINY, "depth": 3, "attention": ["full", "full"]}))
+        VAR(VARConfig(**{**TINY_VAR, "depth": 3, "attention": ["full", "full"]}))
     with pytest.raises(ValueError, match="unknown attention mechanism 'nope'"):
-        VAR(VARConfig(**{**TINY, "attention": "nope"}))
+        VAR(VARConfig(**{**TINY_VAR, "attention": "nope"}))
 
 
 def test_published_initialisation():
     torch.manual_seed(0)
-    model = VAR(VARConfig(**{**TINY, "depth": 4}))
+    model = VAR(VARConfig(**{**TINY_VAR, "depth": 4}))
     C = model.config.width
     std = math.sqrt(1 / C / 3)
     assert model.head.weight.std().item() == pytest.approx(0.02 * std, rel=0.1)
@@ -201,7 +184,7 @@ def test_published_initialisation():
 @pytest.mark.parametrize("shared_aln", [False, True], ids=["ada_lin", "shared_aln"])
 @pytest.mark.parametrize("attn_l2_norm", [True, False], ids=["l2norm", "scaled"])
 def test_block_causality(shared_aln, attn_l2_norm):
-    model = tiny(shared_aln=shared_aln, attn_l2_norm=attn_l2_norm)
+    model = tiny_var(shared_aln=shared_aln, attn_l2_norm=attn_l2_norm)
     labels = torch.tensor([3, 7])
     x = torch.randn(2, L_TINY - 1, 8)
     ref = model(labels, x)
@@ -214,7 +197,7 @@ def test_block_causality(shared_aln, attn_l2_norm):
 
 
 def test_forward_backward_and_label_dropout():
-    model = tiny(cond_drop_rate=1.0)
+    model = tiny_var(cond_drop_rate=1.0)
     labels, x = torch.tensor([3, 7]), torch.randn(2, L_TINY - 1, 8)
     null = model(torch.tensor([10, 10]), x)
     assert torch.equal(model(labels, x), model(labels, x))  # eval: no label dropout
@@ -230,7 +213,7 @@ def test_forward_backward_and_label_dropout():
 
 
 def test_logits_are_fp32_under_autocast():
-    model = tiny()
+    model = tiny_var()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(torch.tensor([1]), torch.randn(1, L_TINY - 1, 8))
     assert logits.dtype == torch.float32
@@ -261,7 +244,7 @@ def test_a_registered_mechanism_plugs_in_per_block(monkeypatch):
             return self.proj((state["sum"] / state["count"]).expand_as(x_BlC) * self.gain)
 
     monkeypatch.setitem(MIXERS, "mean", MeanOfPast)
-    model = tiny(attention=["mean", "full"], attention_options={"mean": {"gain": 2.0}})
+    model = tiny_var(attention=["mean", "full"], attention_options={"mean": {"gain": 2.0}})
     assert isinstance(model.blocks[1].attn, FullAttention) and model.blocks[0].attn.gain == 2.0
     labels, x = torch.tensor([3, 7]), torch.randn(2, L_TINY - 1, 8)
     ref = model(labels, x)

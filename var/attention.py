@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 __all__ = [
     "MIXERS",
     "FullAttention",
@@ -136,9 +138,11 @@ class FullAttention(TokenMixer):
     # published: max_scale_mul = log(100), a cap on the learned per-head temperature
     MAX_SCALE_MUL: ClassVar[float] = math.log(100)
 
-    def __init__(self, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True, backend: str = "auto"
+    ) -> None:
         super().__init__(dim, num_heads, patch_nums)
-        self.attn_l2_norm = attn_l2_norm
+        self.attn_l2_norm, self.backend = attn_l2_norm, backend
         if attn_l2_norm:
             # cosine attention: q and k unit vectors, q times a learned per-head temperature, initially 4
             self.scale = 1.0
@@ -158,7 +162,8 @@ class FullAttention(TokenMixer):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, l, D]
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp(max=self.MAX_SCALE_MUL).exp()
-            q = F.normalize(q, dim=-1) * scale_mul
+            # the fp32 temperature would promote q under autocast; keep q, k, v in one dtype for the kernels
+            q = (F.normalize(q, dim=-1) * scale_mul).to(v.dtype)
             k = F.normalize(k, dim=-1)
         return q, k, v
 
@@ -168,10 +173,11 @@ class FullAttention(TokenMixer):
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x_BLC)
-        L = x_BLC.shape[1]
-        # the mask is L x L booleans, rebuilt per call instead of one buffer per block (cheap next to attention)
-        mask_LL = block_causal_mask(self.patch_nums, x_BLC.device)[:L, :L]
-        return self._out(F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL, scale=self.scale))
+        # The block-causal op: a fused flash-attention kernel that skips later-scale key tiles on CUDA,
+        # a per-scale SDPA loop elsewhere; never an L x L x D tensor.
+        return self._out(
+            kernels.block_causal_attention(q, k, v, self.patch_nums, scale=self.scale, backend=self.backend)
+        )
 
     def init_state(self, batch: int) -> KVCache:
         return KVCache()
@@ -183,4 +189,14 @@ class FullAttention(TokenMixer):
         return self._out(F.scaled_dot_product_attention(q, k, v, scale=self.scale))
 
     def extra_repr(self) -> str:
-        return f"heads={self.num_heads}, attn_l2_norm={self.attn_l2_norm}"
+        backend = backend_repr("block_causal_attention", self.backend, self)
+        return f"heads={self.num_heads}, attn_l2_norm={self.attn_l2_norm}, backend={backend}"
+
+
+def backend_repr(op: str, backend: str, module: nn.Module) -> str:
+    """The backend `op` runs with on `module`'s device, for `extra_repr`."""
+    device = next(module.parameters()).device
+    try:
+        return kernels.resolve_backend(op, backend, device)
+    except kernels.BackendUnavailableError as err:
+        return f"unavailable ({err})"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
 from var.attention import TokenMixer, build_mixer, scale_ids
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "preset"]
@@ -128,10 +129,11 @@ class AdaLNBlock(nn.Module):
         return self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
 
     def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, state: Any = None, si: Optional[int] = None):
-        """Teacher forcing when ``state is None``; otherwise one scale ``si`` of sampling with the mixer's state."""
+        """Teacher forcing when ``si is None``; otherwise one scale ``si`` of sampling with the mixer's state
+        (which is ``None`` for mechanisms that keep none, such as lka and gspn)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
         h = self.ln(x_BLC) * (1 + scale1) + shift1
-        h = self.attn(h) if state is None else self.attn.step(h, state, si)
+        h = self.attn(h) if si is None else self.attn.step(h, state, si)
         x_BLC = x_BLC + drop_path(h * gamma1, self.drop_path_p, self.training)
         h = self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2)
         return x_BLC + drop_path(h * gamma2, self.drop_path_p, self.training)
