@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import sys
 import types
 
@@ -50,6 +51,9 @@ def _call_op(op: str, backend: str) -> torch.Tensor:
 
 
 ALL_OPS = list(_backend.OPS)
+# Ops whose folder has no triton.py yet (the list shrinks as kernels land; checked on the file, which
+# needs no Triton import).
+OPS_WITHOUT_KERNEL = [op for op in ALL_OPS if importlib.util.find_spec(_backend._triton_module_name(op)) is None]
 
 
 @pytest.fixture
@@ -76,7 +80,7 @@ def fake_triton_kernel(monkeypatch):
 # Backend choice
 
 
-@pytest.mark.parametrize("op", ALL_OPS)
+@pytest.mark.parametrize("op", OPS_WITHOUT_KERNEL)
 def test_triton_request_without_kernel_raises_naming_the_op(op):
     with pytest.raises(kernels.BackendUnavailableError, match=f"Triton kernel for {op} is not implemented yet"):
         _call_op(op, "triton")
@@ -88,8 +92,9 @@ def test_auto_on_cpu_runs_the_reference(op):
     torch.testing.assert_close(_call_op(op, "auto"), _call_op(op, "torch"), rtol=0, atol=0)
 
 
-def test_no_op_has_a_triton_kernel_yet():
-    assert not any(kernels.has_triton_kernel(op) for op in ALL_OPS)
+def test_has_triton_kernel_follows_the_triton_files():
+    assert not any(kernels.has_triton_kernel(op) for op in OPS_WITHOUT_KERNEL)
+    assert all(kernels.has_triton_kernel(op) for op in set(ALL_OPS) - set(OPS_WITHOUT_KERNEL))
 
 
 def test_env_torch_overrides_a_triton_argument(monkeypatch):
@@ -100,7 +105,8 @@ def test_env_torch_overrides_a_triton_argument(monkeypatch):
 
 def test_env_triton_overrides_a_torch_argument_and_says_so(monkeypatch):
     monkeypatch.setenv("VAR_KERNEL_BACKEND", "triton")
-    with pytest.raises(kernels.BackendUnavailableError, match=r"VAR_KERNEL_BACKEND=triton.*not implemented yet"):
+    # TRITON_INTERPRET is unset here, so no op's Triton kernel can run on CPU tensors.
+    with pytest.raises(kernels.BackendUnavailableError, match=r"VAR_KERNEL_BACKEND=triton.*cannot run"):
         _call_op("external_attention", "torch")
 
 

@@ -1,0 +1,318 @@
+"""Triton kernels of block-causal external attention (DESIGN.md section 7.3; reference.py is the spec).
+
+Notation per (batch b, head h): ``a[n, m] = scale * q[n].mem_k[m]``; ``lse[s, m]`` is the
+logsumexp of ``a[:, m]`` over the tokens of scales ``<= s`` (a running logaddexp over scale blocks);
+``P[n, m] = exp(a[n, m] - lse[s(n), m])``; ``r[n] = sum_m P[n, m] + 1e-6``; ``A = P / r``;
+``out = A @ mem_v``. The ``[B, H, L, S]`` map is never written to memory: every kernel recomputes
+it tile by tile from q and the (tiny, cache-resident) memories.
+
+Forward, two launches:
+
+1. ``_lse_kernel``, grid ``(B*H,)``: one program walks the sequence coarse to fine with an online
+   (max, sum) per memory slot and stores the prefix ``lse [B*H, num_scales, S]`` (fp32, tiny) after
+   each scale. This is exactly the running state a sampler carries.
+2. ``_fwd_kernel``, grid ``(num_tiles, B*H)``: tiles never straddle a scale (host-built table), so
+   each program loads one ``lse`` row, recomputes ``a``, normalises over tokens then over memories
+   and multiplies by ``mem_v``. Fully parallel over tokens.
+
+Backward, one launch ``_bwd_kernel``, grid ``(B*H,)``, scales walked *fine to coarse*. With
+``dA = dO @ mem_v^T`` and ``delta[n] = sum_m dA[n, m] A[n, m]``:
+``dP = (dA - delta) / r``; the direct path gives ``da += dP * P``; the path through ``lse`` gives
+``da -= P * R[s(n)]`` with ``G[s, m] = sum_{n in scale s} dP P`` and the suffix sum
+``R[s] = G[s] + exp(lse[s] - lse[s+1]) * R[s+1]`` (all factors <= 1: lse grows with s). ``G[s]``
+needs only scale s's tokens, so walking scales in reverse, each scale is visited twice: once for
+``G[s]`` (and ``dmem_v``), once for ``dq`` (stored) and ``dmem_k``. ``dmem_k, dmem_v`` accumulate
+in registers over the whole sequence (``[S, D]`` fp32 each) and are stored once per (b, h); the sum
+over B is a second stage in PyTorch on ``[B, H, S, D]`` partials: deterministic, no atomics.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._tiles import scale_offsets, tile_table
+from .reference import L1_EPS
+
+__all__ = ["external_attention"]
+
+BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on a real device.
+
+
+def _pad(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+@triton.jit
+def _lse_kernel(
+    q,
+    mem_k,
+    lse,
+    offsets,
+    H,
+    L,
+    S,
+    D,
+    NUM_SCALES,
+    sm_scale,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_s = o_s < S
+    m_d = o_d < D
+    p_kT = mem_k + i_h * S * D + o_s[None, :] * D + o_d[:, None]
+    b_kT = tl.load(p_kT, mask=m_d[:, None] & m_s[None, :], other=0.0)  # [D, S]
+    b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
+    b_l = tl.zeros([BLOCK_S], tl.float32)
+    for i_s in range(NUM_SCALES):
+        begin = tl.load(offsets + i_s)
+        end = tl.load(offsets + i_s + 1)
+        for t0 in range(begin, end, BLOCK_T):
+            o_n = t0 + o_t
+            m_n = o_n < end
+            p_q = q + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
+            b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_a = tl.dot(b_q, b_kT) * sm_scale  # [T, S] fp32
+            b_a = tl.where(m_n[:, None], b_a, float("-inf"))
+            b_m_new = tl.maximum(b_m, tl.max(b_a, 0))  # finite: every tile holds a token
+            b_l = b_l * tl.exp(b_m - b_m_new) + tl.sum(tl.exp(b_a - b_m_new[None, :]), 0)
+            b_m = b_m_new
+        tl.store(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, b_m + tl.log(b_l), mask=m_s)
+
+
+@triton.jit
+def _probs(
+    q,
+    mem_k,
+    lse,
+    i_bh,
+    i_h,
+    i_s,
+    o_n,
+    m_n,
+    H,
+    L,
+    S,
+    D,
+    NUM_SCALES,
+    sm_scale,
+    eps,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Recompute one tile: q [T, D], P [T, S] (0 outside the tile and past S), 1/r [T]."""
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_s = o_s < S
+    m_d = o_d < D
+    b_kT = tl.load(mem_k + i_h * S * D + o_s[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_s[None, :], other=0.0)
+    b_q = tl.load(q + i_bh * L * D + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+    b_lse = tl.load(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+    b_a = tl.dot(b_q, b_kT) * sm_scale
+    b_p = tl.exp(b_a - b_lse[None, :])
+    b_p = tl.where(m_n[:, None] & m_s[None, :], b_p, 0.0)
+    b_rinv = 1.0 / (tl.sum(b_p, 1) + eps)
+    return b_q, b_p, b_rinv
+
+
+@triton.jit
+def _fwd_kernel(
+    q,
+    mem_k,
+    mem_v,
+    lse,
+    tiles,
+    out,
+    H,
+    L,
+    S,
+    D,
+    NUM_SCALES,
+    sm_scale,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_tile = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_h = i_bh % H
+    scale_begin = tl.load(tiles + i_tile * 4)
+    p = tl.load(tiles + i_tile * 4 + 1)
+    tile_start = tl.load(tiles + i_tile * 4 + 2)
+    i_s = tl.load(tiles + i_tile * 4 + 3)
+    o_t = tl.arange(0, BLOCK_T)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_n = tile_start + o_t < p * p
+    o_n = scale_begin + tile_start + o_t
+    _, b_p, b_rinv = _probs(
+        q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+    )
+    b_A = b_p * b_rinv[:, None]
+    m_sd = (o_s[:, None] < S) & (o_d[None, :] < D)
+    b_v = tl.load(mem_v + i_h * S * D + o_s[:, None] * D + o_d[None, :], mask=m_sd, other=0.0)  # [S, D]
+    b_o = tl.dot(b_A.to(b_v.dtype), b_v)  # [T, D] fp32
+    p_o = out + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
+    tl.store(p_o, b_o.to(out.dtype.element_ty), mask=m_n[:, None] & (o_d[None, :] < D))
+
+
+@triton.jit
+def _bwd_kernel(
+    q,
+    mem_k,
+    mem_v,
+    lse,
+    offsets,
+    do,
+    dq,
+    dk_part,
+    dv_part,
+    H,
+    L,
+    S,
+    D,
+    NUM_SCALES,
+    sm_scale,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_bh = tl.program_id(0)
+    i_h = i_bh % H
+    o_t = tl.arange(0, BLOCK_T)
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_s = o_s < S
+    m_d = o_d < D
+    m_sd = m_s[:, None] & m_d[None, :]
+    b_k = tl.load(mem_k + i_h * S * D + o_s[:, None] * D + o_d[None, :], mask=m_sd, other=0.0)  # [S, D]
+    b_vT = tl.load(
+        mem_v + i_h * S * D + o_s[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_s[None, :], other=0.0
+    )  # [D, S]
+    b_dk = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
+    b_dv = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
+    b_R = tl.zeros([BLOCK_S], tl.float32)
+    b_lse_next = tl.zeros([BLOCK_S], tl.float32)
+    for j in range(NUM_SCALES):
+        i_s = NUM_SCALES - 1 - j
+        begin = tl.load(offsets + i_s)
+        end = tl.load(offsets + i_s + 1)
+        b_lse = tl.load(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+        # Visit 1: G[s] = sum over the scale's tokens of dP * P, and dmem_v += A^T dO.
+        b_G = tl.zeros([BLOCK_S], tl.float32)
+        for t0 in range(begin, end, BLOCK_T):
+            o_n = t0 + o_t
+            m_n = o_n < end
+            _, b_p, b_rinv = _probs(
+                q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+            )
+            b_A = b_p * b_rinv[:, None]
+            p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
+            b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype))  # [T, S]
+            b_delta = tl.sum(b_dA * b_A, 1)
+            b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
+            b_G += tl.sum(b_dP * b_p, 0)
+            b_dv += tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do)
+        b_R = b_G + tl.exp(b_lse - b_lse_next) * b_R  # b_R is 0 on the finest scale
+        b_lse_next = b_lse
+        # Visit 2: da = P * (dP - R[s]); dq = scale * da @ mem_k; dmem_k += scale * da^T q.
+        for t0 in range(begin, end, BLOCK_T):
+            o_n = t0 + o_t
+            m_n = o_n < end
+            b_q, b_p, b_rinv = _probs(
+                q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+            )
+            b_A = b_p * b_rinv[:, None]
+            p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
+            b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype))
+            b_delta = tl.sum(b_dA * b_A, 1)
+            b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
+            b_da = b_p * (b_dP - b_R[None, :]) * sm_scale  # [T, S], includes the logit scale
+            b_dq = tl.dot(b_da.to(b_k.dtype), b_k)  # [T, D]
+            p_dq = dq + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
+            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+            b_dk += tl.dot(tl.trans(b_da.to(b_q.dtype)), b_q)
+    p_part = i_bh * S * D + o_s[:, None] * D + o_d[None, :]
+    tl.store(dk_part + p_part, b_dk, mask=m_sd)
+    tl.store(dv_part + p_part, b_dv, mask=m_sd)
+
+
+def _meta(q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor) -> dict:
+    return dict(BLOCK_T=BLOCK_T, BLOCK_S=_pad(mem_k_HSD.shape[1]), BLOCK_D=_pad(q_BHLD.shape[3]))
+
+
+def _forward(q, mem_k, mem_v, patch_nums, scale):
+    B, H, L, D = q.shape
+    S = mem_k.shape[1]
+    offsets = scale_offsets(patch_nums, q.device)
+    tiles = tile_table(patch_nums, BLOCK_T, q.device)
+    lse = torch.empty(B * H, len(patch_nums), S, dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    _lse_kernel[(B * H,)](q, mem_k, lse, offsets, H, L, S, D, len(patch_nums), scale, **_meta(q, mem_k))
+    grid = (tiles.shape[0], B * H)
+    _fwd_kernel[grid](q, mem_k, mem_v, lse, tiles, out, H, L, S, D, len(patch_nums), scale, L1_EPS, **_meta(q, mem_k))
+    return out, lse
+
+
+def _backward(q, mem_k, mem_v, lse, d_out, patch_nums, scale):
+    B, H, L, D = q.shape
+    S = mem_k.shape[1]
+    offsets = scale_offsets(patch_nums, q.device)
+    dq = torch.empty_like(q)
+    dk_part = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)
+    dv_part = torch.empty(B, H, S, D, dtype=torch.float32, device=q.device)
+    _bwd_kernel[(B * H,)](
+        q,
+        mem_k,
+        mem_v,
+        lse,
+        offsets,
+        d_out,
+        dq,
+        dk_part,
+        dv_part,
+        H,
+        L,
+        S,
+        D,
+        len(patch_nums),
+        scale,
+        L1_EPS,
+        **_meta(q, mem_k),
+    )
+    # Second stage of the memory gradients: the sum over the batch (deterministic).
+    return dq, dk_part.sum(0).to(mem_k.dtype), dv_part.sum(0).to(mem_v.dtype)
+
+
+class _ExternalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, mem_k, mem_v, patch_nums, scale):
+        q, mem_k, mem_v = (t.contiguous() for t in (q, mem_k, mem_v))
+        out, lse = _forward(q, mem_k, mem_v, patch_nums, scale)
+        ctx.save_for_backward(q, mem_k, mem_v, lse)
+        ctx.patch_nums, ctx.scale = patch_nums, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, mem_k, mem_v, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, mem_k, mem_v, lse, d_out.contiguous(), ctx.patch_nums, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def external_attention(
+    q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor, mem_v_HSD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
+) -> torch.Tensor:
+    """Triton version of :func:`kernels.external_attention` (arguments already checked)."""
+    return _ExternalAttention.apply(q_BHLD, mem_k_HSD, mem_v_HSD, patch_nums, scale)

@@ -1,0 +1,219 @@
+"""Triton kernels of the ragged depthwise conv (DESIGN.md section 7.4; reference.py is the spec).
+
+One launch covers every scale. Grid ``(num_tiles, B, cdiv(C, BLOCK_C))`` over a host-built, cached
+tile table (``kernels._tiles.tile_table``): a tile is up to ``BLOCK_T`` consecutive tokens of ONE
+scale, so the program knows its map size ``p`` and offset, and each of the ``k*k`` taps is a masked
+``[BLOCK_T, BLOCK_C]`` load of the channel-last ``x [B, L, C]`` (contiguous along C: coalesced) at
+the shifted map position; positions outside the ``p x p`` map read 0, so nothing crosses scales.
+Accumulation is fp32 whatever the input dtype.
+
+Backward:
+
+- input: the same kernel with the spatially flipped filter (the adjoint of a 'same', symmetric-pad
+  correlation), so it is ragged in exactly the same way and costs one more launch;
+- weight and bias: ``_wgrad_kernel``, grid ``(num_tiles, cdiv(C, BLOCK_C))``, loops over the batch
+  inside the program and stores one fp32 partial ``[k*k, BLOCK_C]`` (and ``[BLOCK_C]`` for the bias)
+  per tile; the sum over tiles is a second stage in PyTorch on ``[num_tiles, k*k, C]``
+  (~4 MB at 512 px, C = 1024, k = 7): deterministic, no atomics.
+
+LKA (DESIGN.md section 7.4) runs two depthwise convs back to back, 5x5 then 7x7 dilation 3. Fusing
+them in one kernel would need, for an output tile, the 5x5 result on the tile plus a halo of
+``3 * 3 = 9`` map rows/columns each side, i.e. for the maps that matter (p <= 32) nearly the whole
+map per tile, recomputed by every tile (25 MACs per halo pixel), and the dilated taps would have to
+gather from that on-chip intermediate at arbitrary offsets, which Triton cannot index in registers
+(it would go through global scratch anyway). We keep two launches: the intermediate ``[B, L, C]``
+is written once and read back mostly from L2. TODO(gpu): measure whether a fused kernel with one
+program per (b, scale, channel block) and an L2-resident scratch wins at 256 px.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._tiles import tile_table
+
+__all__ = ["ragged_depthwise_conv2d"]
+
+BLOCK_T = 32  # tokens per tile. TODO(gpu): tune BLOCK_T / BLOCK_C / num_warps on a real device.
+MAX_BLOCK_C = 64  # 64 channels of fp16 = 128 bytes per token row: one coalesced transaction
+
+
+@triton.jit
+def _conv_kernel(
+    x,
+    w,
+    bias,
+    y,
+    tiles,
+    L,
+    C,
+    DIL,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    i_tile = tl.program_id(0)
+    i_b = tl.program_id(1)
+    i_c = tl.program_id(2)
+    scale_begin = tl.load(tiles + i_tile * 4)
+    p = tl.load(tiles + i_tile * 4 + 1)
+    tile_start = tl.load(tiles + i_tile * 4 + 2)
+    o_t = tile_start + tl.arange(0, BLOCK_T)  # token index inside the scale
+    m_t = o_t < p * p
+    o_i = o_t // p
+    o_j = o_t % p
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_c = o_c < C
+    b_y = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+    for ky in tl.static_range(K):
+        for kx in tl.static_range(K):
+            o_ii = o_i + (ky - K // 2) * DIL
+            o_jj = o_j + (kx - K // 2) * DIL
+            m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+            p_x = x + (i_b * L + scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
+            b_x = tl.load(p_x, mask=m_in[:, None] & m_c[None, :], other=0.0)
+            b_w = tl.load(w + o_c * (K * K) + ky * K + kx, mask=m_c, other=0.0)
+            b_y += b_x.to(tl.float32) * b_w.to(tl.float32)[None, :]
+    if HAS_BIAS:
+        b_y += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
+    p_y = y + (i_b * L + scale_begin + o_t)[:, None] * C + o_c[None, :]
+    tl.store(p_y, b_y.to(y.dtype.element_ty), mask=m_t[:, None] & m_c[None, :])
+
+
+@triton.jit
+def _wgrad_kernel(
+    x,
+    dy,
+    dw_part,
+    db_part,
+    tiles,
+    B,
+    L,
+    C,
+    DIL,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    i_tile = tl.program_id(0)
+    i_c = tl.program_id(1)
+    scale_begin = tl.load(tiles + i_tile * 4)
+    p = tl.load(tiles + i_tile * 4 + 1)
+    tile_start = tl.load(tiles + i_tile * 4 + 2)
+    o_t = tile_start + tl.arange(0, BLOCK_T)
+    m_t = o_t < p * p
+    o_i = o_t // p
+    o_j = o_t % p
+    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    m_c = o_c < C
+    m_tc = m_t[:, None] & m_c[None, :]
+    p_dy = dy + (scale_begin + o_t)[:, None] * C + o_c[None, :]
+    for ky in tl.static_range(K):
+        for kx in tl.static_range(K):
+            o_ii = o_i + (ky - K // 2) * DIL
+            o_jj = o_j + (kx - K // 2) * DIL
+            m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+            p_x = x + (scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
+            b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+            for i_b in range(B):
+                b_dy = tl.load(p_dy + i_b * L * C, mask=m_tc, other=0.0).to(tl.float32)
+                b_x = tl.load(p_x + i_b * L * C, mask=m_in[:, None] & m_c[None, :], other=0.0).to(tl.float32)
+                b_acc += b_dy * b_x
+            tl.store(dw_part + (i_tile * K * K + ky * K + kx) * C + o_c, tl.sum(b_acc, 0), mask=m_c)
+    if HAS_BIAS:
+        b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+        for i_b in range(B):
+            b_acc += tl.load(p_dy + i_b * L * C, mask=m_tc, other=0.0).to(tl.float32)
+        tl.store(db_part + i_tile * C + o_c, tl.sum(b_acc, 0), mask=m_c)
+
+
+def _block_c(C: int) -> int:
+    return min(MAX_BLOCK_C, triton.next_power_of_2(C))
+
+
+def _conv(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
+    B, L, C = x_BLC.shape
+    K = weight_Ckk.shape[-1]
+    tiles = tile_table(patch_nums, BLOCK_T, x_BLC.device)
+    y_BLC = torch.empty_like(x_BLC)
+    block_c = _block_c(C)
+    grid = (tiles.shape[0], B, triton.cdiv(C, block_c))
+    has_bias = bias_C is not None
+    _conv_kernel[grid](
+        x_BLC,
+        weight_Ckk,
+        bias_C if has_bias else weight_Ckk,
+        y_BLC,
+        tiles,
+        L,
+        C,
+        dilation,
+        K=K,
+        HAS_BIAS=has_bias,
+        BLOCK_T=BLOCK_T,
+        BLOCK_C=block_c,
+    )
+    return y_BLC
+
+
+class _RaggedDepthwiseConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
+        x_BLC, weight_Ckk = x_BLC.contiguous(), weight_Ckk.contiguous()
+        bias_C = None if bias_C is None else bias_C.contiguous()
+        ctx.save_for_backward(x_BLC, weight_Ckk)
+        ctx.patch_nums, ctx.dilation, ctx.has_bias = patch_nums, dilation, bias_C is not None
+        return _conv(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
+
+    @staticmethod
+    def backward(ctx, dy_BLC):
+        x_BLC, weight_Ckk = ctx.saved_tensors
+        dy_BLC = dy_BLC.contiguous()
+        B, L, C = x_BLC.shape
+        K = weight_Ckk.shape[-1]
+        dx = dw = db = None
+        if ctx.needs_input_grad[0]:
+            # Adjoint of a symmetric-pad 'same' correlation = correlation with the flipped filter.
+            dx = _conv(dy_BLC, ctx.patch_nums, weight_Ckk.flip(1, 2).contiguous(), None, ctx.dilation)
+        if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
+            tiles = tile_table(ctx.patch_nums, BLOCK_T, x_BLC.device)
+            num_tiles = tiles.shape[0]
+            block_c = _block_c(C)
+            dw_part = torch.empty(num_tiles, K * K, C, dtype=torch.float32, device=x_BLC.device)
+            db_part = torch.empty(num_tiles, C, dtype=torch.float32, device=x_BLC.device) if ctx.has_bias else dw_part
+            grid = (num_tiles, triton.cdiv(C, block_c))
+            _wgrad_kernel[grid](
+                x_BLC,
+                dy_BLC,
+                dw_part,
+                db_part,
+                tiles,
+                B,
+                L,
+                C,
+                ctx.dilation,
+                K=K,
+                HAS_BIAS=ctx.has_bias,
+                BLOCK_T=BLOCK_T,
+                BLOCK_C=block_c,
+            )
+            # Second stage: the sum over tiles (deterministic).
+            dw = dw_part.sum(0).t().reshape(C, K, K).to(weight_Ckk.dtype)
+            if ctx.has_bias:
+                db = db_part.sum(0).to(weight_Ckk.dtype)
+        return dx, None, dw, db, None
+
+
+def ragged_depthwise_conv2d(
+    x_BLC: torch.Tensor,
+    patch_nums: tuple[int, ...],
+    weight_Ckk: torch.Tensor,
+    bias_C: torch.Tensor | None,
+    dilation: int,
+) -> torch.Tensor:
+    """Triton version of :func:`kernels.ragged_depthwise_conv2d` (arguments already checked)."""
+    return _RaggedDepthwiseConv2d.apply(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
