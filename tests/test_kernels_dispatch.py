@@ -51,7 +51,7 @@ def _call_op(op: str, backend: str) -> torch.Tensor:
 
 ALL_OPS = list(_backend.OPS)
 # Ops whose kernels/<folder>/triton.py is written; the others still raise "not implemented yet".
-TRITON_OPS = ["block_causal_attention"]
+TRITON_OPS = ["block_causal_attention", "neighborhood_attention"]
 OPS_WITHOUT_KERNEL = [op for op in ALL_OPS if op not in TRITON_OPS]
 
 

@@ -19,6 +19,10 @@ import kernels
 from kernels._scales import scale_boundaries
 from kernels.block_causal_attention import triton as bca_triton
 
+# Imported at collection, while TRITON_INTERPRET=1 is set: @triton.jit picks the interpreter when the
+# kernel module is imported, and the dispatch tests import triton.py with the variable unset.
+from kernels.neighborhood_attention import triton as na_triton
+
 PATCH_NUMS = [
     pytest.param((1,), id="pn=1"),
     pytest.param((1, 2, 3), id="pn=1,2,3"),
@@ -135,3 +139,40 @@ def test_tile_table_skips_later_scales(block):
     assert allowed == pytest.approx(0.619, abs=1e-3)
     visited = bca_triton.visited_fraction(PN_256PX, block, block)
     assert allowed <= visited <= 0.70
+
+
+# ----------------------------------------------------------------------------------------------
+# Neighborhood attention
+
+NA_KERNELS = ["_fwd_kernel", "_bwd_kernel"]
+NA_CASES = [
+    # (patch_nums, kernel_size): windows smaller than the maps, windows clamped at borders on the
+    # ragged 5 x 5 map (4 x 4 query patches under the interpreter), and kernel_size >= max(patch_nums).
+    pytest.param((1, 2, 3), 1, id="pn=1,2,3-k1"),
+    pytest.param((1, 2, 3), 3, id="pn=1,2,3-k3"),
+    pytest.param((1, 2, 3, 5), 3, id="pn=1,2,3,5-k3"),
+    pytest.param((1, 2, 3, 5), 5, id="pn=1,2,3,5-k5"),
+]
+NA_SLOW_CASES = [
+    pytest.param((1, 2, 3, 4, 5, 6, 8), k, id=f"pn=1..8-k{k}", marks=pytest.mark.slow) for k in (3, 5, 7, 9)
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("patch_nums, kernel_size", NA_CASES + NA_SLOW_CASES)
+def test_neighborhood_matches_reference(patch_nums, kernel_size, D, dtype, nan_poisoned_empty, monkeypatch):
+    counts = _count_launches(monkeypatch, na_triton, NA_KERNELS)
+    qkv = _qkv(patch_nums, D, dtype)
+    got = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="triton")
+    assert counts == {name: 1 for name in NA_KERNELS}
+    want = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="torch")
+    _assert_matches(got, want, dtype)
+
+
+def test_neighborhood_with_covering_kernel_is_block_causal(nan_poisoned_empty):
+    patch_nums = (1, 2, 3, 5)
+    qkv = _qkv(patch_nums, 16, torch.float32, B=2, H=1)
+    got = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, 7, 0.2, backend="triton")
+    want = _fwd_bwd(kernels.block_causal_attention, qkv, patch_nums, 0.2, backend="triton")
+    _assert_matches(got, want, torch.float32)
