@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.machinery
 import importlib.util
 import sys
@@ -54,6 +55,7 @@ ALL_OPS = list(_backend.OPS)
 # Ops whose folder has no triton.py yet (the list shrinks as kernels land; checked on the file, which
 # needs no Triton import).
 OPS_WITHOUT_KERNEL = [op for op in ALL_OPS if importlib.util.find_spec(_backend._triton_module_name(op)) is None]
+TRITON_OPS = [op for op in ALL_OPS if op not in OPS_WITHOUT_KERNEL]
 
 
 @pytest.fixture
@@ -80,8 +82,14 @@ def fake_triton_kernel(monkeypatch):
 # Backend choice
 
 
-@pytest.mark.parametrize("op", OPS_WITHOUT_KERNEL)
-def test_triton_request_without_kernel_raises_naming_the_op(op):
+@pytest.fixture
+def no_triton_files(monkeypatch):
+    """Pretend no op has a triton.py (every op has one now; the 'not implemented' path stays tested)."""
+    monkeypatch.setattr(_backend, "_triton_file_exists", functools.cache(lambda op: False))
+
+
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_triton_request_without_kernel_raises_naming_the_op(op, no_triton_files):
     with pytest.raises(kernels.BackendUnavailableError, match=f"Triton kernel for {op} is not implemented yet"):
         _call_op(op, "triton")
 
@@ -95,6 +103,12 @@ def test_auto_on_cpu_runs_the_reference(op):
 def test_has_triton_kernel_follows_the_triton_files():
     assert not any(kernels.has_triton_kernel(op) for op in OPS_WITHOUT_KERNEL)
     assert all(kernels.has_triton_kernel(op) for op in set(ALL_OPS) - set(OPS_WITHOUT_KERNEL))
+
+
+@pytest.mark.parametrize("op", TRITON_OPS)
+def test_real_triton_kernel_on_cpu_needs_the_interpreter(op):
+    with pytest.raises(kernels.BackendUnavailableError, match="tensors are on cpu and TRITON_INTERPRET is not set"):
+        _call_op(op, "triton")
 
 
 def test_env_torch_overrides_a_triton_argument(monkeypatch):
@@ -143,12 +157,13 @@ def test_registered_triton_kernel_runs_under_interpreter_when_asked(fake_triton_
     assert len(fake_triton_kernel) == 1
 
 
-def test_auto_picks_a_registered_triton_kernel_for_cuda_tensors(fake_triton_kernel):
+def test_auto_picks_a_registered_triton_kernel_for_cuda_tensors(fake_triton_kernel, monkeypatch):
     assert kernels.resolve_backend("block_causal_attention", "auto", "cuda") == "triton"
     assert kernels.resolve_backend("block_causal_attention", "triton", "cuda:0") == "triton"
     assert kernels.resolve_backend("block_causal_attention", "torch", "cuda") == "torch"
-    # Other ops have no kernel: auto stays on the reference on CUDA too.
-    assert kernels.resolve_backend("neighborhood_attention", "auto", "cuda") == "torch"
+    # Ops without a kernel: auto stays on the reference on CUDA too.
+    monkeypatch.setattr(_backend, "_triton_file_exists", functools.cache(lambda op: False))
+    assert kernels.resolve_backend("gspn_scan", "auto", "cuda") == "torch"
 
 
 def test_triton_not_installed(fake_triton_kernel, monkeypatch):

@@ -1,0 +1,420 @@
+"""Triton flash attention with the block-causal mask (DESIGN.md section 7.1, issue 6).
+
+Tiling along the scale structure. Query tiles never straddle a scale boundary: scale k
+(tokens ``[begin_k, end_k)``) is cut into tiles of at most ``BLOCK_M`` queries, and every query of
+the tile sees exactly the key prefix ``[0, end_k)``. The host builds the table of
+``(q_start, q_len, kv_end)`` rows once per ``(patch_nums, BLOCK_M)`` (cached) and passes it as a
+small int32 tensor; a program loops over key tiles only up to its ``kv_end``, so every key tile
+lying entirely in a later scale is skipped and the only masking is on the ragged last key tile
+(``kv_end`` is not a multiple of ``BLOCK_N``) and the ragged last query tile of a scale.
+At 256 px (``L = 680``) 62% of the (query, key) pairs are allowed; with 64 x 64 tiles this scheme
+computes 64% of them (:func:`visited_fraction`), where 128-token tiles blind to the scales skip <1%.
+
+Forward: online softmax in base 2 with fp32 accumulation, never an ``L x L`` matrix; it saves
+the row log-sum-exp (base 2, of the logits times ``scale * log2(e)``) for the backward.
+
+Backward (flash-attention-2, no atomics, deterministic): a preprocess kernel computes
+``delta = rowsum(dO * O)``; a dK/dV kernel runs one program per key tile and loops over the query
+tiles that can see it (a suffix of the tile table: the tiles of the scale holding the key tile's
+first key and of every later scale); a dQ kernel runs one program per query tile and loops over its
+visible key tiles like the forward. Probabilities are recomputed from the saved log-sum-exp.
+
+Layers (STYLE.md point 7): :func:`block_causal_attention` (called by the public op in ``ops.py``)
+-> :class:`BlockCausalAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the
+``@triton.jit`` kernels. Inputs are made contiguous ``[B, H, L, D]``; ``D`` is padded to a power of
+two (at least 16, the smallest ``tl.dot`` size) with masks.
+
+Sampling (one scale of queries against the cached keys of all earlier scales) needs no mask:
+every cached key is visible, so the sampler calls PyTorch's ``scaled_dot_product_attention``
+directly and does not go through this kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpret
+from .._scales import scale_boundaries
+
+__all__ = ["BlockCausalAttentionFunction", "block_causal_attention", "query_tiles", "visited_fraction"]
+
+LOG2E = 1.4426950408889634  # 1 / ln(2): the kernels work with exp2
+
+
+# ----------------------------------------------------------------------------------------------
+# Tile tables (host side, cached per scale list and tile size)
+
+
+@functools.cache
+def query_tiles(patch_nums: tuple[int, ...], block_m: int) -> tuple[tuple[int, int, int], ...]:
+    """``(q_start, q_len, kv_end)`` per query tile: each scale cut into tiles of <= block_m queries.
+
+    >>> query_tiles((1, 2, 3), 4)
+    ((0, 1, 1), (1, 4, 5), (5, 4, 14), (9, 4, 14), (13, 1, 14))
+    """
+    return tuple(
+        (q0, min(block_m, end - q0), end)
+        for begin, end in scale_boundaries(patch_nums)
+        for q0 in range(begin, end, block_m)
+    )
+
+
+@functools.cache
+def key_tiles(patch_nums: tuple[int, ...], block_m: int, block_n: int) -> tuple[int, ...]:
+    """Per key tile ``[n0, n0 + block_n)``: the index of the first query tile that sees any of its keys.
+
+    ``kv_end`` never decreases along the query tile table, so the query tiles that see a key tile
+    are that index and every later one.
+    """
+    tiles = query_tiles(patch_nums, block_m)
+    L = tiles[-1][2]
+    return tuple(next(t for t, (_, _, kv_end) in enumerate(tiles) if kv_end > n0) for n0 in range(0, L, block_n))
+
+
+def visited_fraction(patch_nums: tuple[int, ...], block_m: int, block_n: int) -> float:
+    """Fraction of the ``L x L`` (query, key) pairs whose key tile the forward visits.
+
+    A query tile of ``q_len`` queries visits the keys ``[0, ceil(kv_end / block_n) * block_n)``
+    (clipped at L); compare with the allowed fraction ``sum_k l_k * end_k / L**2``.
+    """
+    tiles = query_tiles(tuple(patch_nums), block_m)
+    L = tiles[-1][2]
+    visited = sum(q_len * min(triton.cdiv(kv_end, block_n) * block_n, L) for _, q_len, kv_end in tiles)
+    return visited / L**2
+
+
+@functools.cache
+def _table_tensors(
+    patch_nums: tuple[int, ...], block_m: int, block_n: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q_tiles_T3 = torch.tensor(query_tiles(patch_nums, block_m), dtype=torch.int32, device=device)  # [T, 3]
+    k_first_N = torch.tensor(key_tiles(patch_nums, block_m, block_n), dtype=torch.int32, device=device)  # [N]
+    return q_tiles_T3, k_first_N
+
+
+def _config(D: int) -> dict[str, int]:
+    """Block sizes by heuristic (no autotune: several configs fail under the interpreter)."""
+    if triton_interpret():
+        # Small tiles keep the interpreter fast and exercise the multi-tile paths on tiny shapes.
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    # FlashAttention-2's forward defaults for D <= 128 on A100/H100-class GPUs; a sweep on GPU is owed.
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs would otherwise be rounded to tf32 on the tensor cores; half inputs ignore it.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _fwd_kernel(
+    p_q,
+    p_k,
+    p_v,
+    p_o,
+    p_lse,
+    p_tiles,
+    L,
+    D,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    q_start = tl.load(p_tiles + i_t * 3)
+    q_len = tl.load(p_tiles + i_t * 3 + 1)
+    kv_end = tl.load(p_tiles + i_t * 3 + 2)
+    base = i_bh.to(tl.int64) * L * D
+
+    o_m = tl.arange(0, BLOCK_M)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < q_len
+    m_d = o_d < D
+    b_q = tl.load(p_q + base + (q_start + o_m)[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+
+    b_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    b_sum = tl.zeros([BLOCK_M], tl.float32)
+    b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for n0 in range(0, kv_end, BLOCK_N):
+        m_n = (n0 + o_n) < kv_end
+        b_kt = tl.load(
+            p_k + base + (n0 + o_n)[None, :] * D + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0
+        )  # [BLOCK_D, BLOCK_N]
+        b_v = tl.load(p_v + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale  # logits in base 2
+        b_s = tl.where(m_n[None, :], b_s, float("-inf"))
+        # Key 0 is in every tile's range, so the row max is finite from the first tile on.
+        b_max_new = tl.maximum(b_max, tl.max(b_s, 1))
+        b_alpha = tl.exp2(b_max - b_max_new)
+        b_p = tl.exp2(b_s - b_max_new[:, None])
+        b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+        b_max = b_max_new
+
+    b_acc = b_acc / b_sum[:, None]
+    tl.store(
+        p_o + base + (q_start + o_m)[:, None] * D + o_d[None, :],
+        b_acc.to(p_o.dtype.element_ty),
+        mask=m_m[:, None] & m_d[None, :],
+    )
+    tl.store(p_lse + i_bh.to(tl.int64) * L + q_start + o_m, b_max + tl.log2(b_sum), mask=m_m)
+
+
+@triton.jit
+def _bwd_delta_kernel(p_o, p_do, p_delta, L, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta[i] = sum_d dO[i, d] * O[i, d] in fp32 (the softmax backward's row term)."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_md = (o_m < L)[:, None] & (o_d < D)[None, :]
+    offset = i_bh.to(tl.int64) * L * D + o_m[:, None] * D + o_d[None, :]
+    b_o = tl.load(p_o + offset, mask=m_md, other=0.0).to(tl.float32)
+    b_do = tl.load(p_do + offset, mask=m_md, other=0.0).to(tl.float32)
+    tl.store(p_delta + i_bh.to(tl.int64) * L + o_m, tl.sum(b_o * b_do, 1), mask=o_m < L)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    p_q,
+    p_k,
+    p_v,
+    p_do,
+    p_lse,
+    p_delta,
+    p_dk,
+    p_dv,
+    p_tiles,
+    p_first,
+    n_tiles,
+    L,
+    D,
+    scale,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    base = i_bh.to(tl.int64) * L * D
+    base_row = i_bh.to(tl.int64) * L
+    o_m = tl.arange(0, BLOCK_M)
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_n = o_n < L
+    m_d = o_d < D
+    m_nd = m_n[:, None] & m_d[None, :]
+    b_k = tl.load(p_k + base + o_n[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
+    b_v = tl.load(p_v + base + o_n[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+    b_dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    b_dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+
+    for i_t in range(tl.load(p_first + i_n), n_tiles):
+        q_start = tl.load(p_tiles + i_t * 3)
+        q_len = tl.load(p_tiles + i_t * 3 + 1)
+        kv_end = tl.load(p_tiles + i_t * 3 + 2)
+        m_m = o_m < q_len
+        m_md = m_m[:, None] & m_d[None, :]
+        offset = base + (q_start + o_m)[:, None] * D + o_d[None, :]
+        b_q = tl.load(p_q + offset, mask=m_md, other=0.0)
+        b_do = tl.load(p_do + offset, mask=m_md, other=0.0)
+        b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
+        b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
+
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        m_visible = m_m[:, None] & (o_n[None, :] < kv_end)
+        b_p = tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+        b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION)
+
+    tl.store(p_dk + base + o_n[:, None] * D + o_d[None, :], (b_dk * scale).to(p_dk.dtype.element_ty), mask=m_nd)
+    tl.store(p_dv + base + o_n[:, None] * D + o_d[None, :], b_dv.to(p_dv.dtype.element_ty), mask=m_nd)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    p_q,
+    p_k,
+    p_v,
+    p_do,
+    p_lse,
+    p_delta,
+    p_dq,
+    p_tiles,
+    L,
+    D,
+    scale,
+    qk_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    q_start = tl.load(p_tiles + i_t * 3)
+    q_len = tl.load(p_tiles + i_t * 3 + 1)
+    kv_end = tl.load(p_tiles + i_t * 3 + 2)
+    base = i_bh.to(tl.int64) * L * D
+    base_row = i_bh.to(tl.int64) * L
+
+    o_m = tl.arange(0, BLOCK_M)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < q_len
+    m_d = o_d < D
+    m_md = m_m[:, None] & m_d[None, :]
+    offset = base + (q_start + o_m)[:, None] * D + o_d[None, :]
+    b_q = tl.load(p_q + offset, mask=m_md, other=0.0)
+    b_do = tl.load(p_do + offset, mask=m_md, other=0.0)
+    b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
+    b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    for n0 in range(0, kv_end, BLOCK_N):
+        m_n = (n0 + o_n) < kv_end
+        m_nd = m_n[:, None] & m_d[None, :]
+        b_k = tl.load(p_k + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+        b_v = tl.load(p_v + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+        b_p = tl.where(m_m[:, None] & m_n[None, :], tl.exp2(b_s - b_lse[:, None]), 0.0)
+        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
+
+    tl.store(p_dq + offset, (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_md)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+
+
+def attention_delta(o_BHLD: torch.Tensor, do_BHLD: torch.Tensor) -> torch.Tensor:
+    """``rowsum(dO * O)`` in fp32, ``[B, H, L]`` (shared with the neighborhood kernel's backward)."""
+    B, H, L, D = o_BHLD.shape
+    delta_BHL = torch.empty((B, H, L), dtype=torch.float32, device=o_BHLD.device)
+    block_m = 16 if triton_interpret() else 64
+    _bwd_delta_kernel[(triton.cdiv(L, block_m), B * H)](
+        o_BHLD, do_BHLD, delta_BHL, L, D, BLOCK_M=block_m, BLOCK_D=_block_d(D)
+    )
+    return delta_BHL
+
+
+def _forward(
+    q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    B, H, L, D = q_BHLD.shape
+    cfg = _config(D)
+    q_tiles_T3, _ = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
+    o_BHLD = torch.empty_like(q_BHLD)
+    lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
+    _fwd_kernel[(q_tiles_T3.shape[0], B * H)](
+        q_BHLD,
+        k_BHLD,
+        v_BHLD,
+        o_BHLD,
+        lse_BHL,
+        q_tiles_T3,
+        L,
+        D,
+        scale * LOG2E,
+        BLOCK_D=_block_d(D),
+        PRECISION=_dot_precision(q_BHLD.dtype),
+        **cfg,
+    )
+    return o_BHLD, lse_BHL
+
+
+def _backward(
+    q_BHLD: torch.Tensor,
+    k_BHLD: torch.Tensor,
+    v_BHLD: torch.Tensor,
+    o_BHLD: torch.Tensor,
+    lse_BHL: torch.Tensor,
+    do_BHLD: torch.Tensor,
+    patch_nums: tuple[int, ...],
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    B, H, L, D = q_BHLD.shape
+    cfg = _config(D)
+    q_tiles_T3, k_first_N = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
+    delta_BHL = attention_delta(o_BHLD, do_BHLD)
+    dq_BHLD, dk_BHLD, dv_BHLD = (torch.empty_like(q_BHLD) for _ in range(3))
+    common = dict(BLOCK_D=_block_d(D), PRECISION=_dot_precision(q_BHLD.dtype), **cfg)
+    _bwd_dkdv_kernel[(k_first_N.shape[0], B * H)](
+        q_BHLD,
+        k_BHLD,
+        v_BHLD,
+        do_BHLD,
+        lse_BHL,
+        delta_BHL,
+        dk_BHLD,
+        dv_BHLD,
+        q_tiles_T3,
+        k_first_N,
+        q_tiles_T3.shape[0],
+        L,
+        D,
+        scale,
+        scale * LOG2E,
+        **common,
+    )
+    _bwd_dq_kernel[(q_tiles_T3.shape[0], B * H)](
+        q_BHLD,
+        k_BHLD,
+        v_BHLD,
+        do_BHLD,
+        lse_BHL,
+        delta_BHL,
+        dq_BHLD,
+        q_tiles_T3,
+        L,
+        D,
+        scale,
+        scale * LOG2E,
+        **common,
+    )
+    return dq_BHLD, dk_BHLD, dv_BHLD
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd and the entry the dispatcher calls
+
+
+class BlockCausalAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_BHLD, k_BHLD, v_BHLD, patch_nums, scale):
+        q_BHLD, k_BHLD, v_BHLD = (t.contiguous() for t in (q_BHLD, k_BHLD, v_BHLD))
+        o_BHLD, lse_BHL = _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, scale)
+        ctx.save_for_backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL)
+        ctx.patch_nums, ctx.scale = patch_nums, scale
+        return o_BHLD
+
+    @staticmethod
+    def backward(ctx, do_BHLD):
+        q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL = ctx.saved_tensors
+        dq, dk, dv = _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD.contiguous(), ctx.patch_nums, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def block_causal_attention(
+    q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
+) -> torch.Tensor:
+    """Triton block-causal attention; arguments checked by :func:`kernels.block_causal_attention`."""
+    return BlockCausalAttentionFunction.apply(q_BHLD, k_BHLD, v_BHLD, patch_nums, scale)

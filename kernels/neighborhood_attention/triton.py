@@ -1,0 +1,366 @@
+"""Triton pyramid neighborhood attention, fused forward and backward (DESIGN.md section 7.2, issue 7).
+
+Tiling. A program owns a ``BLOCK_R x BLOCK_C`` patch of one scale's map (scale k, side p):
+``BLOCK_R * BLOCK_C`` queries that are neighbours, so their windows overlap. For each visible scale
+s <= k (side n) the window start ``clamp(((2i+1)*n)//(2p) - K//2, 0, n - K)`` never decreases with
+i, so the union of the patch's windows is the rectangle from the first row's start to the last
+row's start + K (same for columns). The kernel walks that rectangle in chunks of ``BLOCK_N`` keys,
+gathered straight from K and V by index arithmetic (no gathered copies in memory), and masks each
+(query, key) pair with the query's own window. One online softmax (base 2, fp32) runs across the
+windows of all visible scales; the row log-sum-exp is saved for the backward. Scales with
+``n <= kernel_size`` have ``K = n``: the window is the whole map, so they are attended in full, and
+``kernel_size >= max(patch_nums)`` gives exactly block-causal attention.
+
+Backward: ``delta = rowsum(dO * O)`` (the block-causal kernel's preprocess), then one program per
+query tile recomputes the probabilities from the log-sum-exp, accumulates dQ in registers and adds
+its dK, dV contributions to fp32 buffers with ``tl.atomic_add``: the reverse map (which query tiles
+see a key) is irregular across scales, and the coarse keys every query sees make a key-major pass
+no cheaper. Atomics make dK and dV order-nondeterministic in the last bits on GPU.
+
+Layers (STYLE.md point 7): :func:`neighborhood_attention` (called by the public op)
+-> :class:`NeighborhoodAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the
+``@triton.jit`` kernels. Inputs are made contiguous ``[B, H, L, D]``; D is padded to a power of two
+with masks.
+
+Sampling (the newest scale's queries against the cached keys of all scales) runs the PyTorch
+reference's per-scale step: one scale of queries is small, and this kernel expects q, k and v of the
+same full length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import triton_interpret
+from .._scales import scale_boundaries
+from ..block_causal_attention.triton import LOG2E, _block_d, _dot_precision, attention_delta
+
+__all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
+
+
+@functools.cache
+def query_tiles(patch_nums: tuple[int, ...], block_r: int, block_c: int) -> tuple[tuple[int, int, int], ...]:
+    """``(scale, r0, c0)`` per query tile: every scale's map cut into block_r x block_c patches."""
+    return tuple(
+        (s, r0, c0) for s, p in enumerate(patch_nums) for r0 in range(0, p, block_r) for c0 in range(0, p, block_c)
+    )
+
+
+@functools.cache
+def _table_tensors(
+    patch_nums: tuple[int, ...], block_r: int, block_c: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tiles_T3 = torch.tensor(query_tiles(patch_nums, block_r, block_c), dtype=torch.int32, device=device)  # [T, 3]
+    side_S = torch.tensor(patch_nums, dtype=torch.int32, device=device)  # [S]
+    begin_S = torch.tensor([b for b, _ in scale_boundaries(patch_nums)], dtype=torch.int32, device=device)  # [S]
+    return tiles_T3, side_S, begin_S
+
+
+def _config() -> dict[str, int]:
+    """Block sizes by heuristic (no autotune: several configs fail under the interpreter)."""
+    if triton_interpret():
+        return dict(BLOCK_R=4, BLOCK_C=4, BLOCK_N=16, num_warps=1, num_stages=1)
+    # The union rectangle of a patch is (BLOCK_R + K - 1) x (BLOCK_C + K - 1) on the query's own
+    # scale: small patches waste fewer keys per query, 32 queries keep tl.dot on tensor cores.
+    # A sweep on GPU is owed.
+    return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=4, num_stages=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+
+
+@triton.jit
+def _window_start(x, p, n, K):
+    """First row (or column) of the side-n scale in the window of query row x of a side-p scale."""
+    return tl.minimum(tl.maximum(((2 * x + 1) * n) // (2 * p) - K // 2, 0), n - K)
+
+
+@triton.jit
+def _fwd_kernel(
+    p_q,
+    p_k,
+    p_v,
+    p_o,
+    p_lse,
+    p_tiles,
+    p_side,
+    p_begin,
+    L,
+    D,
+    kernel_size,
+    qk_scale,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    q_scale = tl.load(p_tiles + i_t * 3)
+    r0 = tl.load(p_tiles + i_t * 3 + 1)
+    c0 = tl.load(p_tiles + i_t * 3 + 2)
+    p = tl.load(p_side + q_scale)
+    q_begin = tl.load(p_begin + q_scale)
+    r_last = tl.minimum(r0 + BLOCK_R, p) - 1
+    c_last = tl.minimum(c0 + BLOCK_C, p) - 1
+    base = i_bh.to(tl.int64) * L * D
+
+    o_m = tl.arange(0, BLOCK_R * BLOCK_C)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    b_i = r0 + o_m // BLOCK_C
+    b_j = c0 + o_m % BLOCK_C
+    m_m = (b_i < p) & (b_j < p)
+    m_d = o_d < D
+    b_tok = q_begin + b_i * p + b_j
+    b_q = tl.load(p_q + base + b_tok[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+
+    b_max = tl.full([BLOCK_R * BLOCK_C], float("-inf"), tl.float32)
+    b_sum = tl.zeros([BLOCK_R * BLOCK_C], tl.float32)
+    b_acc = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
+    for s in range(0, q_scale + 1):
+        n = tl.load(p_side + s)
+        k_begin = tl.load(p_begin + s)
+        K = tl.minimum(kernel_size, n)
+        b_wi = _window_start(b_i, p, n, K)  # [BLOCK_M] each query's window rows [b_wi, b_wi + K)
+        b_wj = _window_start(b_j, p, n, K)
+        row0 = _window_start(r0, p, n, K)  # the union rectangle of the patch's windows
+        n_cols = _window_start(c_last, p, n, K) + K - _window_start(c0, p, n, K)
+        col0 = _window_start(c0, p, n, K)
+        n_keys = (_window_start(r_last, p, n, K) + K - row0) * n_cols
+        for t0 in range(0, n_keys, BLOCK_N):
+            o_t = t0 + o_n
+            m_n = o_t < n_keys
+            b_kr = row0 + o_t // n_cols
+            b_kc = col0 + o_t % n_cols
+            b_key = k_begin + b_kr * n + b_kc
+            b_kt = tl.load(p_k + base + b_key[None, :] * D + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
+            b_v = tl.load(p_v + base + b_key[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            m_visible = (
+                m_n[None, :]
+                & (b_kr[None, :] >= b_wi[:, None])
+                & (b_kr[None, :] < b_wi[:, None] + K)
+                & (b_kc[None, :] >= b_wj[:, None])
+                & (b_kc[None, :] < b_wj[:, None] + K)
+            )
+            b_s = tl.where(m_visible, tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale, float("-inf"))
+            b_max_new = tl.maximum(b_max, tl.max(b_s, 1))
+            # A row may see no key of a chunk before it saw any key at all: keep exp2 off -inf - -inf.
+            b_max_safe = tl.where(b_max_new == float("-inf"), 0.0, b_max_new)
+            b_alpha = tl.exp2(b_max - b_max_safe)
+            b_p = tl.exp2(b_s - b_max_safe[:, None])
+            b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
+            b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+            b_max = b_max_new
+
+    # Every real query sees at least its own key; padding rows (m_m false) are never stored.
+    b_sum = tl.where(m_m, b_sum, 1.0)
+    tl.store(
+        p_o + base + b_tok[:, None] * D + o_d[None, :],
+        (b_acc / b_sum[:, None]).to(p_o.dtype.element_ty),
+        mask=m_m[:, None] & m_d[None, :],
+    )
+    tl.store(p_lse + i_bh.to(tl.int64) * L + b_tok, b_max + tl.log2(b_sum), mask=m_m)
+
+
+@triton.jit
+def _bwd_kernel(
+    p_q,
+    p_k,
+    p_v,
+    p_do,
+    p_lse,
+    p_delta,
+    p_dq,
+    p_dk,
+    p_dv,
+    p_tiles,
+    p_side,
+    p_begin,
+    L,
+    D,
+    kernel_size,
+    scale,
+    qk_scale,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    q_scale = tl.load(p_tiles + i_t * 3)
+    r0 = tl.load(p_tiles + i_t * 3 + 1)
+    c0 = tl.load(p_tiles + i_t * 3 + 2)
+    p = tl.load(p_side + q_scale)
+    q_begin = tl.load(p_begin + q_scale)
+    r_last = tl.minimum(r0 + BLOCK_R, p) - 1
+    c_last = tl.minimum(c0 + BLOCK_C, p) - 1
+    base = i_bh.to(tl.int64) * L * D
+    base_row = i_bh.to(tl.int64) * L
+
+    o_m = tl.arange(0, BLOCK_R * BLOCK_C)
+    o_n = tl.arange(0, BLOCK_N)
+    o_d = tl.arange(0, BLOCK_D)
+    b_i = r0 + o_m // BLOCK_C
+    b_j = c0 + o_m % BLOCK_C
+    m_m = (b_i < p) & (b_j < p)
+    m_d = o_d < D
+    m_md = m_m[:, None] & m_d[None, :]
+    b_tok = q_begin + b_i * p + b_j
+    b_q = tl.load(p_q + base + b_tok[:, None] * D + o_d[None, :], mask=m_md, other=0.0)
+    b_do = tl.load(p_do + base + b_tok[:, None] * D + o_d[None, :], mask=m_md, other=0.0)
+    b_lse = tl.load(p_lse + base_row + b_tok, mask=m_m, other=0.0)
+    b_delta = tl.load(p_delta + base_row + b_tok, mask=m_m, other=0.0)
+    b_dq = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
+
+    for s in range(0, q_scale + 1):
+        n = tl.load(p_side + s)
+        k_begin = tl.load(p_begin + s)
+        K = tl.minimum(kernel_size, n)
+        b_wi = _window_start(b_i, p, n, K)
+        b_wj = _window_start(b_j, p, n, K)
+        row0 = _window_start(r0, p, n, K)
+        col0 = _window_start(c0, p, n, K)
+        n_cols = _window_start(c_last, p, n, K) + K - col0
+        n_keys = (_window_start(r_last, p, n, K) + K - row0) * n_cols
+        for t0 in range(0, n_keys, BLOCK_N):
+            o_t = t0 + o_n
+            m_n = o_t < n_keys
+            m_nd = m_n[:, None] & m_d[None, :]
+            b_kr = row0 + o_t // n_cols
+            b_kc = col0 + o_t % n_cols
+            b_key = k_begin + b_kr * n + b_kc
+            b_k = tl.load(p_k + base + b_key[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
+            b_v = tl.load(p_v + base + b_key[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+            m_visible = (
+                m_m[:, None]
+                & m_n[None, :]
+                & (b_kr[None, :] >= b_wi[:, None])
+                & (b_kr[None, :] < b_wi[:, None] + K)
+                & (b_kc[None, :] >= b_wj[:, None])
+                & (b_kc[None, :] < b_wj[:, None] + K)
+            )
+            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+            b_p = tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
+            b_dv = tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
+            b_dk = tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION) * scale
+            p_kv = base + b_key[:, None] * D + o_d[None, :]
+            tl.atomic_add(p_dv + p_kv, b_dv, mask=m_nd)
+            tl.atomic_add(p_dk + p_kv, b_dk, mask=m_nd)
+
+    tl.store(p_dq + base + b_tok[:, None] * D + o_d[None, :], (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_md)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
+    B, H, L, D = q_BHLD.shape
+    cfg = _config()
+    tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
+    o_BHLD = torch.empty_like(q_BHLD)
+    lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
+    _fwd_kernel[(tiles_T3.shape[0], B * H)](
+        q_BHLD,
+        k_BHLD,
+        v_BHLD,
+        o_BHLD,
+        lse_BHL,
+        tiles_T3,
+        side_S,
+        begin_S,
+        L,
+        D,
+        kernel_size,
+        scale * LOG2E,
+        BLOCK_D=_block_d(D),
+        PRECISION=_dot_precision(q_BHLD.dtype),
+        **cfg,
+    )
+    return o_BHLD, lse_BHL
+
+
+def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kernel_size, scale):
+    B, H, L, D = q_BHLD.shape
+    cfg = _config()
+    tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
+    delta_BHL = attention_delta(o_BHLD, do_BHLD)
+    dq_BHLD = torch.empty_like(q_BHLD)
+    # Accumulated by atomics from every query tile: fp32 and zeroed.
+    dk_BHLD = torch.zeros(q_BHLD.shape, dtype=torch.float32, device=q_BHLD.device)
+    dv_BHLD = torch.zeros(q_BHLD.shape, dtype=torch.float32, device=q_BHLD.device)
+    _bwd_kernel[(tiles_T3.shape[0], B * H)](
+        q_BHLD,
+        k_BHLD,
+        v_BHLD,
+        do_BHLD,
+        lse_BHL,
+        delta_BHL,
+        dq_BHLD,
+        dk_BHLD,
+        dv_BHLD,
+        tiles_T3,
+        side_S,
+        begin_S,
+        L,
+        D,
+        kernel_size,
+        scale,
+        scale * LOG2E,
+        BLOCK_D=_block_d(D),
+        PRECISION=_dot_precision(q_BHLD.dtype),
+        **cfg,
+    )
+    return dq_BHLD, dk_BHLD.to(k_BHLD.dtype), dv_BHLD.to(v_BHLD.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd and the entry the dispatcher calls
+
+
+class NeighborhoodAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
+        q_BHLD, k_BHLD, v_BHLD = (t.contiguous() for t in (q_BHLD, k_BHLD, v_BHLD))
+        o_BHLD, lse_BHL = _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale)
+        ctx.save_for_backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL)
+        ctx.patch_nums, ctx.kernel_size, ctx.scale = patch_nums, kernel_size, scale
+        return o_BHLD
+
+    @staticmethod
+    def backward(ctx, do_BHLD):
+        q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL = ctx.saved_tensors
+        grads = _backward(
+            q_BHLD,
+            k_BHLD,
+            v_BHLD,
+            o_BHLD,
+            lse_BHL,
+            do_BHLD.contiguous(),
+            ctx.patch_nums,
+            ctx.kernel_size,
+            ctx.scale,
+        )
+        return (*grads, None, None, None)
+
+
+def neighborhood_attention(
+    q_BHLD: torch.Tensor,
+    k_BHLD: torch.Tensor,
+    v_BHLD: torch.Tensor,
+    patch_nums: tuple[int, ...],
+    kernel_size: int,
+    scale: float,
+) -> torch.Tensor:
+    """Triton pyramid neighborhood attention; arguments checked by :func:`kernels.neighborhood_attention`."""
+    return NeighborhoodAttentionFunction.apply(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale)
