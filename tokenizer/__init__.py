@@ -1,6 +1,13 @@
 """Multi-scale VQ tokenizer: images <-> per-scale token maps of one shared codebook."""
 
-from .checkpoint import CheckpointError, hub_download, load_state_dict_strict, read_state_dict, save_state_dict
+from .checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    hub_download,
+    load_state_dict_strict,
+    read_state_dict,
+    save_state_dict,
+)
 from .config import ConfigError, config_to_dict, load_config
 from .data import DataConfig, DatasetError, DigitsDataset, ImageFolderDataset, build_datasets
 from .official import load_official_vae, official_vae_config
@@ -20,6 +27,7 @@ __all__ = [
     "MultiScaleVQVAE",
     "VQVAEConfig",
     "build_datasets",
+    "check_state_dict",
     "config_to_dict",
     "hub_download",
     "load_config",

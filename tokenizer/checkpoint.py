@@ -15,7 +15,14 @@ from torch import nn
 
 from .errors import UserError
 
-__all__ = ["CheckpointError", "hub_download", "load_state_dict_strict", "read_state_dict", "save_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "check_state_dict",
+    "hub_download",
+    "load_state_dict_strict",
+    "read_state_dict",
+    "save_state_dict",
+]
 
 HUB_REPO = "FoundationVision/var"
 
@@ -61,8 +68,8 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
         tmp.unlink(missing_ok=True)
 
 
-def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """`module.load_state_dict(strict=True)` with one message listing every mismatch.
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise one CheckpointError listing every missing, unexpected and mis-shaped key of `state_dict`.
 
     `what` names the checkpoint in the message (a path or a description).
     """
@@ -74,20 +81,30 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
         for k in sorted(set(own) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or shapes:
-
-        def head(items: list[str]) -> str:
-            return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {head(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {head(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches: {head(shapes)}")
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+        if items:
+            parts.append(
+                f"{label}: " + ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            )
+    if parts:
         raise CheckpointError(f"{what} does not fit {type(module).__name__}: " + "; ".join(parts))
-    module.load_state_dict(state_dict, strict=True)
+
+
+def load_state_dict_strict(
+    module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str, assign: bool = False
+) -> None:
+    """`module.load_state_dict(strict=True)` with one message listing every mismatch.
+
+    `assign=True` takes the checkpoint's tensors as the module's (for a module built on the meta
+    device, which skips a random initialisation that the checkpoint would overwrite anyway).
+    """
+    check_state_dict(module, state_dict, what)
+    module.load_state_dict(state_dict, strict=True, assign=assign)
+    if assign:
+        left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if left:  # a non-persistent buffer: a module must compute it lazily to be loadable this way
+            raise RuntimeError(f"tensors not set by the checkpoint {what}: {left}")
 
 
 def hub_download(filename: str, repo_id: str = HUB_REPO) -> str:

@@ -8,7 +8,13 @@ from typing import Any, Union
 
 import torch
 
-from tokenizer.checkpoint import CheckpointError, hub_download, read_state_dict
+from tokenizer.checkpoint import (
+    CheckpointError,
+    check_state_dict,
+    hub_download,
+    load_state_dict_strict,
+    read_state_dict,
+)
 from var.attention import block_causal_mask, scale_ids
 from var.model import VAR, VARConfig, preset
 
@@ -61,31 +67,8 @@ def load_official_var(
         raise CheckpointError(
             f"{what}: {MASK_KEY} {tuple(mask.shape)} is not the block-causal mask of patch_nums={model.patch_nums}"
         )
-    _check_layout(model, state_dict, what)
+    check_state_dict(model, state_dict, what)
     if not torch.equal(state_dict["lvl_1L"], scale_ids(model.patch_nums).view(1, -1)):
         raise CheckpointError(f"{what}: lvl_1L does not match patch_nums={model.patch_nums}")
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
-    if left:  # a non-persistent buffer: a mechanism must compute it lazily to be loadable this way
-        raise RuntimeError(f"tensors not set by the checkpoint: {left}")
+    load_state_dict_strict(model, state_dict, what, assign=True)
     return model.eval()
-
-
-def _check_layout(model: VAR, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise one :class:`CheckpointError` listing every missing, unexpected and mis-shaped key."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
-        if items:
-            parts.append(
-                f"{label}: " + ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-            )
-    if parts:
-        raise CheckpointError(f"{what} does not fit VAR d{model.config.depth}: " + "; ".join(parts))
