@@ -65,8 +65,8 @@ def tiny_config(tmp_path, *overrides: str) -> TokenizerTrainConfig:
     return load_config(TokenizerTrainConfig, None, [*TINY, f"out_dir={tmp_path}", *overrides])
 
 
-def fit(cfg: TokenizerTrainConfig, ckpt_path=None) -> tuple[TokenizerTraining, list[float]]:
-    """Fit a module and return it with the per-step generator losses."""
+def fit(cfg: TokenizerTrainConfig, ckpt_path=None, crash_at=None) -> tuple[TokenizerTraining, list[float]]:
+    """Fit a module and return it with the per-step generator losses; `crash_at` kills the run at that step."""
     from tokenizer.train import TokenizerData
 
     torch.manual_seed(cfg.seed)
@@ -76,6 +76,8 @@ def fit(cfg: TokenizerTrainConfig, ckpt_path=None) -> tuple[TokenizerTraining, l
     original = module.training_step
 
     def recording_step(batch, batch_idx):
+        if module.global_step == crash_at:
+            raise RuntimeError("simulated crash")
         loss = original(batch, batch_idx)
         losses.append(float(loss))
         return loss
@@ -132,10 +134,12 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     common = ["loss.disc_start=2", "ckpt_every_n_steps=3", "codebook.restart_dead=true", "codebook.restart_every=2"]
     full, full_losses = fit(tiny_config(tmp_path / "full", "max_steps=6", *common))
 
-    part_cfg = tiny_config(tmp_path / "part", "max_steps=3", *common)
-    fit(part_cfg)
+    # A run killed during step 5 (after the checkpoint of step 3) resumes from step 3.
+    part_cfg = tiny_config(tmp_path / "part", "max_steps=6", *common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(part_cfg, crash_at=4)
     ckpt = tmp_path / "part" / "checkpoints" / "last.ckpt"
-    assert ckpt.is_file()
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == 3
     resumed_cfg = tiny_config(tmp_path / "part", "max_steps=6", "resume=true", *common)
     assert resumed_cfg.resume_path() == str(ckpt)
     resumed, resumed_losses = fit(resumed_cfg, ckpt_path=resumed_cfg.resume_path())

@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,6 +475,9 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
         save_top_k=1,  # the newest step checkpoint, plus last.ckpt
         save_last=True,
     )
+    # Lightning warns that under manual optimization a step checkpoint holds the weights after that
+    # step's update. That is what resuming needs: global_step already counts the step.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
     strategy = tc.strategy
     if strategy == "ddp":
         # The discriminator has no gradient before disc_start: DDP must not wait for it.
