@@ -179,6 +179,22 @@ def test_step_batch_sampler_is_a_function_of_the_step():
     assert r0.batch(0) + r1.batch(0) == a.batch(0)
 
 
+@pytest.mark.slow
+def test_digits_preset_reaches_the_target(tmp_path):
+    """Issue 3's "done when": held-out PSNR >= 22 dB with >= 80% of the codebook used (about 3.5 min)."""
+    from tokenizer import DigitsDataset
+
+    cfg = load_config(TokenizerTrainConfig, "configs/tokenizer/digits.yaml", [f"out_dir={tmp_path}"])
+    vae = load_tokenizer(train_tokenizer(cfg))
+    img = DigitsDataset("val", image_size=cfg.data.image_size).images
+    with torch.no_grad():
+        idx = vae.img_to_idx(img)
+        rec = vae.idx_to_img(idx)
+    hits_SV = torch.stack([torch.bincount(i.flatten(), minlength=vae.vocab_size) for i in idx])
+    assert psnr((rec + 1) / 2, (img + 1) / 2).mean().item() >= 22.0
+    assert usage_fractions(hits_SV)[1] >= 0.8
+
+
 # --------------------------------------------------------------------------------------- codebook
 def test_usage_counts_hits_per_scale_and_across_scales():
     usage = CodebookUsage(num_scales=2, vocab_size=8, c_vae=4, window=2)

@@ -34,6 +34,7 @@ class CodebookUsage(nn.Module):
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("pool_NC", torch.zeros(pool_size, c_vae))
         self.register_buffer("pool_filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("restarted_total", torch.zeros((), dtype=torch.long))  # codes re-seeded so far
 
     @torch.no_grad()
     def update(

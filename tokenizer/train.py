@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -133,7 +134,9 @@ class TrainerConfig:
 @dataclass
 class TokenizerTrainConfig:
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(name="imagefolder", root="data/imagenet/train"))
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(name="imagefolder", root="data/imagenet/train", image_size=256)
+    )
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
@@ -392,7 +395,9 @@ class TokenizerTraining(L.LightningModule):
             pool = self.usage.pool_NC[: int(self.usage.pool_filled)]
             dead = restart_dead_codes(self.vae.quantize.embedding, window_SV, pool, generator=gen)
             self._after_restart(dead)
-            metrics["usage/restarted"] = float(dead.numel())
+            self.usage.restarted_total += dead.numel()
+        # A running total: Lightning re-emits a step metric's last value at later logging steps.
+        metrics["usage/restarted_total"] = float(self.usage.restarted_total)
         self.log_dict(metrics, on_step=True, on_epoch=False)
 
     @torch.no_grad()
@@ -432,7 +437,7 @@ class TokenizerTraining(L.LightningModule):
         per_scale, overall = usage_fractions(hits_SV)
         metrics = {f"val/usage_scale{si}": float(u) for si, u in enumerate(per_scale)}
         metrics["val/usage_all"] = overall
-        self.log_dict(metrics)
+        self.log_dict(metrics, sync_dist=True)  # already summed over ranks: the mean of equal values
 
     # --------------------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -522,6 +527,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
             f"Lower it (e.g. batch_size={max(1, cfg.batch_size // 2)}), use precision=bf16-mixed, "
             f"or spread the batch over more devices (trainer.devices)."
         ) from err
+    if trainer.interrupted:
+        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
+        raise KeyboardInterrupt
     trainer.save_checkpoint(Path(cfg.out_dir) / "checkpoints" / "last.ckpt")
     export_dir = Path(cfg.out_dir) / "tokenizer"
     if trainer.is_global_zero:
@@ -539,5 +547,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = train_tokenizer(cfg)
-    print(f"tokenizer written to {out}")
+    if rank_zero_only.rank == 0:
+        print(f"tokenizer written to {out}")
     return 0
