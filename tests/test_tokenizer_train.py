@@ -1,6 +1,7 @@
 """Tokenizer training: losses, codebook health, manual optimization, exact resume, export, CLI errors."""
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from tokenizer.train import (
     build_trainer,
     train_tokenizer,
 )
+
+PRESETS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
 # 16 px, f4, 3 scales: a forward/backward takes milliseconds on a CPU.
 TINY = [
@@ -184,7 +187,7 @@ def test_digits_preset_reaches_the_target(tmp_path):
     """Issue 3's "done when": held-out PSNR >= 22 dB with >= 80% of the codebook used (about 3.5 min)."""
     from tokenizer import DigitsDataset
 
-    cfg = load_config(TokenizerTrainConfig, "configs/tokenizer/digits.yaml", [f"out_dir={tmp_path}"])
+    cfg = load_config(TokenizerTrainConfig, str(PRESETS / "digits.yaml"), [f"out_dir={tmp_path}"])
     vae = load_tokenizer(train_tokenizer(cfg))
     img = DigitsDataset("val", image_size=cfg.data.image_size).images
     with torch.no_grad():
@@ -238,18 +241,24 @@ def test_quantizer_reports_the_residuals_it_quantized(tiny_vae):
 
 
 # ----------------------------------------------------------------------------------------- losses
-def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog):
+@pytest.fixture(scope="module")
+def lpips_file(tmp_path_factory):
+    """Random weights in the LPIPS-VGG16 layout (torchvision `features.*` + lpips `lin{k}.model.1.weight`)."""
+    torch.manual_seed(0)
+    sd = {k: torch.randn_like(v) * 0.05 for k, v in LPIPS().state_dict().items()}
+    sd = {k: v.abs() if k.startswith("lin") else v for k, v in sd.items()}  # LPIPS heads are non-negative
+    assert "features.28.weight" in sd and "lin4.model.1.weight" in sd
+    path = tmp_path_factory.mktemp("lpips") / "lpips_vgg16.safetensors"
+    save_state_dict(sd, path)
+    return path
+
+
+def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog, lpips_file):
     with caplog.at_level(logging.WARNING):
         assert load_perceptual("") is None
         assert load_perceptual(tmp_path / "missing.pth") is None
     assert "perceptual loss off" in caplog.text
-    torch.manual_seed(0)
-    sd = {k: torch.randn_like(v) * 0.05 for k, v in LPIPS().state_dict().items()}
-    sd = {k: v.abs() if k.startswith("lin") else v for k, v in sd.items()}  # LPIPS heads are non-negative
-    assert "features.28.weight" in sd and "lin4.model.1.weight" in sd  # torchvision + lpips layout
-    path = tmp_path / "lpips_vgg16.safetensors"
-    save_state_dict(sd, path)
-    net = load_perceptual(path)
+    net = load_perceptual(lpips_file)
     assert isinstance(net, LPIPS) and not net.training
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert net(x, x).item() == 0
@@ -258,6 +267,17 @@ def test_perceptual_loss_from_a_local_weights_file(tmp_path, caplog):
     assert d.item() > 0
     d.backward()
     assert rec.grad is not None and all(p.grad is None for p in net.parameters())
+
+
+def test_training_with_perceptual_loss_keeps_it_out_of_checkpoints(tmp_path, lpips_file):
+    overrides = ["loss.perceptual=1", f"loss.perceptual_weights={lpips_file}", "ckpt_every_n_steps=1"]
+    module, losses = fit(tiny_config(tmp_path, "max_steps=1", "batch_size=4", *overrides))
+    assert module.perceptual is not None and len(losses) == 1
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert not any(k.startswith("perceptual.") for k in torch.load(ckpt, weights_only=False)["state_dict"])
+    cfg = tiny_config(tmp_path, "max_steps=2", "batch_size=4", "resume=true", *overrides)
+    resumed, _ = fit(cfg, ckpt_path=cfg.resume_path())  # strict load: the perceptual net is put back
+    assert resumed.trainer.global_step == 2
 
 
 def test_adaptive_weight_is_the_ratio_of_gradient_norms():
@@ -289,7 +309,7 @@ def test_metrics_match_torchmetrics():
 
 # ------------------------------------------------------------------------------------- bad input
 def test_cli_config_typo_is_one_line_naming_the_key(capsys):
-    assert main(["train-tokenizer", "--config", "configs/tokenizer/digits.yaml", "optim.lrr=1"]) == 2
+    assert main(["train-tokenizer", "--config", str(PRESETS / "digits.yaml"), "optim.lrr=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "optim.lrr" in err and err.startswith("var train-tokenizer: error:")
@@ -297,9 +317,9 @@ def test_cli_config_typo_is_one_line_naming_the_key(capsys):
 
 def test_presets_load():
     for name in ("digits", "vae_f16_256"):
-        cfg = load_config(TokenizerTrainConfig, f"configs/tokenizer/{name}.yaml")
+        cfg = load_config(TokenizerTrainConfig, PRESETS / f"{name}.yaml")
         assert cfg.data.image_size == cfg.model.image_size
-    big = load_config(TokenizerTrainConfig, "configs/tokenizer/vae_f16_256.yaml")
+    big = load_config(TokenizerTrainConfig, PRESETS / "vae_f16_256.yaml")
     assert (big.model.ch, big.model.vocab_size, big.model.z_channels) == (160, 4096, 32)
     assert big.model.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) and big.precision == "bf16-mixed"
 
