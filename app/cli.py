@@ -25,7 +25,9 @@ class Command:
 
 
 # In the order a user meets them: tokenizer, transformer, sampling, evaluation, UI, the demo.
-COMMANDS: tuple[Command, ...] = ()
+COMMANDS: tuple[Command, ...] = (
+    Command("train-tokenizer", "tokenizer.train", "train the multi-scale VQ tokenizer (Lightning; CPU, GPU, DDP)"),
+)
 
 
 def _version() -> str:

@@ -8,7 +8,7 @@ Names (`embedding`, `quant_resi.qresi_ls.{i}`, `ema_vocab_hit_SV`) are the publi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -66,6 +66,9 @@ class QuantizerOutput:
     f_hat: torch.Tensor  # [B, C, H, W] with straight-through gradient to the encoder output
     vq_loss: torch.Tensor  # scalar, averaged over scales
     idx_Bl: list[torch.Tensor]  # per scale, [B, pn*pn]
+    # Per scale, the residual vectors that were quantized, [B*pn*pn, C] fp32, detached: the pool that
+    # training's dead-code restart re-seeds unused codes from. Not used by inference.
+    z_NC: list[torch.Tensor] = field(default_factory=list)
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -141,7 +144,7 @@ class MultiScaleQuantizer(nn.Module):
             )
 
     def _quantize(self, f_BChw: torch.Tensor, with_loss: bool):
-        """The residual loop shared by training and encoding; returns (f_hat, idx list, mean VQ loss)."""
+        """The residual loop shared by training and encoding; returns (f_hat, idx list, mean VQ loss, z list)."""
         self._check_latent(f_BChw)
         f = f_BChw.float()
         B, C = f.shape[:2]
@@ -149,10 +152,12 @@ class MultiScaleQuantizer(nn.Module):
         f_rest = f.detach().clone()
         f_hat = torch.zeros_like(f_rest)
         idx_Bl: list[torch.Tensor] = []
+        z_NC: list[torch.Tensor] = []
         loss = f.new_zeros(())
         for si, pn in enumerate(self.patch_nums):
             z_BChw = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != S - 1 else f_rest
-            idx_N = self.nearest(z_BChw.permute(0, 2, 3, 1).reshape(-1, C))
+            z_NC.append(z_BChw.detach().permute(0, 2, 3, 1).reshape(-1, C))  # [B*pn*pn, C]
+            idx_N = self.nearest(z_NC[-1])
             idx_Bl.append(idx_N.view(B, pn * pn))
             h_BChw = self.refine(self.embed_idx(idx_Bl[-1], si), si)
             f_hat = f_hat + h_BChw
@@ -160,7 +165,7 @@ class MultiScaleQuantizer(nn.Module):
             if with_loss:
                 # Commitment (encoder towards f_hat) + codebook/phi (f_hat towards the encoder).
                 loss = loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f.detach())
-        return f_hat, idx_Bl, loss / S
+        return f_hat, idx_Bl, loss / S, z_NC
 
     def forward(self, f_BChw: torch.Tensor) -> QuantizerOutput:
         """Training path: quantized latent with a straight-through gradient, the VQ loss and the indices.
@@ -169,10 +174,10 @@ class MultiScaleQuantizer(nn.Module):
         """
         with torch.autocast(device_type=f_BChw.device.type, enabled=False):
             f = f_BChw.float()
-            f_hat, idx_Bl, loss = self._quantize(f, with_loss=True)
+            f_hat, idx_Bl, loss, z_NC = self._quantize(f, with_loss=True)
             # Straight-through: the value of f_hat, the gradient of f.
             f_hat_st = (f_hat.detach() - f.detach()) + f
-        return QuantizerOutput(f_hat=f_hat_st, vq_loss=loss, idx_Bl=idx_Bl)
+        return QuantizerOutput(f_hat=f_hat_st, vq_loss=loss, idx_Bl=idx_Bl, z_NC=z_NC)
 
     @torch.no_grad()
     def f_to_idx(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:

@@ -5,7 +5,7 @@ post_quant_conv -> CNN decoder. Defaults are the published `vae_ch160v4096z32` (
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -66,6 +66,7 @@ class VQVAEOutput:
     rec_B3HW: torch.Tensor  # decoder output (not clamped: the training losses see the raw values)
     vq_loss: torch.Tensor
     idx_Bl: list[torch.Tensor]
+    z_NC: list[torch.Tensor] = field(default_factory=list)  # per scale, the quantized residuals (training)
 
 
 class MultiScaleVQVAE(nn.Module):
@@ -138,7 +139,7 @@ class MultiScaleVQVAE(nn.Module):
         self._check_image(img_B3HW)
         q: QuantizerOutput = self.quantize(self.quant_conv(self.encoder(img_B3HW)))
         rec = self.decoder(self.post_quant_conv(q.f_hat))
-        return VQVAEOutput(rec_B3HW=rec, vq_loss=q.vq_loss, idx_Bl=q.idx_Bl)
+        return VQVAEOutput(rec_B3HW=rec, vq_loss=q.vq_loss, idx_Bl=q.idx_Bl, z_NC=q.z_NC)
 
     # ---------------------------------------------------------------------------- the contract
     def img_to_f(self, img_B3HW: torch.Tensor) -> torch.Tensor:
