@@ -3,17 +3,22 @@
 from var.attention import MIXERS, TokenMixer, register_mixer
 from var.checkpoint import load_official_var
 from var.edit import edit
+from var.export import LoadedModel, SamplingDefaults, export_model, load_model
 from var.model import PRESETS, VAR, VARConfig, preset
 from var.sample import generate, sample, sample_progressive
 
 __all__ = [
     "MIXERS",
+    "LoadedModel",
+    "SamplingDefaults",
     "PRESETS",
     "VAR",
     "TokenMixer",
     "VARConfig",
     "edit",
+    "export_model",
     "generate",
+    "load_model",
     "load_official_var",
     "preset",
     "register_mixer",
