@@ -9,10 +9,10 @@ from var.sample import generate, sample, sample_progressive
 
 __all__ = [
     "MIXERS",
-    "LoadedModel",
-    "SamplingDefaults",
     "PRESETS",
     "VAR",
+    "LoadedModel",
+    "SamplingDefaults",
     "TokenMixer",
     "VARConfig",
     "edit",
