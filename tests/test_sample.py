@@ -96,3 +96,16 @@ def test_progressive_ends_with_the_sample(model, vae):
 def test_greedy_is_deterministic_without_seed(model, vae):
     a = sample(model, vae, [1, 2], top_k=1, seed=None)
     assert torch.equal(a, sample(model, vae, [1, 2], top_k=1, seed=None))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_sampling(model, vae, precision):
+    """Autocast sampling runs, keeps fp32 images in [0, 1], and mostly picks the fp32 tokens when greedy."""
+    labels = torch.tensor([1, 4, 7, 2])
+    ref, ref_idx = sample(model, vae, labels, cfg=1.0, top_k=1, top_p=0.0, seed=0, return_tokens=True)
+    imgs, idx = sample(model, vae, labels, cfg=1.0, top_k=1, top_p=0.0, seed=0, return_tokens=True, precision=precision)
+    assert imgs.dtype == torch.float32 and imgs.shape == ref.shape and imgs.min() >= 0 and imgs.max() <= 1
+    same = torch.cat([(a == b).flatten() for a, b in zip(idx, ref_idx)]).float().mean()
+    assert same > 0.5, f"{precision} greedy tokens agree with fp32 on only {same:.0%}"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sample(model, vae, labels, precision="int8")

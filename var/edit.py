@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from var.model import VAR
-from var.sample import Seed, Teacher, generate
+from var.sample import Seed, Teacher, decode, generate
 
 __all__ = ["edit", "keep_masks"]
 
@@ -44,6 +44,7 @@ def edit(
     seed: Seed = 0,
     more_smooth: bool = False,
     return_tokens: bool = False,
+    precision: str = "fp32",
 ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Regenerate the masked part of ``image`` for class ``label``; returns images ``[B, 3, H, W]`` in [0, 1].
 
@@ -52,7 +53,8 @@ def edit(
     ``mask``: ``[H, W]`` (every image) or ``[B, H, W]``, any resolution (pixels or a token grid);
     1 = regenerate, 0 = keep. ``label``: the class of the result, an int for all images or one per image;
     the null class (``num_classes``) gives plain in-painting. Sampling arguments and seeding as in
-    :func:`var.sample.sample`; ``return_tokens`` also returns the token indices of every scale.
+    :func:`var.sample.sample`; ``return_tokens`` also returns the token indices of every scale;
+    ``precision`` as in :func:`var.sample.autocast`.
     """
     if image.ndim == 3:
         image = image[None]
@@ -68,8 +70,8 @@ def edit(
     device = model.lvl_1L.device
     idx_Bl = vae.img_to_idx(image.to(device) * 2 - 1)
     teacher = Teacher(idx_Bl, [k.to(device) for k in keep_masks(mask.to(device), model.patch_nums)])
-    steps = list(generate(model, vae, labels_B.to(device), cfg, top_k, top_p, seed, more_smooth, teacher))
-    imgs = vae.fhat_to_img(steps[-1].f_hat).add(1).mul(0.5)
-    if return_tokens:
-        return imgs, [s.idx_Bl for s in steps]
-    return imgs
+    tokens: list[torch.Tensor] = []
+    for step in generate(model, vae, labels_B.to(device), cfg, top_k, top_p, seed, more_smooth, teacher, precision):
+        tokens.append(step.idx_Bl)
+    imgs = decode(vae, step.f_hat, precision)
+    return (imgs, tokens) if return_tokens else imgs

@@ -1,0 +1,114 @@
+"""What every benchmark script shares: the device's name, timing with synchronisation, peak memory,
+and results written as JSON + Markdown under benchmarks/results/ with device, date, commit and versions."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1, warmup: int = 1) -> float:
+    """Median seconds of `fn` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_mib(device: torch.device) -> float | None:
+    """CUDA: peak allocated since `reset_peak`. CPU: the process's peak RSS so far (an upper bound)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def metadata(device: torch.device, **extra) -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device_name(device),
+        "date": datetime.date.today().isoformat(),
+        "commit": commit or "unknown",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        **extra,
+    }
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(out_dir: str | os.PathLike, name: str, meta: dict, rows: list[dict], markdown: str) -> Path:
+    """`<out_dir>/<name>-<device slug>-<date>.json` and `.md`, each written atomically."""
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:48]
+    base = Path(out_dir) / f"{name}-{slug}-{meta['date']}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", markdown)):
+        tmp = base.with_name(base.name + suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, base.with_name(base.name + suffix))
+    return base
