@@ -21,3 +21,25 @@ def tiny_var(seed: int = 0, **overrides) -> VAR:
     """A tiny VAR (depth 2, 4 scales, V=64) in eval mode with `randomise`d weights."""
     torch.manual_seed(0)
     return randomise(VAR(VARConfig(**{**TINY_VAR, **overrides})), seed).eval()
+
+
+def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Deterministic non-trivial weights in sorted-key order; buffers keep their values."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sorted(model.state_dict().items()):
+        if k == "lvl_1L" or k.endswith(("zero_k_bias", "ema_vocab_hit_SV")):
+            out[k] = v.clone()
+            continue
+        r = torch.randn(v.shape, generator=g)
+        if k.endswith("embedding.weight"):
+            out[k] = r
+        elif "norm" in k and v.ndim == 1 and k.endswith(".weight"):
+            out[k] = 1 + 0.1 * r
+        elif "scale_mul" in k:
+            out[k] = 0.5 * r
+        elif v.ndim == 1:
+            out[k] = 0.1 * r
+        else:
+            out[k] = r / v[0].numel() ** 0.5
+    return out

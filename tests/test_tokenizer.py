@@ -1,5 +1,6 @@
 import pytest
 import torch
+from helpers import seeded_weights
 
 from tokenizer import (
     PATCH_NUMS_512,
@@ -157,28 +158,8 @@ def test_hub_download_path_uses_the_published_file_name(monkeypatch, tmp_path, p
 # ------------------------------------------------------------------------------ parity (golden numbers)
 
 
-def seeded_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Deterministic non-trivial weights; the same function produced the golden numbers below."""
-    g = torch.Generator().manual_seed(1234)
-    out = {}
-    for k, v in sorted(model.state_dict().items()):
-        if k.endswith("ema_vocab_hit_SV"):
-            out[k] = torch.zeros_like(v)
-            continue
-        r = torch.randn(v.shape, generator=g)
-        if k.endswith("embedding.weight"):
-            out[k] = r
-        elif v.ndim == 1 and "norm" in k and k.endswith(".weight"):
-            out[k] = 1 + 0.1 * r
-        elif v.ndim == 1:
-            out[k] = 0.1 * r
-        else:
-            out[k] = r / v[0].numel() ** 0.5
-    return out
-
-
 # Computed by the published VQVAE (vocab 64, z 8, ch 32, ch_mult (1,1,2,2,4), patch_nums (1,2,3,4))
-# with `seeded_weights` and the input below: indices, and checksums of the decoded image and of
+# with `helpers.seeded_weights(vae, 1234)` and the input below: indices, and checksums of the decoded image and of
 # the teacher-forcing input.
 GOLDEN_IDX = [
     [[3], [3]],
@@ -197,7 +178,7 @@ GOLDEN_VIN_SUM, GOLDEN_VIN_ABS = 11.42716696113348, 163.07822087407112
 def test_matches_published_code_on_golden_numbers():
     cfg = VQVAEConfig(vocab_size=64, z_channels=8, ch=32, patch_nums=(1, 2, 3, 4))
     vae = MultiScaleVQVAE(cfg).eval()
-    vae.load_state_dict(seeded_weights(vae))
+    vae.load_state_dict(seeded_weights(vae, 1234))
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(99)) * 2 - 1
     with torch.no_grad():
         idx = vae.img_to_idx(x)

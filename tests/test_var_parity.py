@@ -1,40 +1,19 @@
 """Golden numbers computed by the published VAR code (FoundationVision/VAR, models/var.py) at a tiny size.
 
 They were produced by running the published VAR and VQVAE from a local copy (not part of this
-project) with the weights of `seeded_weights` below, on the same inputs; our code gave bitwise
+project) with the weights of `helpers.seeded_weights`, on the same inputs; our code gave bitwise
 identical logits and images there.
 """
 
 import pytest
 import torch
+from helpers import seeded_weights
 
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var import VAR, VARConfig, sample
 
 PATCH_NUMS = (1, 2, 3, 4)
 CONFIG = VARConfig(depth=2, num_classes=10, patch_nums=PATCH_NUMS, vocab_size=64, c_vae=8)
-
-
-def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """Deterministic non-trivial weights in sorted-key order; buffers keep their values."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for k, v in sorted(model.state_dict().items()):
-        if k == "lvl_1L" or k.endswith(("zero_k_bias", "ema_vocab_hit_SV")):
-            out[k] = v.clone()
-            continue
-        r = torch.randn(v.shape, generator=g)
-        if k.endswith("embedding.weight"):
-            out[k] = r
-        elif "norm" in k and v.ndim == 1 and k.endswith(".weight"):
-            out[k] = 1 + 0.1 * r
-        elif "scale_mul" in k:
-            out[k] = 0.5 * r
-        elif v.ndim == 1:
-            out[k] = 0.1 * r
-        else:
-            out[k] = r / v[0].numel() ** 0.5
-    return out
 
 
 def models() -> tuple[VAR, MultiScaleVQVAE]:

@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
 from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
 from var.attention import TokenMixer, build_mixer, scale_ids
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "preset"]
-
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 @dataclass
