@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
+import tempfile
 
 from tokenizer.errors import UserError
 
-__all__ = ["add_arguments", "resolve_device", "run"]
+__all__ = ["add_arguments", "private_cache_dir", "resolve_device", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
+
+
+def private_cache_dir() -> str:
+    """Where Gradio keeps uploads and outputs: a fresh 0700 folder unless GRADIO_TEMP_DIR names one.
+
+    Gradio's default, /tmp/gradio, is shared by every user of the machine.
+    """
+    path = os.environ.get("GRADIO_TEMP_DIR")
+    if not path:
+        path = tempfile.mkdtemp(prefix="var-app-")  # mkdtemp creates it with mode 0700
+        os.environ["GRADIO_TEMP_DIR"] = path
+    return path
 
 
 def resolve_device(device: str) -> str:
@@ -54,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_model(source, device=device)
         print(f"loaded {loaded.describe()} on {device}")
         models.append(loaded)
+    private_cache_dir()
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -17,10 +17,7 @@ import inspect
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
-
-import gradio as gr
 
 from app.logic import (
     MAX_IMAGES,
@@ -36,6 +33,7 @@ from app.logic import (
     shade,
     validate_sampling,
 )
+from app.serve import private_cache_dir
 from tokenizer.errors import UserError
 from var.export import LoadedModel
 
@@ -44,8 +42,17 @@ __all__ = ["build_demo", "launch", "theme"]
 log = logging.getLogger(__name__)
 
 
+def _gradio():
+    """Gradio, imported once GRADIO_TEMP_DIR names a private folder (some of its modules read it at import)."""
+    private_cache_dir()
+    import gradio
+
+    return gradio
+
+
 def _friendly(fn: Callable) -> Callable:
     """Wrap a handler: input errors become ``gr.Error`` with their message, anything else a short one."""
+    gr = _gradio()
 
     def translate(err: Exception) -> Exception:
         if isinstance(err, gr.Error):
@@ -78,24 +85,16 @@ def _friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def _private_cache_dir() -> str:
-    """Gradio writes uploads and outputs here (0700, under the system temp dir) instead of a shared folder."""
-    path = os.environ.get("GRADIO_TEMP_DIR")
-    if not path:
-        path = tempfile.mkdtemp(prefix="var-app-")  # created with mode 0700
-        os.environ["GRADIO_TEMP_DIR"] = path
-    return path
-
-
 def theme():
     """Gradio's default look with system fonts: the default theme would fetch Google Fonts."""
+    gr = _gradio()
     sans = ["ui-sans-serif", "system-ui", "sans-serif"]
     return gr.themes.Default(font=sans, font_mono=["ui-monospace", "monospace"])
 
 
 def build_demo(models: Sequence[LoadedModel]):
     """The page for already-loaded models (the first is selected). Launch with :func:`launch`."""
-    _private_cache_dir()
+    gr = _gradio()
     if not models:
         raise ValueError("build_demo needs at least one model")
     by_name: dict[str, LoadedModel] = {}
@@ -173,7 +172,7 @@ def build_demo(models: Sequence[LoadedModel]):
             )
             info = gr.Markdown(model_info(first))
         with gr.Tabs():
-            with gr.Tab("Generate"), gr.Row():
+            with gr.Tab("Generate", id="generate"), gr.Row():
                 with gr.Column(scale=1):
                     label = gr.Dropdown(
                         choices=choices,
@@ -202,7 +201,7 @@ def build_demo(models: Sequence[LoadedModel]):
                         object_fit="contain",
                         height=560,
                     )
-            with gr.Tab("Edit"):
+            with gr.Tab("Edit", id="edit"):
                 gr.Markdown(
                     "Upload an image, paint the region to regenerate, pick a class: in-painting, "
                     "out-painting (paint the border) and class-conditional editing are the same operation. "

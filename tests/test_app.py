@@ -1,10 +1,12 @@
 """The web UI (app/logic.py, app/web.py, `var app`): the functions, then the page served headless."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,6 +179,10 @@ def test_api_generate_through_gradio_client(client, models):
     # the same images as the function gives (PNG is lossless)
     want = generate_images(models[0], **GOOD)
     np.testing.assert_array_equal(np.asarray(Image.open(result[1]["image"]).convert("RGB")), np.asarray(want[1]))
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])  # set by build_demo: the server's uploads and outputs
+    assert any(cache.rglob("*.png"))
+    if cache.name.startswith("var-app-"):
+        assert cache.stat().st_mode & 0o777 == 0o700
     other = client.predict(**{**GOOD, "num_images": 1}, model=models[1].name, api_name="/generate")
     assert len(other) == 1 and other[0]["caption"] == "3: 3 · seed 0"
 
@@ -202,11 +208,11 @@ def test_api_errors_are_clean_messages(client, kwargs, message):
 
 def test_page_streams_every_scale(models):
     """The page's Generate button (not in the API): one (gallery, status) update per scale, then the final images."""
-    import gradio as gr
-
     from app.web import build_demo
 
     demo = build_demo(models)
+    import gradio as gr  # after build_demo: it points Gradio's cache at a private folder first
+
     handler = next(f.fn for f in demo.fns.values() if f.name == "on_generate")
     updates = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False))
     assert [status for _, status in updates] == [
