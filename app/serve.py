@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from app.web import build_demo, launch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests, one line each
     if not _is_loopback(args.host):
         log.warning("binding %s: the UI has no login; anyone who can reach this address can use it", args.host)
     launch(build_demo(models), host=args.host, port=args.port, block=True)

@@ -182,7 +182,7 @@ def build_demo(models: Sequence[LoadedModel]):
                         filterable=True,
                     )
                     num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
-                    with gr.Row(equal_height=True):
+                    with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                         dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                     cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
@@ -221,7 +221,7 @@ def build_demo(models: Sequence[LoadedModel]):
                         )
                         e_choices = edit_choices(first)
                         e_label = gr.Dropdown(choices=e_choices, value=e_choices[-1], label="Class", filterable=True)
-                        with gr.Row(equal_height=True):
+                        with gr.Row():
                             e_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                             e_dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                         with gr.Accordion("Sampling", open=False):
