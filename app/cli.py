@@ -27,6 +27,7 @@ class Command:
 # In the order a user meets them: tokenizer, transformer, sampling, evaluation, UI, the demo.
 COMMANDS: tuple[Command, ...] = (
     Command("train-tokenizer", "tokenizer.train", "train the multi-scale VQ tokenizer (Lightning; CPU, GPU, DDP)"),
+    Command("app", "app.serve", "serve the web UI: sample by class, watch scales refine, edit images (Gradio)"),
 )
 
 

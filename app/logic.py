@@ -1,0 +1,258 @@
+"""The web UI's logic with no Gradio in it: argument checks, label parsing, image and mask preparation,
+:func:`generate_images` / :func:`generate_progressive` (sampling) and :func:`edit_image` (editing).
+
+Every refusal is an :class:`InputError` whose message is shown to the user as it is (app/web.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tokenizer.errors import UserError
+from var.edit import edit
+from var.export import LoadedModel
+from var.sample import generate, sample
+
+__all__ = [
+    "MAX_IMAGES",
+    "MAX_SEED",
+    "InputError",
+    "center_square",
+    "class_choices",
+    "edit_image",
+    "generate_images",
+    "generate_progressive",
+    "mask_from_editor",
+    "parse_label",
+    "shade",
+    "to_pil",
+    "validate_sampling",
+]
+
+MAX_IMAGES = 16  # per request: one device serves everyone (the queue runs one request at a time)
+MAX_SEED = 2**32 - 1
+MAX_UPLOAD_SIDE = 8192  # pixels per side of an uploaded image; larger ones are refused, not resized
+MIN_UPLOAD_SIDE = 8
+
+
+class InputError(UserError, ValueError):
+    """A request the UI refuses; the message is shown to the user as it is."""
+
+
+# ----------------------------------------------------------------------------- checks and parsing
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise InputError(f"{what} must be an integer, got {value!r}") from None
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be an integer, got {value!r}") from None
+    if not as_float.is_integer():
+        raise InputError(f"{what} must be an integer, got {value!r}")
+    return int(as_float)
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    if not np.isfinite(x):
+        raise InputError(f"{what} must be finite, got {value!r}")
+    return x
+
+
+def class_choices(class_names: Sequence[str]) -> list[str]:
+    """The class picker's entries, ``"index: name"``; searching by either part finds a class."""
+    return [f"{i}: {name}" for i, name in enumerate(class_names)]
+
+
+def parse_label(value: Any, num_classes: int, allow_null: bool = False) -> int:
+    """A class index from an int, ``"3"`` or a picker entry ``"3: name"``; checked against ``num_classes``.
+
+    ``allow_null`` also accepts ``num_classes`` itself, the null class (plain in-painting when editing).
+    """
+    if isinstance(value, str):
+        head = value.split(":", 1)[0].strip()
+        if not head:
+            raise InputError("pick a class")
+        value = head
+    label = _integer(value, "class")
+    top = num_classes if allow_null else num_classes - 1
+    if not 0 <= label <= top:
+        raise InputError(f"class {label} is out of range: this model has classes 0 to {num_classes - 1}")
+    return label
+
+
+def validate_sampling(
+    num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any
+) -> tuple[int, int, float, int, float]:
+    """``(num_images, seed, cfg, top_k, top_p)`` checked and converted, or an :class:`InputError`."""
+    n = _integer(num_images, "number of images")
+    if not 1 <= n <= MAX_IMAGES:
+        raise InputError(f"number of images must be between 1 and {MAX_IMAGES}, got {n}")
+    s = _integer(seed, "seed")
+    if not 0 <= s <= MAX_SEED:
+        raise InputError(f"seed must be between 0 and {MAX_SEED}, got {s}")
+    g = _number(cfg, "guidance (cfg)")
+    if g < 0:
+        raise InputError(f"guidance (cfg) must be >= 0, got {g}")
+    k = _integer(top_k, "top-k")
+    if k < 0:
+        raise InputError(f"top-k must be >= 0 (0 keeps every token), got {k}")
+    p = _number(top_p, "top-p")
+    if not 0 < p <= 1:
+        raise InputError(f"top-p must be in (0, 1] (1 keeps every token), got {p}")
+    return n, s, g, k, p
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def to_pil(img_B3HW: torch.Tensor) -> list[Image.Image]:
+    """Images in [0, 1] as 8-bit RGB PIL images."""
+    arr = img_B3HW.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def _check_upload(img: Image.Image) -> None:
+    w, h = img.size
+    if max(w, h) > MAX_UPLOAD_SIDE:
+        raise InputError(f"the image is {w}x{h}: at most {MAX_UPLOAD_SIDE} pixels per side")
+    if min(w, h) < MIN_UPLOAD_SIDE:
+        raise InputError(f"the image is {w}x{h}: at least {MIN_UPLOAD_SIDE} pixels per side")
+
+
+def _square_box(w: int, h: int) -> tuple[int, int, int, int]:
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return left, top, left + s, top + s
+
+
+def center_square(img: Image.Image, size: int) -> torch.Tensor:
+    """Center-crop to a square, resize to ``size``: ``[3, size, size]`` in [0, 1]. Any input size."""
+    _check_upload(img)
+    img = img.convert("RGB").crop(_square_box(*img.size)).resize((size, size), Image.Resampling.LANCZOS)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # [3, size, size]
+
+
+def mask_from_editor(editor: Mapping[str, Any] | None, size: int) -> tuple[Image.Image, torch.Tensor]:
+    """The uploaded image and the painted mask from a ``gr.ImageEditor`` value (PIL images).
+
+    Returns the background (as uploaded) and the mask ``[size, size]`` in [0, 1] (1 = regenerate),
+    cropped and resized exactly as :func:`center_square` crops the image. Every painted layer counts:
+    a pixel is masked where any layer is opaque.
+    """
+    background = editor.get("background") if editor else None
+    if background is None:
+        raise InputError("upload an image first")
+    _check_upload(background)
+    W, H = background.size
+    painted = np.zeros((H, W), dtype=np.float32)
+    for layer in editor.get("layers") or []:
+        if layer is None:
+            continue
+        alpha = layer.convert("RGBA").getchannel("A")
+        if alpha.size != (W, H):  # a layer drawn on a canvas of another size: stretch it over the image
+            alpha = alpha.resize((W, H), Image.Resampling.NEAREST)
+        painted = np.maximum(painted, np.asarray(alpha, dtype=np.float32) / 255)
+    if not painted.any():
+        raise InputError("paint the region to regenerate with the brush first")
+    mask = Image.fromarray((painted * 255).astype(np.uint8), mode="L").crop(_square_box(W, H))
+    mask = mask.resize((size, size), Image.Resampling.BOX)  # area average: edit() thresholds per token
+    return background, torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)
+
+
+def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:
+    """The image as the model sees it, the region to regenerate tinted magenta."""
+    tint = torch.tensor([1.0, 0.0, 1.0])[:, None, None]
+    m = mask_HW[None] * 0.6
+    return to_pil((image_3HW * (1 - m) + tint * m)[None])[0]
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def generate_progressive(
+    loaded: LoadedModel,
+    label: int,
+    num_images: int = 1,
+    seed: int = 0,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    more_smooth: bool = False,
+) -> Iterator[tuple[int, list[Image.Image]]]:
+    """``(scale index, images)`` after every scale; the last images equal :func:`generate_images`'s.
+
+    Image i is seeded with ``seed + i`` on its own generator, so it depends only on its class and
+    seed, never on how many images were asked for (see the seeding rule in :mod:`var.sample`).
+    """
+    label = parse_label(label, loaded.num_classes)
+    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
+    labels_B = [label] * num_images
+    seeds = [seed + i for i in range(num_images)]
+    for step in generate(loaded.model, loaded.vae, labels_B, cfg, top_k, top_p, seeds, bool(more_smooth)):
+        yield step.si, to_pil(loaded.vae.fhat_to_img(step.f_hat).add(1).mul(0.5))
+
+
+def generate_images(
+    loaded: LoadedModel,
+    label: int,
+    num_images: int = 1,
+    seed: int = 0,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    more_smooth: bool = False,
+) -> list[Image.Image]:
+    """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments."""
+    label = parse_label(label, loaded.num_classes)
+    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
+    seeds = [seed + i for i in range(num_images)]
+    return to_pil(sample(loaded.model, loaded.vae, [label] * num_images, cfg, top_k, top_p, seeds, bool(more_smooth)))
+
+
+def edit_image(
+    loaded: LoadedModel,
+    image: Image.Image | torch.Tensor,
+    mask: torch.Tensor,
+    label: int,
+    seed: int = 0,
+    cfg: float = 1.5,
+    top_k: int = 900,
+    top_p: float = 0.96,
+    more_smooth: bool = False,
+    return_tokens: bool = False,
+) -> Image.Image | tuple[Image.Image, list[torch.Tensor]]:
+    """Regenerate the masked part of ``image`` as class ``label`` (``num_classes`` = no class: in-painting).
+
+    ``image``: a PIL image of any size (center-cropped and resized to the model's resolution) or a
+    ``[3, H, W]`` tensor in [0, 1] already at it. ``mask``: ``[h, w]`` in [0, 1], 1 = regenerate.
+    ``return_tokens`` also returns the tokens of every scale (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
+    """
+    label = parse_label(label, loaded.num_classes, allow_null=True)
+    _, seed, cfg, top_k, top_p = validate_sampling(1, seed, cfg, top_k, top_p)
+    size = loaded.vae.image_size
+    image_3HW = center_square(image, size) if isinstance(image, Image.Image) else image
+    if tuple(image_3HW.shape) != (3, size, size):
+        raise InputError(f"the image must be 3x{size}x{size}, got {'x'.join(map(str, image_3HW.shape))}")
+    mask = torch.as_tensor(mask, dtype=torch.float32)
+    if mask.ndim != 2:
+        raise InputError(f"the mask must be 2-D, got shape {tuple(mask.shape)}")
+    out, idx = edit(
+        loaded.model, loaded.vae, image_3HW, mask, label, cfg, top_k, top_p, [seed], bool(more_smooth), True
+    )
+    return (to_pil(out)[0], idx) if return_tokens else to_pil(out)[0]

@@ -1,0 +1,263 @@
+"""The web UI (app/logic.py, app/web.py, `var app`): the functions, then the page served headless."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_var
+from PIL import Image
+
+from app.cli import main
+from app.logic import (
+    MAX_IMAGES,
+    InputError,
+    center_square,
+    class_choices,
+    edit_image,
+    generate_images,
+    generate_progressive,
+    mask_from_editor,
+    parse_label,
+    validate_sampling,
+)
+from var.edit import keep_masks
+from var.export import export_model, load_model
+
+# gradio's queue calls a pandas API that pandas 3 deprecates; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
+NAMES = [f"digit {i}" for i in range(10)]
+GOOD = dict(label=3, num_images=2, seed=0, cfg=1.0, top_k=10, top_p=0.9)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two tiny exported models (one per mechanism mix), loaded as `var app` loads them."""
+    from conftest import TINY_VAE
+
+    from tokenizer import MultiScaleVQVAE, VQVAEConfig
+
+    torch.manual_seed(0)
+    vae = MultiScaleVQVAE(VQVAEConfig(**TINY_VAE)).eval()
+    root = tmp_path_factory.mktemp("models")
+    full = export_model(tiny_var(num_classes=10), vae, root / "full", class_names=NAMES)
+    mixed = export_model(tiny_var(seed=1, num_classes=10, attention=["lka", "full"]), vae, root / "mixed")
+    return [load_model(full), load_model(mixed)]
+
+
+# ----------------------------------------------------------------------------- plain functions
+
+
+def test_generate_images_count_and_size(models):
+    images = generate_images(models[0], **GOOD)
+    assert len(images) == 2 and all(im.size == (32, 32) and im.mode == "RGB" for im in images)
+
+
+def test_streaming_one_update_per_scale_last_is_final(models):
+    m = models[0]
+    steps = list(generate_progressive(m, **GOOD))
+    assert [si for si, _ in steps] == [0, 1, 2, 3]  # patch_nums (1, 2, 3, 4)
+    assert all(len(images) == 2 for _, images in steps)
+    final = generate_images(m, **GOOD)
+    for a, b in zip(steps[-1][1], final):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # image i depends on its seed only (seed + i), not on how many were asked for
+    one = generate_images(m, **{**GOOD, "num_images": 1, "seed": 1})
+    np.testing.assert_array_equal(np.asarray(one[0]), np.asarray(final[1]))
+
+
+def test_labels_and_choices():
+    assert class_choices(["cat", "dog"]) == ["0: cat", "1: dog"]
+    assert parse_label("1: dog", 2) == 1 and parse_label(1, 2) == 1 and parse_label(1.0, 2) == 1
+    assert parse_label("2: (no class)", 2, allow_null=True) == 2
+    for bad, message in [(2, "class 2 is out of range: this model has classes 0 to 1"), (-1, "out of range"),
+                         (1.5, "must be an integer"), ("dog", "must be an integer"), ("", "pick a class")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            parse_label(bad, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_images=0), f"number of images must be between 1 and {MAX_IMAGES}, got 0"),
+        (dict(num_images=MAX_IMAGES + 1), "number of images must be between 1 and 16"),
+        (dict(top_p=0), r"top-p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top-k must be >= 0"),
+        (dict(cfg=-0.5), r"guidance \(cfg\) must be >= 0"),
+        (dict(cfg=float("nan")), "must be finite"),
+        (dict(seed=-1), "seed must be between 0 and"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(v),
+)
+def test_validation_messages(kwargs, message):
+    args = {**dict(num_images=1, seed=0, cfg=1.5, top_k=900, top_p=0.96), **kwargs}
+    with pytest.raises(InputError, match=message):
+        validate_sampling(**args)
+
+
+def test_center_square_any_size():
+    wide = Image.new("RGB", (300, 100), (255, 0, 0))
+    wide.paste((0, 0, 255), (0, 0, 100, 100))  # the left third is cropped away
+    x = center_square(wide, 32)
+    assert x.shape == (3, 32, 32) and x.min() >= 0 and x.max() <= 1
+    torch.testing.assert_close(x[:, 16, 16], torch.tensor([1.0, 0.0, 0.0]))
+    with pytest.raises(InputError, match="at most 8192 pixels per side"):
+        center_square(Image.new("RGB", (9000, 10)), 32)
+
+
+def test_mask_from_editor_crops_like_the_image():
+    background = Image.new("RGBA", (200, 100), (0, 128, 0, 255))
+    layer = Image.new("RGBA", (200, 100), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (50, 0, 100, 50))  # top-left quarter of the centred 100x100 square
+    image, mask = mask_from_editor({"background": background, "layers": [layer], "composite": None}, 32)
+    assert image is background and mask.shape == (32, 32)
+    assert mask[:16, :16].min() == 1 and mask[16:].max() == 0 and mask[:, 16:].max() == 0
+    with pytest.raises(InputError, match="upload an image first"):
+        mask_from_editor({"background": None, "layers": []}, 32)
+    with pytest.raises(InputError, match="paint the region to regenerate"):
+        mask_from_editor({"background": background, "layers": []}, 32)
+
+
+def test_edit_keeps_tokens_outside_the_mask(models):
+    m = models[0]
+    image = generate_images(m, label=1, num_images=1, seed=5, cfg=1.0, top_k=10, top_p=0.9)[0]
+    x = center_square(image, 32)
+    mask = torch.zeros(32, 32)
+    mask[:16, :16] = 1  # regenerate the top-left quarter
+    out, idx = edit_image(m, x, mask, label=7, seed=0, cfg=1.0, top_k=10, top_p=0.9, return_tokens=True)
+    assert out.size == (32, 32)
+    truth = m.vae.img_to_idx(x[None] * 2 - 1)
+    keeps = keep_masks(mask[None], m.model.patch_nums)
+    for si, (got, want, keep) in enumerate(zip(idx, truth, keeps)):
+        assert torch.equal(got[keep], want[keep]), f"scale {si}"
+    assert not torch.equal(idx[-1], truth[-1])  # the masked quarter was resampled
+    # a PIL image of another size goes through the same crop/resize, the null class is plain in-painting
+    assert edit_image(m, Image.new("RGB", (64, 48)), mask, label=10, seed=0).size == (32, 32)
+    with pytest.raises(InputError, match="class 11 is out of range"):
+        edit_image(m, x, mask, label=11)
+
+
+# ----------------------------------------------------------------------------- the server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    from app.web import build_demo, launch
+
+    demo = build_demo(models)
+    url = launch(demo, host="127.0.0.1", port=_free_port(), block=False)
+    assert url.startswith("http://127.0.0.1:")
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def test_api_generate_through_gradio_client(client, models):
+    result = client.predict(**GOOD, api_name="/generate")
+    assert len(result) == 2 and all(Image.open(r["image"]).size == (32, 32) for r in result)
+    assert result[0]["caption"] == "3: digit 3 · seed 0"
+    # the same images as the function gives (PNG is lossless)
+    want = generate_images(models[0], **GOOD)
+    np.testing.assert_array_equal(np.asarray(Image.open(result[1]["image"]).convert("RGB")), np.asarray(want[1]))
+    cache = Path(os.environ["GRADIO_TEMP_DIR"])  # set by build_demo: the server's uploads and outputs
+    assert any(cache.rglob("*.png"))
+    if cache.name.startswith("var-app-"):
+        assert cache.stat().st_mode & 0o777 == 0o700
+    other = client.predict(**{**GOOD, "num_images": 1}, model=models[1].name, api_name="/generate")
+    assert len(other) == 1 and other[0]["caption"] == "3: 3 · seed 0"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(label=10), "class 10 is out of range: this model has classes 0 to 9"),
+        (dict(num_images=0), "number of images must be between 1 and 16, got 0"),
+        (dict(num_images=17), "number of images must be between 1 and 16, got 17"),
+        (dict(top_p=0), "top-p must be in (0, 1]"),
+        (dict(model="/elsewhere"), "unknown model '/elsewhere'"),
+    ],
+    ids=["label", "zero-images", "too-many-images", "top_p", "model"],
+)
+def test_api_errors_are_clean_messages(client, kwargs, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as err:
+        client.predict(**{**GOOD, **kwargs}, api_name="/generate")
+    assert message in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_page_streams_every_scale(models):
+    """The page's Generate button (not in the API): one (gallery, status) update per scale, then the final images."""
+    from app.web import build_demo
+
+    demo = build_demo(models)
+    import gradio as gr  # after build_demo: it points Gradio's cache at a private folder first
+
+    handler = next(f.fn for f in demo.fns.values() if f.name == "on_generate")
+    updates = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False))
+    assert [status for _, status in updates] == [
+        "scale 1/4 (1x1 tokens)", "scale 2/4 (2x2 tokens)", "scale 3/4 (3x3 tokens)", "scale 4/4 (4x4 tokens) - done"
+    ]  # fmt: skip
+    final = generate_images(models[0], **GOOD)
+    assert [caption for _, caption in updates[-1][0]] == ["3: digit 3 · seed 0", "3: digit 3 · seed 1"]
+    for (got, _), want in zip(updates[-1][0], final):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(gr.Error, match="top-p must be in"):
+        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.0, False))
+
+
+def test_page_lists_both_tabs_and_models(server, models):
+    with urllib.request.urlopen(server.rstrip("/") + "/config", timeout=30) as r:
+        config = json.load(r)
+    labels = {c["props"].get("label") for c in config["components"] if c.get("type") == "tabitem"}
+    assert {"Generate", "Edit"} <= labels
+    text = json.dumps(config)
+    assert "attention: lka, full" in text or "attention: full" in text  # the selected model's describe()
+    assert "0: digit 0" in text
+
+
+def test_screenshot_shows_the_page(server, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed: no screenshot of the page")
+    png = tmp_path / "page.png"
+    cmd = [
+        chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={png}", "--window-size=1280,1600", "--virtual-time-budget=10000", server,
+    ]  # fmt: skip
+    subprocess.run(cmd, capture_output=True, timeout=120, check=False)
+    assert png.is_file() and png.stat().st_size > 10_000
+    pixels = np.asarray(Image.open(png).convert("RGB"))
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, widgets and the accent colour, not blank
+    assert (pixels < 200).any(axis=-1).mean() > 0.01  # some dark ink: the page rendered, not only a background
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_cli_missing_model_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-such-model"
+    assert main(["app", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(missing) in err and err.startswith("var app: error: model not found")
