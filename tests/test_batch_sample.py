@@ -1,10 +1,14 @@
+import shutil
+
 import numpy as np
 import pytest
+from conftest import TINY_VAE
 from helpers import tiny_var
 from PIL import Image
 
 import var.batch as batch
 from app.cli import main
+from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch import SampleError, SampleSettings, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import SamplingDefaults, export_model, load_model
 
@@ -107,6 +111,16 @@ def test_ranks_share_the_work(tmp_path, model_dir):
     assert counts == [5, 4] and _files(shared) == _files(single)
 
 
+def test_more_smooth_is_batch_independent_too(tmp_path, model_dir):
+    loaded = load_model(model_dir)
+    smooth = SampleSettings(**{**SETTINGS.__dict__, "more_smooth": True})
+    generate_folder(loaded, tmp_path / "a", [1, 2], 2, smooth, batch_size=1, progress=False)
+    generate_folder(loaded, tmp_path / "b", [1, 2], 2, smooth, batch_size=4, progress=False)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    generate_folder(loaded, tmp_path / "c", [1, 2], 2, SETTINGS, progress=False)
+    assert _files(tmp_path / "a") != _files(tmp_path / "c")
+
+
 def test_other_settings_are_refused(tmp_path, model_dir):
     loaded = load_model(model_dir)
     generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS, progress=False)
@@ -135,12 +149,18 @@ def test_cli_writes_folder_and_npz(tmp_path, model_dir, capsys):
         (["--out", "{tmp}/file.txt/s"], "cannot write to the output folder"),
         (["--model", "{tmp}/empty"], "has no config.yaml"),
         (["--model", "{tmp}/nowhere"], "model not found"),
+        (["--model", "{tmp}/mismatch"], "but its tokenizer has patch_nums=(1, 2, 3, 4), vocab_size=32"),
     ],
-    ids=["class-range", "per-class-0", "batch-0", "unwritable", "no-config", "no-model"],
+    ids=["class-range", "per-class-0", "batch-0", "unwritable", "no-config", "no-model", "tokenizer-mismatch"],
 )
 def test_cli_bad_input(tmp_path, model_dir, capsys, args, message):
     (tmp_path / "file.txt").write_text("")
     (tmp_path / "empty").mkdir()
+    if "{tmp}/mismatch" in args:  # the transformer expects 64 tokens, its tokenizer has 32
+        shutil.copytree(model_dir, tmp_path / "mismatch")
+        export_tokenizer(
+            MultiScaleVQVAE(VQVAEConfig(**{**TINY_VAE, "vocab_size": 32})), tmp_path / "mismatch" / "tokenizer"
+        )
     base = {"--model": str(model_dir), "--classes": "0-2", "--per-class": "1", "--out": str(tmp_path / "s")}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value.format(tmp=tmp_path)

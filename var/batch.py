@@ -13,7 +13,7 @@ decoded from its tokens alone. Its bytes therefore depend on the global seed, th
 sampling settings and the device's arithmetic, never on the batch size, the number of processes, or
 where an interrupted run resumed.
 
-Resume: an image whose PNG exists is skipped. Several GPUs: ``torchrun --nproc-per-node N -m app.cli
+Resume: an image whose PNG exists is skipped. Several GPUs: ``torchrun --nproc-per-node N -m app
 sample ...``; process ``rank`` takes every ``world_size``-th (class, index) pair of the full list, rank 0
 waits for the others (a barrier, or by watching the files) and writes the `.npz`.
 """
