@@ -59,12 +59,13 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def run(args: argparse.Namespace) -> int:
+def serve(sources: list[str], host: str = "127.0.0.1", port: int = 7860, device: str = "auto") -> None:
+    """Load every model (exported folders or published names), then serve the UI until interrupted."""
     from var.export import load_model
 
-    device = resolve_device(args.device)
+    device = resolve_device(device)
     models = []
-    for source in args.model:  # load every model before importing Gradio: a bad path fails fast
+    for source in sources:  # load every model before importing Gradio: a bad path fails fast
         loaded = load_model(source, device=device)
         print(f"loaded {loaded.describe()} on {device}")
         models.append(loaded)
@@ -77,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests, one line each
-    if not _is_loopback(args.host):
-        log.warning("binding %s: the UI has no login; anyone who can reach this address can use it", args.host)
-    launch(build_demo(models), host=args.host, port=args.port, block=True)
+    if not _is_loopback(host):
+        log.warning("binding %s: the UI has no login; anyone who can reach this address can use it", host)
+    launch(build_demo(models), host=host, port=port, block=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    serve(args.model, args.host, args.port, args.device)
     return 0
