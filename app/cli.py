@@ -27,6 +27,8 @@ class Command:
 # In the order a user meets them: tokenizer, transformer, sampling, evaluation, UI, the demo.
 COMMANDS: tuple[Command, ...] = (
     Command("train-tokenizer", "tokenizer.train", "train the multi-scale VQ tokenizer (Lightning; CPU, GPU, DDP)"),
+    Command("tokenize", "var.tokenize", "encode a dataset once into a token cache for training the transformer"),
+    Command("train", "var.train", "train the transformer from a token cache (Lightning; CPU, GPU, DDP/FSDP, nodes)"),
 )
 
 
