@@ -84,7 +84,7 @@ def fit(cfg: VARTrainConfig, ckpt_path=None, crash_at=None) -> tuple[VARTraining
         if module.global_step == crash_at:
             raise RuntimeError("simulated crash")
         loss = original(batch, batch_idx)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         return loss
 
     module.training_step = recording_step
@@ -98,6 +98,13 @@ def test_loss_decreases_for_every_mechanism(tmp_path, cache, attention):
     module, losses = fit(cfg)
     assert len(losses) == 16 and module.trainer.global_step == 16
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_bf16_autocast_trains_with_fp32_logits(tmp_path, cache):
+    cfg = tiny_config(tmp_path, cache, "max_steps=8", "ckpt_every_n_steps=100", "precision=bf16-mixed")
+    module, losses = fit(cfg)
+    assert len(losses) == 8 and losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in module.var.parameters())  # autocast, not bf16 weights
 
 
 def test_per_block_mix_and_logged_metrics(tmp_path, cache):
