@@ -27,9 +27,12 @@ class Command:
 # In the order a user meets them: tokenizer, transformer, sampling, evaluation, UI, the demo.
 COMMANDS: tuple[Command, ...] = (
     Command("train-tokenizer", "tokenizer.train", "train the multi-scale VQ tokenizer (Lightning; CPU, GPU, DDP)"),
+    Command("tokenize", "var.tokenize", "encode a dataset once into a token cache for training the transformer"),
+    Command("train", "var.train", "train the transformer from a token cache (Lightning; CPU, GPU, DDP/FSDP, nodes)"),
     Command("sample", "var.batch", "batch-generate N images per class as PNG folders and an ADM-format .npz"),
     Command("eval", "var.evaluate", "score samples: FID, IS, precision/recall (local Inception weights) or --digits"),
     Command("app", "app.serve", "serve the web UI: sample by class, watch scales refine, edit images (Gradio)"),
+    Command("demo", "app.demo", "the whole pipeline on the bundled digits in minutes on a CPU, then the web UI"),
 )
 
 

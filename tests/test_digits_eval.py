@@ -26,6 +26,13 @@ def test_judge_recognises_real_digits_and_caches(cache):
     assert "per class" in report.summary()
 
 
+def test_first_use_inside_judge_samples_trains_the_judge(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTSCALE_CACHE", str(tmp_path))  # no cached judge: judge_samples (no_grad) trains one
+    val = DigitsDataset("val", image_size=8)
+    assert judge_samples((val.images + 1) / 2, val.labels).accuracy > 0.8
+    assert (tmp_path / "digits_judge_8px.safetensors").is_file()
+
+
 def test_noise_is_far_from_digits(cache):
     judge = load_judge(16, cache_dir=cache)
     noise = torch.rand(100, 3, 16, 16, generator=torch.Generator().manual_seed(0))

@@ -137,18 +137,14 @@ def test_bad_mechanism_options():
 
 @pytest.mark.parametrize("preset", ["full", "neighborhood", "external", "lka", "gspn", "hybrid"])
 def test_var_presets_build(preset):
-    """configs/var/d16_<mechanism>.yaml: a `model:` section that builds a VAR (at depth 2 here, for speed)."""
-    from dataclasses import dataclass, field
+    """configs/var/d16_<mechanism>.yaml: training configs whose `model:` section builds a VAR (at depth 2 here)."""
     from pathlib import Path
 
     from tokenizer import load_config
-
-    @dataclass
-    class Wrapper:
-        model: VARConfig = field(default_factory=VARConfig)
+    from var.train import VARTrainConfig
 
     path = Path(__file__).parents[1] / "configs" / "var" / f"d16_{preset}.yaml"
-    cfg = load_config(Wrapper, path).model
+    cfg = load_config(VARTrainConfig, path).model
     names = cfg.block_attention()
     assert len(names) == 16 and set(names) <= set(NAMES)
     if preset == "hybrid":

@@ -56,6 +56,7 @@ def _augment(img_B3HW: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return (out + 0.1 * torch.randn(out.shape, generator=g)).clamp(-1, 1)
 
 
+@torch.enable_grad()  # judge_samples (no_grad) trains the judge on first use
 def train_judge(image_size: int, steps: int = 400, seed: int = 0) -> tuple[DigitsJudge, float]:
     """Train on the train split of the digits; returns the judge and its held-out accuracy."""
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,281 @@
+"""`var demo`: the whole pipeline on the bundled digits, on a CPU in minutes, then the web UI.
+
+Stages (each reused when a previous `var demo` finished it in the same work folder):
+
+1. train the tokenizer (configs/tokenizer/digits.yaml)  -> DIR/tokenizer
+2. tokenize the digits once (configs/tokens/digits.yaml) -> DIR/runs/tokens
+3. train the transformer (configs/var/digits.yaml)      -> DIR/model (what `var sample` and `var app` take)
+4. sample a grid, one row per class, and judge it       -> DIR/samples.png
+5. serve the web UI on DIR/model (unless --no-app)
+
+A stage is finished when its `DIR/runs/<stage>.done.json` exists (written atomically after the stage);
+it records the stage's time and numbers, so a second run prints the same summary without retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenizer.errors import UserError
+
+__all__ = ["add_arguments", "run", "run_demo"]
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+class DemoError(UserError, RuntimeError):
+    """A demo that cannot run: a missing preset, an unknown mechanism."""
+
+
+@dataclass
+class DemoOptions:
+    workdir: Path
+    mechanism: str = "full"
+    tokenizer_steps: int | None = None  # None: the preset's
+    var_steps: int | None = None
+    samples_per_class: int = 20
+    grid_per_class: int = 10
+    seed: int = 0
+
+
+def _preset(path: Path) -> Path:
+    if not path.is_file():
+        raise DemoError(f"preset {path} not found: run `var demo` from a checkout installed with `pip install -e .`")
+    return path
+
+
+def _write_json(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _done(opts: DemoOptions, stage: str) -> Path:
+    return opts.workdir / "runs" / f"{stage}.done.json"
+
+
+def _publish(src: Path, dst: Path) -> None:
+    """Copy an exported folder into place atomically: a temporary copy, then a rename."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
+
+
+def _say(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------- stages
+@torch.no_grad()
+def tokenizer_report(tokenizer_dir: Path) -> dict:
+    """Held-out PSNR of the exported tokenizer, and the share of its codebook the digits use."""
+    from tokenizer import DigitsDataset, load_tokenizer
+    from tokenizer.metrics import psnr
+
+    vae = load_tokenizer(tokenizer_dir)
+    size = vae.image_size
+    val = DigitsDataset("val", image_size=size)
+    rec = vae.reconstruct(val.images)
+    p = psnr((rec + 1) / 2, (val.images + 1) / 2).mean().item()
+    idx = vae.img_to_idx(DigitsDataset("train", image_size=size).images)
+    V = vae.vocab_size
+    per_scale = [i.unique().numel() / V for i in idx]
+    used = torch.cat([i.flatten() for i in idx]).unique().numel() / V
+    return {"psnr_db": p, "codebook_used": used, "codebook_used_per_scale": per_scale}
+
+
+def stage_tokenizer(opts: DemoOptions) -> dict:
+    done = _done(opts, "tokenizer")
+    if done.is_file() and (opts.workdir / "tokenizer" / "config.yaml").is_file():
+        _say(f"tokenizer: reusing {opts.workdir / 'tokenizer'}")
+        return json.loads(done.read_text())
+    from tokenizer import load_config
+    from tokenizer.train import TokenizerTrainConfig, train_tokenizer
+
+    overrides = [f"out_dir={opts.workdir / 'runs' / 'tokenizer'}", "resume=true"]
+    if opts.tokenizer_steps is not None:
+        overrides += [f"max_steps={opts.tokenizer_steps}", f"ckpt_every_n_steps={max(1, opts.tokenizer_steps)}"]
+    cfg = load_config(TokenizerTrainConfig, _preset(CONFIGS / "tokenizer" / "digits.yaml"), overrides)
+    _say(f"1/4 training the tokenizer ({cfg.max_steps} steps, {cfg.model.vocab_size} codes, {cfg.model.patch_nums})")
+    t0 = time.time()
+    exported = train_tokenizer(cfg)
+    _publish(exported, opts.workdir / "tokenizer")
+    info = {"seconds": time.time() - t0, **tokenizer_report(opts.workdir / "tokenizer")}
+    _write_json(info, done)
+    return info
+
+
+def stage_tokens(opts: DemoOptions) -> Path:
+    cache = opts.workdir / "runs" / "tokens"
+    done = _done(opts, "tokens")
+    if done.is_file():
+        return cache
+    from tokenizer import load_config
+    from var.tokenize import TokenizeConfig, tokenize
+
+    cfg = load_config(
+        TokenizeConfig,
+        _preset(CONFIGS / "tokens" / "digits.yaml"),
+        [f"tokenizer={opts.workdir / 'tokenizer'}", f"out_dir={cache}"],
+    )
+    _say("2/4 tokenizing the digits once")
+    tokenize(cfg)
+    _write_json({"cache": str(cache)}, done)
+    return cache
+
+
+def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
+    done = _done(opts, "transformer")
+    model_dir = opts.workdir / "model"
+    if done.is_file() and (model_dir / "config.yaml").is_file():
+        info = json.loads(done.read_text())
+        if info.get("mechanism") == opts.mechanism:
+            _say(f"transformer: reusing {model_dir} ({opts.mechanism})")
+            return info
+        _say(f"transformer: {model_dir} uses {info.get('mechanism')}, retraining with {opts.mechanism}")
+    from tokenizer import load_config
+    from var.train import VARTrainConfig, train_var
+
+    run_dir = opts.workdir / "runs" / f"var-{opts.mechanism}"
+    overrides = [
+        f"tokenizer={opts.workdir / 'tokenizer'}",
+        f"data.cache={cache}",
+        f"out_dir={run_dir}",
+        f"model.attention={opts.mechanism}",
+        "resume=true",
+    ]
+    if opts.var_steps is not None:
+        overrides += [f"max_steps={opts.var_steps}", f"ckpt_every_n_steps={max(1, opts.var_steps)}"]
+        overrides += ["samples.every_n_steps=0"]
+    cfg = load_config(VARTrainConfig, _preset(CONFIGS / "var" / "digits.yaml"), overrides)
+    _say(f"3/4 training the transformer ({opts.mechanism}, depth {cfg.model.depth}, {cfg.max_steps} steps)")
+    t0 = time.time()
+    exported = train_var(cfg)
+    _publish(exported, model_dir)
+    info = {"seconds": time.time() - t0, "mechanism": opts.mechanism, "loss": heldout_loss(model_dir)}
+    _write_json(info, done)
+    return info
+
+
+@torch.no_grad()
+def heldout_loss(model_dir: Path) -> float:
+    """Mean cross-entropy (all tokens) of the exported model on the held-out digits, teacher forced."""
+    from tokenizer import DigitsDataset
+    from var.export import load_model
+
+    m = load_model(model_dir)
+    val = DigitsDataset("val", image_size=m.vae.image_size)
+    idx = m.vae.img_to_idx(val.images)
+    logits = m.model(val.labels, m.vae.idx_to_var_input(idx))
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.cat(idx, 1).flatten()).item()
+
+
+def stage_samples(opts: DemoOptions) -> dict:
+    """A grid (one row per class) and the judge's per-class accuracy over `samples_per_class` each."""
+    from PIL import Image
+
+    from var.digits_eval import judge_samples
+    from var.export import load_model
+    from var.sample import sample
+
+    m = load_model(opts.workdir / "model")
+    s = m.sampling
+    C, n = m.num_classes, max(opts.samples_per_class, opts.grid_per_class)
+    labels = torch.arange(C).repeat_interleave(n)
+    seeds = [opts.seed * 1_000_003 + i for i in range(len(labels))]
+    _say(f"4/4 sampling {len(labels)} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
+    t0 = time.time()
+    imgs = sample(
+        m.model, m.vae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, seed=seeds, more_smooth=s.more_smooth
+    )
+    seconds = time.time() - t0
+    report = judge_samples(imgs, labels)
+    grid = imgs.view(C, n, *imgs.shape[1:])[:, : opts.grid_per_class]  # [C, G, 3, H, W]
+    H = imgs.shape[-1]
+    up = max(1, 64 // H)  # digits are 16 px: make the grid readable
+    rows = grid.permute(0, 3, 1, 4, 2).reshape(C * H, opts.grid_per_class * H, 3)
+    arr = (rows.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    img = Image.fromarray(arr).resize((arr.shape[1] * up, arr.shape[0] * up), Image.NEAREST)
+    path = opts.workdir / "samples.png"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    img.save(tmp)
+    os.replace(tmp, path)
+    return {
+        "seconds": seconds,
+        "images": len(labels),
+        "accuracy": report.accuracy,
+        "min_class_accuracy": report.min_class_accuracy,
+        "per_class": report.per_class,
+        "frechet": report.frechet,
+        "grid": str(path),
+    }
+
+
+# ------------------------------------------------------------------------------------------ main
+def run_demo(opts: DemoOptions) -> dict:
+    from var import MIXERS
+
+    if opts.mechanism not in MIXERS:
+        raise DemoError(f"unknown mechanism {opts.mechanism!r}; choose one of {', '.join(sorted(MIXERS))}")
+    opts.workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    tok = stage_tokenizer(opts)
+    _say(
+        f"tokenizer: {tok['seconds']:.0f} s, held-out PSNR {tok['psnr_db']:.2f} dB, codebook used "
+        f"{tok['codebook_used']:.0%} (per scale {', '.join(f'{u:.0%}' for u in tok['codebook_used_per_scale'])})"
+    )
+    cache = stage_tokens(opts)
+    var = stage_transformer(opts, cache)
+    _say(f"transformer ({var['mechanism']}): {var['seconds']:.0f} s, held-out loss {var['loss']:.3f}")
+    smp = stage_samples(opts)
+    per = " ".join(f"{c}:{a:.0%}" for c, a in sorted(smp["per_class"].items()))
+    _say(
+        f"samples: {smp['images']} in {smp['seconds']:.1f} s; judged accuracy {smp['accuracy']:.1%} "
+        f"(lowest class {smp['min_class_accuracy']:.1%}; {per}); Frechet distance {smp['frechet']:.2f}"
+    )
+    _say(
+        f"grid: {smp['grid']} (one row per class); model: {opts.workdir / 'model'}; "
+        f"total {time.time() - t0:.0f} s this run"
+    )
+    summary = {"tokenizer": tok, "transformer": var, "samples": smp, "seconds": time.time() - t0}
+    _write_json(summary, opts.workdir / "summary.json")
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, default=Path("demo"), help="where everything goes (default ./demo)")
+    parser.add_argument("--mechanism", default="full", help="attention mechanism of the transformer (default full)")
+    parser.add_argument("--no-app", action="store_true", help="stop after the sample grid")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--tokenizer-steps", type=int, help="override the preset's tokenizer steps (quick runs)")
+    parser.add_argument("--var-steps", type=int, help="override the preset's transformer steps (quick runs)")
+    parser.add_argument("--samples-per-class", type=int, default=20, help="samples judged per class (default 20)")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = DemoOptions(
+        workdir=args.workdir,
+        mechanism=args.mechanism,
+        tokenizer_steps=args.tokenizer_steps,
+        var_steps=args.var_steps,
+        samples_per_class=args.samples_per_class,
+    )
+    run_demo(opts)
+    if not args.no_app:
+        from app.serve import serve
+
+        _say(f"web UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
+        serve([str(opts.workdir / "model")], host=args.host, port=args.port)
+    return 0

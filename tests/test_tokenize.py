@@ -1,0 +1,85 @@
+"""The token cache: round trip, resumable writing, views, and its error messages."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.cli import main
+from tokenizer import DigitsDataset, export_tokenizer, load_config
+from var.tokenize import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tok_dir(tmp_path, tiny_vae):
+    return export_tokenizer(tiny_vae, tmp_path / "tok")
+
+
+def config(tok_dir, out, *overrides) -> TokenizeConfig:
+    base = [f"tokenizer={tok_dir}", "data.image_size=32", f"out_dir={out}", "device=cpu", "batch_size=8", "chunk=8"]
+    return load_config(TokenizeConfig, None, [*base, *overrides])
+
+
+def test_cache_round_trips(tmp_path, tok_dir, tiny_vae):
+    out = tokenize(config(tok_dir, tmp_path / "cache", "max_images=20"))
+    cache = TokenCache(out)
+    h = cache.header
+    assert (h.vocab_size, h.patch_nums, h.num_images, h.views, h.dtype) == (64, (1, 2, 3, 4), 20, 1, "int16")
+    assert h.class_names == [str(d) for d in range(10)] and h.tokenizer_id == tokenizer_identity(tiny_vae)
+    assert cache.tokens.dtype == np.int16 and cache.tokens.shape == (20, 30) and len(cache) == 20
+    digits = DigitsDataset("train", image_size=32)
+    idx_BL = torch.cat(tiny_vae.img_to_idx(digits.images[:20]), dim=1)
+    tokens = torch.stack([cache[i][0] for i in range(20)])
+    assert tokens.dtype == torch.long and torch.equal(tokens, idx_BL)
+    assert [cache[i][1] for i in range(20)] == digits.labels[:20].tolist()
+    assert [t.shape[1] for t in cache.split_scales(tokens)] == [1, 4, 9, 16]
+    assert token_dtype(4096) == np.int16 and token_dtype(40000) == np.int32
+
+
+def _image_folder(root, classes=("cat", "dog"), per_class=3):
+    g = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_interrupted_tokenize_continues_to_the_identical_cache(tmp_path, tok_dir):
+    root = _image_folder(tmp_path / "imgs")
+    common = ["data.name=imagefolder", f"data.root={root}", "data.hflip=true", "views=3", "chunk=2", "batch_size=4"]
+    whole = tokenize(config(tok_dir, tmp_path / "whole", *common))
+
+    part = tmp_path / "part"
+    tokenize(config(tok_dir, part, *common), stop_after_chunks=1)
+    with pytest.raises(TokenCacheError, match="interrupted `var tokenize`: rerun it"):
+        TokenCache(part)
+    tokenize(config(tok_dir, part, *common))  # continues at the recorded image
+    for name in ("tokens.npy", "labels.npy", "header.yaml"):
+        assert (whole / name).read_bytes() == (part / name).read_bytes(), name
+    cache = TokenCache(part)
+    assert cache.header.views == 3 and len(cache) == cache.header.num_images * 3
+    assert not (part / ".partial").exists()
+    views = cache.tokens[: cache.header.num_images * 3].reshape(-1, 3, 30)
+    assert any(not np.array_equal(v[0], v[1]) for v in views)  # random crops differ from the centre crop
+    assert tokenize(config(tok_dir, part, *common)) == part  # a complete cache is left alone
+
+
+def test_bad_inputs(tmp_path, tok_dir, capsys):
+    with pytest.raises(TokenCacheError, match="token cache not found: .*var tokenize"):
+        TokenCache(tmp_path / "nope")
+    done = tokenize(config(tok_dir, tmp_path / "c", "max_images=4"))
+    with pytest.raises(TokenCacheError, match="holds another token cache"):
+        tokenize(config(tok_dir, done, "max_images=5"))
+    assert main(["tokenize", f"tokenizer={tok_dir}", "data.image_size=16", f"out_dir={tmp_path / 'x'}"]) == 2
+    assert "data.image_size=16 but the tokenizer takes 32 px" in capsys.readouterr().err
+    assert main(["tokenize", "views=2", f"out_dir={tmp_path / 'y'}"]) == 2
+    assert "views > 1 needs data.name=imagefolder" in capsys.readouterr().err
