@@ -163,9 +163,26 @@ def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
     t0 = time.time()
     exported = train_var(cfg)
     _publish(exported, model_dir)
-    info = {"seconds": time.time() - t0, "mechanism": opts.mechanism, "loss": heldout_loss(model_dir)}
+    info = {
+        "seconds": time.time() - t0,
+        "mechanism": opts.mechanism,
+        "train_loss": last_logged(run_dir, "train/loss_mean"),
+        "heldout_loss": heldout_loss(model_dir),
+    }
     _write_json(info, done)
     return info
+
+
+def last_logged(run_dir: Path, key: str) -> float | None:
+    """The last value of `key` in the run's CSV log (Lightning's CSVLogger), if any."""
+    import csv
+
+    logs = sorted(run_dir.glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return None
+    with logs[-1].open() as f:
+        values = [row[key] for row in csv.DictReader(f) if row.get(key)]
+    return float(values[-1]) if values else None
 
 
 @torch.no_grad()
@@ -202,10 +219,11 @@ def stage_samples(opts: DemoOptions) -> dict:
     seconds = time.time() - t0
     report = judge_samples(imgs, labels)
     grid = imgs.view(C, n, *imgs.shape[1:])[:, : opts.grid_per_class]  # [C, G, 3, H, W]
-    H = imgs.shape[-1]
-    up = max(1, 64 // H)  # digits are 16 px: make the grid readable
-    rows = grid.permute(0, 3, 1, 4, 2).reshape(C * H, opts.grid_per_class * H, 3)
+    grid = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=0.35)  # gray gutters between the tiles
+    G, H = grid.shape[1], grid.shape[-1]
+    rows = grid.permute(0, 3, 1, 4, 2).reshape(C * H, G * H, 3)  # row c: the samples of class c
     arr = (rows.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    up = max(1, 96 // H)  # digits are 16 px: make the grid readable
     img = Image.fromarray(arr).resize((arr.shape[1] * up, arr.shape[0] * up), Image.NEAREST)
     path = opts.workdir / "samples.png"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
@@ -237,7 +255,11 @@ def run_demo(opts: DemoOptions) -> dict:
     )
     cache = stage_tokens(opts)
     var = stage_transformer(opts, cache)
-    _say(f"transformer ({var['mechanism']}): {var['seconds']:.0f} s, held-out loss {var['loss']:.3f}")
+    train_loss = "n/a" if var["train_loss"] is None else f"{var['train_loss']:.3f}"
+    _say(
+        f"transformer ({var['mechanism']}): {var['seconds']:.0f} s, training loss {train_loss}, held-out loss "
+        f"{var['heldout_loss']:.3f} (the tiny model memorises the 1,617 training digits)"
+    )
     smp = stage_samples(opts)
     per = " ".join(f"{c}:{a:.0%}" for c, a in sorted(smp["per_class"].items()))
     _say(
