@@ -17,9 +17,18 @@ from pathlib import Path
 
 import torch
 
+MECHANISMS = ["full", "neighborhood", "external", "lka", "gspn", "hybrid"]
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+
+def attention_of(mechanism: str, depth: int) -> str | list[str]:
+    """The hybrid preset's pattern at any depth: lka in the first quarter, neighborhood in the second, then full."""
+    if mechanism != "hybrid":
+        return mechanism
+    q = max(depth // 4, 1)
+    return ["lka"] * q + ["neighborhood"] * q + ["full"] * (depth - 2 * q)
 
 
 def device_name(device: torch.device) -> str:

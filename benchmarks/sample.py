@@ -24,24 +24,15 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from _common import markdown_table, metadata, peak_mib, reset_peak, timed, write_results
+from _common import MECHANISMS, attention_of, markdown_table, metadata, peak_mib, reset_peak, timed, write_results
 
 from kernels import ENV_VAR
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
 from var import VAR, preset, sample
 from var.checkpoint import official_mask_bias
 
-MECHANISMS = ["full", "neighborhood", "external", "lka", "gspn", "hybrid"]
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
 SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (DESIGN.md section 8)
-
-
-def attention_of(mechanism: str, depth: int) -> str | list[str]:
-    """The hybrid preset's pattern at any depth: lka in the first quarter, neighborhood in the second, then full."""
-    if mechanism != "hybrid":
-        return mechanism
-    q = max(depth // 4, 1)
-    return ["lka"] * q + ["neighborhood"] * q + ["full"] * (depth - 2 * q)
 
 
 def build(
