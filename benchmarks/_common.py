@@ -62,6 +62,17 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1, warm
     return sorted(times)[len(times) // 2]
 
 
+def timed_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: torch.device, repeats: int = 2):
+    """Median seconds of two functions measured alternately (a, b, a, b, ...) after one warm-up each,
+    so that neither profits from running second (warm caches, clock boost, allocator state)."""
+    fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(repeats):
+        times_a.append(timed(fn_a, device, repeats=1, warmup=0))
+        times_b.append(timed(fn_b, device, repeats=1, warmup=0))
+    return sorted(times_a)[len(times_a) // 2], sorted(times_b)[len(times_b) // 2]
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

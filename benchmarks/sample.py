@@ -24,7 +24,17 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from _common import MECHANISMS, attention_of, markdown_table, metadata, peak_mib, reset_peak, timed, write_results
+from _common import (
+    MECHANISMS,
+    attention_of,
+    markdown_table,
+    metadata,
+    peak_mib,
+    reset_peak,
+    timed,
+    timed_pair,
+    write_results,
+)
 
 from kernels import ENV_VAR
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
@@ -129,12 +139,12 @@ def main() -> None:
                     for B in map(int, args.batch_sizes.split(",")):
                         labels = torch.arange(B, device=device) % model.config.num_classes
                         reset_peak(device)
-                        t = timed(
-                            partial(sample, model, vae, labels, seed=0, precision=precision, **SETTING),
-                            device,
-                            repeats=args.repeats,
-                            warmup=1,
-                        )
+                        ours = partial(sample, model, vae, labels, seed=0, precision=precision, **SETTING)
+                        if pub is not None and backend == "torch":
+                            dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+                            t, t_pub = timed_pair(ours, partial(pub, labels, dtype), device, repeats=args.repeats)
+                        else:
+                            t, t_pub = timed(ours, device, repeats=args.repeats, warmup=1), None
                         row = dict(
                             resolution=res,
                             mechanism=mech,
@@ -144,9 +154,7 @@ def main() -> None:
                             images_per_s=B / t,
                             peak_mib=peak_mib(device),
                         )
-                        if pub is not None and backend == "torch":
-                            dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-                            t_pub = timed(partial(pub, labels, dtype), device, repeats=args.repeats, warmup=1)
+                        if t_pub is not None:
                             row.update(published_images_per_s=B / t_pub, ratio_vs_published=t_pub / t)
                         rows.append(row)
                         print(row, flush=True)
@@ -178,7 +186,9 @@ def main() -> None:
     )
     print(md)
     if args.out:
-        print("wrote", write_results(args.out, "sample", meta, rows, md))
+        print(
+            "wrote", write_results(args.out, "sample-" + ("quick" if args.quick else f"d{args.depth}"), meta, rows, md)
+        )
 
 
 if __name__ == "__main__":

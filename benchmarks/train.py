@@ -122,7 +122,9 @@ def main() -> None:
     )
     print(md)
     if args.out:
-        print("wrote", write_results(args.out, "train", meta, rows, md))
+        print(
+            "wrote", write_results(args.out, "train-" + ("quick" if args.quick else f"d{args.depth}"), meta, rows, md)
+        )
 
 
 if __name__ == "__main__":
