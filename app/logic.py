@@ -113,8 +113,8 @@ def validate_sampling(
     if k < 0:
         raise InputError(f"top-k must be >= 0 (0 keeps every token), got {k}")
     p = _number(top_p, "top-p")
-    if not 0 < p <= 1:
-        raise InputError(f"top-p must be in (0, 1] (1 keeps every token), got {p}")
+    if not 0 <= p <= 1:  # 0 or 1 keep every token (0 is the published sampler's "off")
+        raise InputError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}")
     return n, s, g, k, p
 
 

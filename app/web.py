@@ -187,7 +187,7 @@ def build_demo(models: Sequence[LoadedModel]):
                         dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                     cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
                     top_k = gr.Number(value=s.top_k, precision=0, minimum=0, label="Top-k (0 = off)")
-                    top_p = gr.Slider(0.01, 1, value=s.top_p, step=0.01, label="Top-p")
+                    top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                     smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth (smoother visuals)")
                     go = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
@@ -227,7 +227,7 @@ def build_demo(models: Sequence[LoadedModel]):
                         with gr.Accordion("Sampling", open=False):
                             e_cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
                             e_top_k = gr.Number(value=s.top_k, precision=0, minimum=0, label="Top-k (0 = off)")
-                            e_top_p = gr.Slider(0.01, 1, value=s.top_p, step=0.01, label="Top-p")
+                            e_top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                             e_smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth")
                         e_go = gr.Button("Edit", variant="primary")
                     with gr.Column(scale=1):

@@ -88,8 +88,8 @@ def test_labels_and_choices():
     [
         (dict(num_images=0), f"number of images must be between 1 and {MAX_IMAGES}, got 0"),
         (dict(num_images=MAX_IMAGES + 1), "number of images must be between 1 and 16"),
-        (dict(top_p=0), r"top-p must be in \(0, 1\]"),
-        (dict(top_p=1.5), r"top-p must be in \(0, 1\]"),
+        (dict(top_p=-0.1), r"top-p must be in \[0, 1\]"),
+        (dict(top_p=1.5), r"top-p must be in \[0, 1\]"),
         (dict(top_k=-1), "top-k must be >= 0"),
         (dict(cfg=-0.5), r"guidance \(cfg\) must be >= 0"),
         (dict(cfg=float("nan")), "must be finite"),
@@ -193,7 +193,7 @@ def test_api_generate_through_gradio_client(client, models):
         (dict(label=10), "class 10 is out of range: this model has classes 0 to 9"),
         (dict(num_images=0), "number of images must be between 1 and 16, got 0"),
         (dict(num_images=17), "number of images must be between 1 and 16, got 17"),
-        (dict(top_p=0), "top-p must be in (0, 1]"),
+        (dict(top_p=1.5), "top-p must be in [0, 1]"),
         (dict(model="/elsewhere"), "unknown model '/elsewhere'"),
     ],
     ids=["label", "zero-images", "too-many-images", "top_p", "model"],
@@ -223,7 +223,7 @@ def test_page_streams_every_scale(models):
     for (got, _), want in zip(updates[-1][0], final):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(gr.Error, match="top-p must be in"):
-        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.0, False))
+        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 1.5, False))
 
 
 def test_page_lists_both_tabs_and_models(server, models):
