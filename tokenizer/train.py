@@ -60,7 +60,7 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on for a reason the user can fix: memory, a missing resume checkpoint."""
+    """A run that cannot go on for a reason the user can fix: memory, labels, a diverged loss, a resume path."""
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -462,24 +462,57 @@ def save_grid(orig_B3HW: torch.Tensor, rec_B3HW: torch.Tensor, path: Path) -> No
 
 
 # ------------------------------------------------------------------------------------- the driver
-def _devices(value: str):
+# Shared with the transformer's training (var/train.py): devices, step checkpoints, fit.
+def parse_devices(value: str):
+    """`trainer.devices` as Lightning takes it: a count ("8", "-1") as int, else the string ("auto", "0,1")."""
     value = str(value).strip()
     return int(value) if value.lstrip("-").isdigit() else value
 
 
-def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
-    tc = cfg.trainer
-    ckpt_dir = Path(cfg.out_dir) / "checkpoints"
-    # Lightning writes checkpoints atomically: fabric's `_atomic_save` serialises to memory, then writes
-    # inside an fsspec transaction (a temporary file in the same folder, moved into place on commit).
-    checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
+def step_checkpoint(out_dir: str, every_n_steps: int) -> ModelCheckpoint:
+    """The newest step checkpoint plus last.ckpt under out_dir/checkpoints.
+
+    Lightning writes checkpoints atomically: fabric's `_atomic_save` serialises to memory, then writes
+    inside an fsspec transaction (a temporary file in the same folder, moved into place on commit).
+    """
+    return ModelCheckpoint(
+        dirpath=Path(out_dir) / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
-        every_n_train_steps=cfg.ckpt_every_n_steps,
-        save_top_k=1,  # the newest step checkpoint, plus last.ckpt
+        every_n_train_steps=every_n_steps,
+        save_top_k=1,
         save_last=True,
     )
+
+
+def fit_and_checkpoint(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    data,
+    ckpt_path: str | None,
+    out_dir: str,
+    batch_size: int,
+    hint: str = "",
+) -> None:
+    """`trainer.fit` with one clear message for an out-of-memory batch, Ctrl-C kept as an interruption
+    (the last step checkpoint stays, nothing is exported), and a final out_dir/checkpoints/last.ckpt."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except torch.OutOfMemoryError as err:
+        raise TrainingError(
+            f"batch_size={batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
+            f"Lower it (e.g. batch_size={max(1, batch_size // 2)}{hint}), use precision=bf16-mixed, "
+            f"or spread the batch over more devices (trainer.devices)."
+        ) from err
+    if trainer.interrupted:
+        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
+        raise KeyboardInterrupt
+    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt")
+
+
+def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
+    tc = cfg.trainer
+    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
     # Lightning warns that under manual optimization a step checkpoint holds the weights after that
     # step's update. That is what resuming needs: global_step already counts the step.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
@@ -492,7 +525,7 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
         max_epochs=-1,
         precision=cfg.precision,
         accelerator=tc.accelerator,
-        devices=_devices(tc.devices),
+        devices=parse_devices(tc.devices),
         num_nodes=tc.num_nodes,
         strategy=strategy,
         log_every_n_steps=cfg.log_every_n_steps,
@@ -519,18 +552,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
     data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer
     module = TokenizerTraining(cfg)
     trainer = build_trainer(cfg, **trainer_overrides)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except torch.OutOfMemoryError as err:
-        raise TrainingError(
-            f"batch_size={cfg.batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
-            f"Lower it (e.g. batch_size={max(1, cfg.batch_size // 2)}), use precision=bf16-mixed, "
-            f"or spread the batch over more devices (trainer.devices)."
-        ) from err
-    if trainer.interrupted:
-        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
-        raise KeyboardInterrupt
-    trainer.save_checkpoint(Path(cfg.out_dir) / "checkpoints" / "last.ckpt")
+    fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size)
     export_dir = Path(cfg.out_dir) / "tokenizer"
     if trainer.is_global_zero:
         export_tokenizer(module.eval_model, export_dir)

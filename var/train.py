@@ -26,7 +26,6 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import grad_norm, rank_zero_only
 from PIL import Image
@@ -36,8 +35,14 @@ from torch.utils.data import DataLoader, Dataset
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
 from tokenizer.config import add_config_arguments, load_config
 from tokenizer.data import class_names as dataset_class_names
-from tokenizer.errors import UserError
-from tokenizer.train import StepBatchSampler, ema_update
+from tokenizer.train import (
+    StepBatchSampler,
+    TrainingError,
+    ema_update,
+    fit_and_checkpoint,
+    parse_devices,
+    step_checkpoint,
+)
 from var.export import SamplingDefaults, export_model
 from var.model import VAR, VARConfig
 from var.sample import sample
@@ -71,10 +76,6 @@ PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # (VAR train.py: pos_1LC, pos_start, lvl_embed, ada_gss, scale_mul, ...) plus the per-channel gains of the
 # GSPN mixer, which are 2-D only because they stack one vector per scan direction.
 NO_DECAY_KEYS = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "ada_gss", "scale_mul", "skip_d", "merge_w")
-
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on for a reason the user can fix: memory, labels, a diverged loss, a resume path."""
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -468,11 +469,6 @@ def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- the driver
-def _devices(value: str):
-    value = str(value).strip()
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
 def _progress_bar():
     """Lightning's rich bar when `rich` is installed, else its default TQDM bar."""
     try:
@@ -486,15 +482,7 @@ def _progress_bar():
 
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
     tc = cfg.trainer
-    # Lightning writes checkpoints atomically (a temporary file in the same folder, moved into place).
-    checkpoint = ModelCheckpoint(
-        dirpath=Path(cfg.out_dir) / "checkpoints",
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=cfg.ckpt_every_n_steps,
-        save_top_k=1,  # the newest step checkpoint, plus last.ckpt
-        save_last=True,
-    )
+    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
     callbacks = [checkpoint, *(_progress_bar() if tc.progress_bar else [])]
     # The frozen tokenizer and the EMA copy stay in eval mode on purpose (VARTraining.train).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -503,7 +491,7 @@ def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
         max_epochs=-1,
         precision=cfg.precision,
         accelerator=tc.accelerator,
-        devices=_devices(tc.devices),
+        devices=parse_devices(tc.devices),
         num_nodes=tc.num_nodes,
         strategy=tc.strategy,
         gradient_clip_val=cfg.optim.grad_clip or None,
@@ -539,18 +527,8 @@ def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer
     data.setup("fit")  # data problems surface now, as one message, not inside the trainer
     module = VARTraining(cfg, vae, data.class_names)
     trainer = build_trainer(cfg, **trainer_overrides)
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except torch.OutOfMemoryError as err:
-        raise TrainingError(
-            f"batch_size={cfg.batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
-            f"Lower it (e.g. batch_size={max(1, cfg.batch_size // 2)}; optim.lr follows the global batch), "
-            f"use precision=bf16-mixed, or spread the batch over more devices (trainer.devices)."
-        ) from err
-    if trainer.interrupted:
-        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
-        raise KeyboardInterrupt
-    trainer.save_checkpoint(Path(cfg.out_dir) / "checkpoints" / "last.ckpt")
+    hint = "; optim.lr follows the global batch"
+    fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
     export_dir = Path(cfg.out_dir) / "model"
     if trainer.is_global_zero:
         export_model(
