@@ -106,3 +106,11 @@ def test_slow_blocks_run_as_written(tmp_path):
             server.terminate()
             server.wait(timeout=30)
     assert (tmp_path / "runs" / "samples-digits.npz").is_file()
+
+
+def test_benchmark_table_is_generated_from_the_results():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from report import BEGIN, END, table
+
+    block = README[README.index(BEGIN) + len(BEGIN) : README.index(END)].strip()
+    assert block == table(), "README's benchmark table is stale: run `python benchmarks/report.py --write`"
