@@ -16,7 +16,7 @@ from PIL import Image
 from tokenizer.errors import UserError
 from var.edit import edit
 from var.export import LoadedModel
-from var.sample import generate, sample
+from var.sample import decode, generate, sample
 
 __all__ = [
     "MAX_IMAGES",
@@ -185,6 +185,15 @@ def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:
 # ----------------------------------------------------------------------------- sampling
 
 
+def _request(
+    loaded: LoadedModel, label: Any, num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any
+) -> tuple[list[int], list[int], float, int, float]:
+    """Checked ``(labels, per-image seeds, cfg, top_k, top_p)`` of a generate request: image i gets ``seed + i``."""
+    label = parse_label(label, loaded.num_classes)
+    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
+    return [label] * num_images, [seed + i for i in range(num_images)], cfg, top_k, top_p
+
+
 def generate_progressive(
     loaded: LoadedModel,
     label: int,
@@ -200,12 +209,9 @@ def generate_progressive(
     Image i is seeded with ``seed + i`` on its own generator, so it depends only on its class and
     seed, never on how many images were asked for (see the seeding rule in :mod:`var.sample`).
     """
-    label = parse_label(label, loaded.num_classes)
-    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
-    labels_B = [label] * num_images
-    seeds = [seed + i for i in range(num_images)]
-    for step in generate(loaded.model, loaded.vae, labels_B, cfg, top_k, top_p, seeds, bool(more_smooth)):
-        yield step.si, to_pil(loaded.vae.fhat_to_img(step.f_hat).add(1).mul(0.5))
+    labels, seeds, cfg, top_k, top_p = _request(loaded, label, num_images, seed, cfg, top_k, top_p)
+    for step in generate(loaded.model, loaded.vae, labels, cfg, top_k, top_p, seeds, bool(more_smooth)):
+        yield step.si, to_pil(decode(loaded.vae, step.f_hat))
 
 
 def generate_images(
@@ -219,10 +225,8 @@ def generate_images(
     more_smooth: bool = False,
 ) -> list[Image.Image]:
     """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments."""
-    label = parse_label(label, loaded.num_classes)
-    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
-    seeds = [seed + i for i in range(num_images)]
-    return to_pil(sample(loaded.model, loaded.vae, [label] * num_images, cfg, top_k, top_p, seeds, bool(more_smooth)))
+    labels, seeds, cfg, top_k, top_p = _request(loaded, label, num_images, seed, cfg, top_k, top_p)
+    return to_pil(sample(loaded.model, loaded.vae, labels, cfg, top_k, top_p, seeds, bool(more_smooth)))
 
 
 def edit_image(

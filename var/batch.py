@@ -175,16 +175,18 @@ def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SampleSettings) ->
     device = loaded.model.lvl_1L.device
     labels = torch.tensor([c for c, _ in jobs], device=device)
     seeds = [image_seed(s.seed, c, i) for c, i in jobs]
-    steps = list(generate(loaded.model, loaded.vae, labels, s.cfg, s.top_k, s.top_p, seeds, s.more_smooth))
+    idx_Bl: list[torch.Tensor] = []  # keep each scale's tokens, not its [2B, l, V] logits
+    for step in generate(loaded.model, loaded.vae, labels, s.cfg, s.top_k, s.top_p, seeds, s.more_smooth):
+        idx_Bl.append(step.idx_Bl)
     vae = loaded.vae
     # Tokens are identical whatever the batch, but a batched decoder's float sums are not: decoding each
     # image alone keeps its bytes independent of the batch (a pixel at a rounding boundary would flip).
     # With more_smooth the image is not a function of the tokens: its f_hat is used, and the batch is
     # kept at one image (see generate_folder).
     if s.more_smooth:
-        imgs = [vae.fhat_to_img(steps[-1].f_hat[b : b + 1]) for b in range(len(jobs))]
+        imgs = [vae.fhat_to_img(step.f_hat[b : b + 1]) for b in range(len(jobs))]
     else:
-        imgs = [vae.idx_to_img([st.idx_Bl[b : b + 1] for st in steps]) for b in range(len(jobs))]
+        imgs = [vae.idx_to_img([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
     return to_uint8(torch.cat(imgs).add(1).mul(0.5))
 
 
