@@ -2,7 +2,7 @@
 
 Subcommands are listed here by module path and imported only when run, so `var --help` answers
 without loading torch. A subcommand module provides `add_arguments(parser)` and `run(args) -> int`.
-Errors caused by the input (`tokenizer.errors.UserError`: a missing file, a config typo, a wrong
+Errors caused by the input (`scaffold.errors.UserError`: a missing file, a config typo, a wrong
 checkpoint) are printed as one line naming the problem, with exit status 2.
 """
 
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(sub)
     sub_args = sub.parse_args(rest)
 
-    from tokenizer.errors import UserError
+    from scaffold.errors import UserError
 
     try:
         return int(module.run(sub_args) or 0)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
@@ -100,7 +100,7 @@ def stage_tokenizer(opts: DemoOptions) -> dict:
     if done.is_file() and (opts.workdir / "tokenizer" / "config.yaml").is_file():
         _say(f"tokenizer: reusing {opts.workdir / 'tokenizer'}")
         return json.loads(done.read_text())
-    from tokenizer import load_config
+    from scaffold import load_config
     from tokenizer.train import TokenizerTrainConfig, train_tokenizer
 
     overrides = [f"out_dir={opts.workdir / 'runs' / 'tokenizer'}", "resume=true"]
@@ -121,7 +121,7 @@ def stage_tokens(opts: DemoOptions) -> Path:
     done = _done(opts, "tokens")
     if done.is_file():
         return cache
-    from tokenizer import load_config
+    from scaffold import load_config
     from var.tokenize import TokenizeConfig, tokenize
 
     cfg = load_config(
@@ -144,7 +144,7 @@ def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
             _say(f"transformer: reusing {model_dir} ({opts.mechanism})")
             return info
         _say(f"transformer: {model_dir} uses {info.get('mechanism')}, retraining with {opts.mechanism}")
-    from tokenizer import load_config
+    from scaffold import load_config
     from var.train import VARTrainConfig, train_var
 
     run_dir = opts.workdir / "runs" / f"var-{opts.mechanism}"

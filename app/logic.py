@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample

@@ -8,7 +8,7 @@ import logging
 import os
 import tempfile
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 
 __all__ = ["add_arguments", "private_cache_dir", "resolve_device", "run"]
 

@@ -34,7 +34,7 @@ from app.logic import (
     validate_sampling,
 )
 from app.serve import private_cache_dir
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 from var.export import LoadedModel
 
 __all__ = ["build_demo", "launch", "theme"]

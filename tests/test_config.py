@@ -2,7 +2,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tokenizer import ConfigError, DataConfig, VQVAEConfig, load_config
+from scaffold import ConfigError, load_config
+from tokenizer import DataConfig, VQVAEConfig
 
 
 @dataclass

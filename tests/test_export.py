@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import L_TINY, tiny_var
 
-from tokenizer import CheckpointError
+from scaffold import CheckpointError
 from var import sample
 from var.export import SamplingDefaults, export_model, load_model
 

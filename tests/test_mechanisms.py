@@ -140,7 +140,7 @@ def test_var_presets_build(preset):
     """configs/var/d16_<mechanism>.yaml: training configs whose `model:` section builds a VAR (at depth 2 here)."""
     from pathlib import Path
 
-    from tokenizer import load_config
+    from scaffold import load_config
     from var.train import VARTrainConfig
 
     path = Path(__file__).parents[1] / "configs" / "var" / f"d16_{preset}.yaml"

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from app.cli import main
-from tokenizer import DigitsDataset, export_tokenizer, load_config
+from scaffold import load_config
+from tokenizer import DigitsDataset, export_tokenizer
 from var.tokenize import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
 
 

@@ -2,15 +2,14 @@ import pytest
 import torch
 from helpers import seeded_weights
 
+from scaffold import CheckpointError, save_state_dict
 from tokenizer import (
     PATCH_NUMS_512,
-    CheckpointError,
     MultiScaleQuantizer,
     MultiScaleVQVAE,
     VQVAEConfig,
     load_official_vae,
     phi_index,
-    save_state_dict,
 )
 
 # ------------------------------------------------------------------------------ the published layout

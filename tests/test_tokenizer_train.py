@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from app.cli import main
-from tokenizer import MultiScaleVQVAE, VQVAEConfig, load_tokenizer, save_state_dict
+from scaffold import save_state_dict
+from scaffold.config import load_config
+from tokenizer import MultiScaleVQVAE, VQVAEConfig, load_tokenizer
 from tokenizer.codebook import CodebookUsage, restart_dead_codes, usage_fractions
-from tokenizer.config import load_config
 from tokenizer.data import DatasetError
 from tokenizer.losses import LPIPS, PatchDiscriminator, adaptive_weight, load_perceptual
 from tokenizer.metrics import psnr, ssim

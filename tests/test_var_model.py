@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import L_TINY, TINY_VAR, tiny_var
 
-from tokenizer import CheckpointError
+from scaffold import CheckpointError
 from var import MIXERS, PRESETS, VAR, TokenMixer, VARConfig, load_official_var, preset
 from var.attention import FullAttention
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from app.cli import main
-from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer, load_config
+from scaffold import load_config
+from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var import VAR, VARConfig, load_model, sample
 from var.tokenize import TokenCacheError, TokenizeConfig, tokenize
 from var.train import TrainingError, VARData, VARTrainConfig, VARTraining, build_trainer, param_groups, train_var

@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .errors import UserError
+from scaffold.errors import UserError
 
 __all__ = [
     "DataConfig",

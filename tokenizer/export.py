@@ -10,8 +10,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, save_state_dict
-from .config import config_to_dict, load_config
+from scaffold.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, save_state_dict
+from scaffold.config import config_to_dict, load_config
+
 from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 __all__ = ["export_tokenizer", "load_tokenizer"]

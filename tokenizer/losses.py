@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_state_dict_strict, read_state_dict
+from scaffold.checkpoint import load_state_dict_strict, read_state_dict
 
 __all__ = [
     "LPIPS",

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import hub_download, load_state_dict_strict, read_state_dict
+from scaffold.checkpoint import hub_download, load_state_dict_strict, read_state_dict
+
 from .vqvae import PATCH_NUMS_256, MultiScaleVQVAE, VQVAEConfig
 
 __all__ = ["OFFICIAL_VAE_FILE", "load_official_vae", "official_vae_config"]

@@ -30,10 +30,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from scaffold.config import add_config_arguments, load_config
+from scaffold.errors import UserError
+
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
-from .config import add_config_arguments, load_config
 from .data import DataConfig, build_datasets
-from .errors import UserError
 from .export import export_tokenizer
 from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, load_perceptual
 from .losses import reconstruction_loss as rec_loss_fn

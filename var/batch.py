@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 
 __all__ = [
     "SampleError",

@@ -8,7 +8,7 @@ from typing import Any, Union
 
 import torch
 
-from tokenizer.checkpoint import (
+from scaffold.checkpoint import (
     CheckpointError,
     check_state_dict,
     hub_download,

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer import DigitsDataset, read_state_dict, save_state_dict
+from scaffold import read_state_dict, save_state_dict
+from tokenizer import DigitsDataset
 
 __all__ = ["DigitsJudge", "DigitsReport", "frechet_distance", "judge_samples", "load_judge"]
 

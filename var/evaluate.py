@@ -28,7 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 
 __all__ = [
     "INCEPTION_ENV",

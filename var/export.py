@@ -19,18 +19,15 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from tokenizer import (
+from scaffold import (
     CheckpointError,
-    MultiScaleVQVAE,
     config_to_dict,
-    export_tokenizer,
     load_config,
-    load_official_vae,
     load_state_dict_strict,
-    load_tokenizer,
     read_state_dict,
     save_state_dict,
 )
+from tokenizer import MultiScaleVQVAE, export_tokenizer, load_official_vae, load_tokenizer
 from var.model import VAR, VARConfig
 
 __all__ = ["PUBLISHED", "ExportConfig", "LoadedModel", "SamplingDefaults", "export_model", "load_model"]

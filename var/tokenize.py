@@ -32,10 +32,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
+from scaffold.config import add_config_arguments, config_to_dict, load_config
+from scaffold.errors import UserError
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets, load_official_vae, load_tokenizer
-from tokenizer.config import add_config_arguments, config_to_dict, load_config
 from tokenizer.data import class_names as dataset_class_names
-from tokenizer.errors import UserError
 
 __all__ = [
     "CacheHeader",

@@ -32,8 +32,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from scaffold.config import add_config_arguments, load_config
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
-from tokenizer.config import add_config_arguments, load_config
 from tokenizer.data import class_names as dataset_class_names
 from tokenizer.train import (
     StepBatchSampler,

@@ -1,7 +1,6 @@
 """Reading, strictly loading and downloading state dicts, with messages that name the problem.
 
-Shared by `load_official_vae` and the transformer's `load_official_var` (var imports it: the
-dependency points down).
+Shared by `load_official_vae`, the transformer's `load_official_var` and both exports.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .io import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -51,21 +51,15 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a `.safetensors` (or torch) file atomically: a temporary file, then a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write a `.safetensors` (or torch) file atomically (`scaffold.io.atomic_path`)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    try:
-        if path.suffix == ".safetensors":
+    with atomic_path(path) as tmp:
+        if Path(path).suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(tensors, str(tmp))
         else:
             torch.save(tensors, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:

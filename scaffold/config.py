@@ -2,7 +2,7 @@
 
 `OmegaConf.structured(schema)` makes a misspelt key or a value of the wrong type an error instead of a
 silent default (STYLE.md point 2). Every `var` subcommand loads its config through `load_config`.
-The tokenizer package is the lowest layer that needs it, so the loader lives here and `var` imports it.
+Both stages load their configs through it.
 """
 
 from __future__ import annotations
