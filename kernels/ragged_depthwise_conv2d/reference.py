@@ -2,6 +2,12 @@
 
 Each scale's tokens form a ``p x p`` map, convolved depthwise with zero padding ``d*(k//2)`` ('same'
 size); nothing is read across scales, so the op is one ``F.conv2d(groups=C)`` per scale.
+
+A tap whose offset ``d*(t - k//2)`` is at least ``p`` away reads only padding for every output of a
+``p x p`` map, so each scale convolves with the central taps that can reach it (exactly the same
+result and gradients, the cropped taps' gradient being zero). On the small scales that is most of
+the kernel: a 7x7 kernel with dilation 3 keeps 3x3 taps on a 4x4 map and 1 tap on a 3x3 one, and
+CPU convolutions with a padding far larger than the map are slow.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ def ragged_depthwise_conv2d(
     out_per_scale = []
     for p, (begin, end) in zip(patch_nums, scale_boundaries(patch_nums)):
         x_BCpp = x[:, begin:end].transpose(1, 2).reshape(B, C, p, p)
-        y_BCpp = F.conv2d(x_BCpp, weight_C1kk, bias, padding=dilation * (k // 2), dilation=dilation, groups=C)
+        r = min(k // 2, (p - 1) // dilation)  # taps within reach of the map on each side of the centre
+        w = weight_C1kk[..., k // 2 - r : k // 2 + r + 1, k // 2 - r : k // 2 + r + 1]
+        y_BCpp = F.conv2d(x_BCpp, w, bias, padding=dilation * r, dilation=dilation, groups=C)
         out_per_scale.append(y_BCpp.reshape(B, C, p * p).transpose(1, 2))  # [B, p*p, C]
     return torch.cat(out_per_scale, dim=1).to(x_BLC.dtype)  # [B, L, C]
