@@ -6,7 +6,12 @@ Rules (DESIGN.md section 7, STYLE.md point 8):
   Triton kernel; otherwise the PyTorch reference. On CPU tensors auto always picks the reference,
   also under ``TRITON_INTERPRET=1``: the interpreter is for tests that ask for Triton explicitly.
 - ``backend="triton"`` runs Triton or raises :class:`BackendUnavailableError` saying why. There is
-  no silent fallback.
+  no silent fallback: a kernel that fails to compile or launch raises.
+- Under ``auto`` on CUDA, a kernel that fails to compile or launch (Triton's ``CompilationError``,
+  ``OutOfResources``, ``PTXASError``) is a loud fallback: one warning per op and input signature
+  naming the op, the shapes, the error and ``VAR_KERNEL_BACKEND``, then the reference runs, and
+  keeps running for that signature without retrying the compile. This covers the launches of the
+  op's forward call; a backward kernel that fails raises from ``loss.backward()``.
 - The environment variable ``VAR_KERNEL_BACKEND`` (auto | triton | torch), when set, overrides the
   argument, so a whole run can be switched to the reference without touching code.
 
@@ -22,6 +27,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,6 +38,7 @@ __all__ = [
     "ENV_VAR",
     "OPS",
     "BackendUnavailableError",
+    "KernelFallbackWarning",
     "get_impl",
     "has_triton_kernel",
     "resolve_backend",
@@ -57,6 +64,10 @@ OPS: dict[str, str] = {
 
 class BackendUnavailableError(RuntimeError):
     """A backend was requested explicitly (argument or VAR_KERNEL_BACKEND) but cannot run here."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """``auto`` ran the PyTorch reference because a Triton kernel failed to compile or launch."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -175,9 +186,65 @@ def resolve_backend(op: str, backend: str, device: torch.device | str) -> Litera
 
 
 def get_impl(op: str, backend: str, device: torch.device | str) -> Callable:
-    """The function that runs ``op``: its ``reference.py`` or ``triton.py`` function of the same name."""
+    """The function that runs ``op``: its ``reference.py`` or ``triton.py`` function of the same name.
+
+    Under ``auto`` the Triton function comes wrapped in the loud fallback (see the module docstring).
+    """
     if resolve_backend(op, backend, device) == "triton":
         impl = _triton_impl(op)
         assert impl is not None  # resolve_backend returned "triton" only if it exists
+        if _requested_backend(backend)[0] == "auto":
+            return functools.partial(_run_with_fallback, op, impl)
         return impl
+    return _reference_impl(op)
+
+
+def _reference_impl(op: str) -> Callable:
     return getattr(importlib.import_module(f"{__package__}.{OPS[op]}.reference"), op)
+
+
+@functools.cache
+def _kernel_failures() -> tuple[type[BaseException], ...]:
+    """Triton's errors for a kernel that cannot be built or launched on this device.
+
+    ``InterpreterError`` is what the interpreter raises where a compile would fail (it lets CPU tests
+    make a real kernel fail); a run on CUDA never sees it.
+    """
+    from triton.compiler.errors import CompilationError
+    from triton.runtime import errors
+
+    names = ("OutOfResources", "PTXASError", "InterpreterError")
+    return (CompilationError, *(getattr(errors, n) for n in names if hasattr(errors, n)))
+
+
+# (op, input signature) pairs whose Triton kernel failed; they run the reference from then on.
+_FAILED: set[tuple[str, str]] = set()
+
+
+def _signature(args: tuple) -> str:
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append(f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}")
+        elif a is not None:
+            parts.append(repr(a))
+    return ", ".join(parts)
+
+
+def _run_with_fallback(op: str, impl: Callable, *args):
+    # The signature is only built once something failed: the common path stays one call.
+    if not (_FAILED and (op, _signature(args)) in _FAILED):
+        try:
+            return impl(*args)
+        except _kernel_failures() as e:
+            key = (op, _signature(args))
+            _FAILED.add(key)
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            warnings.warn(
+                f"{op}: the Triton kernel failed on inputs ({key[1]}) with {type(e).__name__}: {first_line}; "
+                f"running the PyTorch reference instead for these inputs. Set {ENV_VAR}=torch to choose the "
+                f"reference up front, or {ENV_VAR}=triton to make this an error.",
+                KernelFallbackWarning,
+                stacklevel=3,
+            )
+    return _reference_impl(op)(*args)

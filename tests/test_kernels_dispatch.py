@@ -7,6 +7,7 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -359,3 +360,94 @@ ARG_ERRORS = [
 def test_argument_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loud fallback of auto on CUDA (issue 17)
+
+
+@pytest.fixture
+def failing_block_causal_compile(monkeypatch):
+    """Make the real block-causal kernel fail to build: a 12-query tile is no power of two, which
+    Triton rejects while compiling (under the interpreter: InterpreterError; on a GPU: CompilationError).
+    Counts how often the launcher tried."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # run the real kernel on CPU tensors
+    monkeypatch.setattr(_backend, "_FAILED", set())
+    module = importlib.import_module("kernels.block_causal_attention.triton")
+    tries = []
+
+    def bad_config(D, dtype):
+        tries.append(D)
+        return dict(BLOCK_M=12, BLOCK_N=16, num_warps=1, num_stages=1)
+
+    monkeypatch.setattr(module, "_config", bad_config)
+    return tries
+
+
+def test_auto_on_cuda_warns_once_and_runs_the_reference_when_a_kernel_fails(failing_block_causal_compile):
+    q, k, v = _qkv()
+    # auto resolves on the device alone: "cuda" picks the (wrapped) Triton kernel; the CPU tensors
+    # let it run under the interpreter here.
+    impl = _backend.get_impl("block_causal_attention", "auto", "cuda")
+    expected = kernels.block_causal_attention(q, k, v, PN, backend="torch")
+    pattern = (
+        r"block_causal_attention: the Triton kernel failed on inputs \(\(1, 2, 14, 8\) float32, .*\(1, 2, 3\), "
+        r"0\.35\d*\) with InterpreterError: .*power of 2.*VAR_KERNEL_BACKEND=torch"
+    )
+    with pytest.warns(_backend.KernelFallbackWarning, match=pattern):
+        out = impl(q, k, v, PN, 8**-0.5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert len(failing_block_causal_compile) == 1
+    # Once: the same inputs go straight to the reference, without a warning or a new compile.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(impl(q, k, v, PN, 8**-0.5), expected, rtol=0, atol=0)
+    assert len(failing_block_causal_compile) == 1
+    # Other inputs are tried (and warned about) on their own.
+    with pytest.warns(_backend.KernelFallbackWarning, match=r"\(1, 2, 14, 8\) float64"):
+        impl(*(t.double() for t in (q, k, v)), PN, 8**-0.5)
+
+
+def test_explicit_triton_keeps_raising_when_a_kernel_fails(failing_block_causal_compile):
+    from triton.runtime.errors import InterpreterError
+
+    q, k, v = _qkv()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either
+        with pytest.raises(InterpreterError, match="power of 2"):
+            kernels.block_causal_attention(q, k, v, PN, backend="triton")
+        with pytest.raises(InterpreterError, match="power of 2"):
+            _backend.get_impl("block_causal_attention", "triton", "cuda")(q, k, v, PN, 8**-0.5)
+
+
+def test_auto_does_not_hide_other_errors(monkeypatch):
+    """Only Triton's build/launch failures fall back; a bug in a kernel's Python raises as it is."""
+    monkeypatch.setattr(_backend, "_FAILED", set())
+    module = importlib.import_module("kernels.block_causal_attention.triton")
+
+    def broken(*args):
+        raise IndexError("a bug, not a compile failure")
+
+    monkeypatch.setattr(module, "block_causal_attention", broken)
+    _backend._triton_impl.cache_clear()
+    with pytest.raises(IndexError, match="a bug"):
+        _backend.get_impl("block_causal_attention", "auto", "cuda")(*_qkv(), PN, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fp32 precision rule (DESIGN.md section 7, kernels/_precision.py)
+
+
+@pytest.mark.parametrize(
+    ("setting", "fp32", "half"), [("highest", "ieee", "tf32"), ("high", "tf32", "tf32"), ("medium", "tf32", "tf32")]
+)
+def test_dot_precision_follows_torch_matmul_precision(setting, fp32, half):
+    from kernels._precision import dot_precision
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(setting)
+        assert dot_precision(torch.float32) == fp32
+        assert dot_precision(torch.float16) == half and dot_precision(torch.bfloat16) == half
+    finally:
+        torch.set_float32_matmul_precision(saved)
