@@ -15,6 +15,10 @@ import torch
 import kernels
 from kernels import _backend
 
+# Imported now, under conftest's TRITON_INTERPRET=1: the fixture below unsets it for each test, and
+# @triton.jit decides between interpreted and compiled kernels when the module is first imported.
+BLOCK_CAUSAL_TRITON = importlib.import_module("kernels.block_causal_attention.triton")
+
 
 @pytest.fixture(autouse=True)
 def _clean_env_and_caches(monkeypatch):
@@ -373,7 +377,7 @@ def failing_block_causal_compile(monkeypatch):
     Counts how often the launcher tried."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # run the real kernel on CPU tensors
     monkeypatch.setattr(_backend, "_FAILED", set())
-    module = importlib.import_module("kernels.block_causal_attention.triton")
+    module = BLOCK_CAUSAL_TRITON
     tries = []
 
     def bad_config(D, dtype):
@@ -423,7 +427,7 @@ def test_explicit_triton_keeps_raising_when_a_kernel_fails(failing_block_causal_
 def test_auto_does_not_hide_other_errors(monkeypatch):
     """Only Triton's build/launch failures fall back; a bug in a kernel's Python raises as it is."""
     monkeypatch.setattr(_backend, "_FAILED", set())
-    module = importlib.import_module("kernels.block_causal_attention.triton")
+    module = BLOCK_CAUSAL_TRITON
 
     def broken(*args):
         raise IndexError("a bug, not a compile failure")
