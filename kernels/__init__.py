@@ -1,7 +1,7 @@
 """Token-mixing ops of the next-scale transformer (DESIGN.md section 7).
 
 Each op lives in its own folder: ``reference.py`` is the plain PyTorch version and the executable
-specification; ``triton.py`` (when written) holds the fused kernels. The public functions below
+specification; ``triton.py`` holds the fused kernels (both registered in ``_backend.OPS``). The public functions below
 check their arguments and dispatch with ``backend="auto" | "triton" | "torch"``; the environment
 variable ``VAR_KERNEL_BACKEND`` overrides the argument (see :mod:`kernels._backend`).
 
@@ -10,7 +10,7 @@ Sequences are next-scale token sequences: ``patch_nums`` lists the side of each 
 on tokens of scales <= k only.
 """
 
-from ._backend import BACKENDS, ENV_VAR, BackendUnavailableError, has_triton_kernel, resolve_backend
+from ._backend import BACKENDS, ENV_VAR, BackendUnavailableError, resolve_backend
 from ._scales import scale_boundaries, token_scale_ids
 from .block_causal_attention import block_causal_attention
 from .external_attention import external_attention
@@ -26,7 +26,6 @@ __all__ = [
     "external_attention",
     "gspn_normalize_gates",
     "gspn_scan",
-    "has_triton_kernel",
     "neighborhood_attention",
     "ragged_depthwise_conv2d",
     "resolve_backend",

@@ -2,18 +2,23 @@
 
 Rules (DESIGN.md section 7, STYLE.md point 8):
 
-- ``backend="auto"`` runs Triton when the tensors are on CUDA, Triton is installed and the op has a
-  Triton kernel; otherwise the PyTorch reference. On CPU tensors auto always picks the reference,
+- ``backend="auto"`` runs Triton when the tensors are on CUDA and Triton is installed; otherwise
+  the PyTorch reference. On CPU tensors auto always picks the reference,
   also under ``TRITON_INTERPRET=1``: the interpreter is for tests that ask for Triton explicitly.
 - ``backend="triton"`` runs Triton or raises :class:`BackendUnavailableError` saying why. There is
-  no silent fallback.
+  no silent fallback: a kernel that fails to compile or launch raises.
+- Under ``auto`` on CUDA, a kernel that fails to compile or launch (Triton's ``CompilationError``,
+  ``OutOfResources``, ``PTXASError``) is a loud fallback: one warning per op and input signature
+  naming the op, the shapes, the error and ``VAR_KERNEL_BACKEND``, then the reference runs, and
+  keeps running for that signature without retrying the compile. This covers the launches of the
+  op's forward call; a backward kernel that fails raises from ``loss.backward()``.
 - The environment variable ``VAR_KERNEL_BACKEND`` (auto | triton | torch), when set, overrides the
   argument, so a whole run can be switched to the reference without touching code.
 
-Registering a Triton kernel: add ``kernels/<op folder>/triton.py`` defining a function named after
-the op with the same signature as the op's ``reference.py`` function (arguments already checked
-and normalised by the public op, no ``backend``). The dispatcher finds the file by that convention;
-nothing else needs editing. A ``triton.py`` that fails to import raises, it is never skipped.
+Registering an op: one row of :data:`OPS` names the modules of its two implementations, each
+defining a function named after the op with the same signature (arguments already checked and
+normalised by the public op, no ``backend``). Nothing is found by file-name convention; a module
+that fails to import, or lacks the function, raises.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import functools
 import importlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -32,8 +38,8 @@ __all__ = [
     "ENV_VAR",
     "OPS",
     "BackendUnavailableError",
+    "KernelFallbackWarning",
     "get_impl",
-    "has_triton_kernel",
     "resolve_backend",
     "torch_unavailable_reason",
     "triton_installed",
@@ -44,19 +50,23 @@ Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 ENV_VAR = "VAR_KERNEL_BACKEND"
 
-# op name -> the folder under kernels/ that holds its reference.py (and, once written, triton.py).
-OPS: dict[str, str] = {
-    "block_causal_attention": "block_causal_attention",
-    "neighborhood_attention": "neighborhood_attention",
-    "external_attention": "external_attention",
-    "ragged_depthwise_conv2d": "ragged_depthwise_conv2d",
-    "gspn_scan": "gspn_scan",
-    "gspn_normalize_gates": "gspn_scan",
+# op name -> (module of the PyTorch reference, module of the Triton kernels), relative to kernels/.
+OPS: dict[str, tuple[str, str]] = {
+    "block_causal_attention": ("block_causal_attention.reference", "block_causal_attention.triton"),
+    "neighborhood_attention": ("neighborhood_attention.reference", "neighborhood_attention.triton"),
+    "external_attention": ("external_attention.reference", "external_attention.triton"),
+    "ragged_depthwise_conv2d": ("ragged_depthwise_conv2d.reference", "ragged_depthwise_conv2d.triton"),
+    "gspn_scan": ("gspn_scan.reference", "gspn_scan.triton"),
+    "gspn_normalize_gates": ("gspn_scan.reference", "gspn_scan.triton"),
 }
 
 
 class BackendUnavailableError(RuntimeError):
     """A backend was requested explicitly (argument or VAR_KERNEL_BACKEND) but cannot run here."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """``auto`` ran the PyTorch reference because a Triton kernel failed to compile or launch."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -75,33 +85,18 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _triton_module_name(op: str) -> str:
-    return f"{__package__}.{OPS[op]}.triton"
+def _impl(op: str, which: int) -> Callable:
+    return getattr(importlib.import_module(f"{__package__}.{OPS[op][which]}"), op)
 
 
 @functools.cache
-def _triton_file_exists(op: str) -> bool:
-    return importlib.util.find_spec(_triton_module_name(op)) is not None
+def _triton_impl(op: str) -> Callable:
+    """The op's Triton function; only called once Triton is known to be installed."""
+    return _impl(op, 1)
 
 
-@functools.cache
-def _triton_impl(op: str) -> Callable | None:
-    """The op's Triton function, or None when its folder's ``triton.py`` does not define it.
-
-    Only called once Triton is known to be installed; an ImportError inside triton.py propagates.
-    """
-    if not _triton_file_exists(op):
-        return None
-    return getattr(importlib.import_module(_triton_module_name(op)), op, None)
-
-
-def has_triton_kernel(op: str) -> bool:
-    """Whether a Triton implementation of ``op`` is registered (``kernels/<folder>/triton.py`` defines it)."""
-    if not _triton_file_exists(_check_op(op)):
-        return False
-    # Whether the file defines this op shows only on import, which needs Triton; without Triton the
-    # file's presence is all there is to go on (and the kernel cannot run anyway).
-    return not triton_installed() or _triton_impl(op) is not None
+def _reference_impl(op: str) -> Callable:
+    return _impl(op, 0)
 
 
 def _check_op(op: str) -> str:
@@ -122,12 +117,8 @@ def torch_unavailable_reason(op: str, device: torch.device) -> str | None:
 def triton_unavailable_reason(op: str, device: torch.device) -> str | None:
     """Why the Triton kernel of ``op`` cannot run on ``device`` (None when it can)."""
     _check_op(op)
-    if not _triton_file_exists(op):
-        return f"Triton kernel for {op} is not implemented yet"
     if not triton_installed():
         return "Triton is not installed"
-    if _triton_impl(op) is None:
-        return f"Triton kernel for {op} is not implemented yet ({_triton_module_name(op)} does not define {op})"
     device = torch.device(device)
     if device.type == "cuda":
         return None
@@ -175,9 +166,60 @@ def resolve_backend(op: str, backend: str, device: torch.device | str) -> Litera
 
 
 def get_impl(op: str, backend: str, device: torch.device | str) -> Callable:
-    """The function that runs ``op``: its ``reference.py`` or ``triton.py`` function of the same name."""
+    """The function that runs ``op``: its ``reference.py`` or ``triton.py`` function of the same name.
+
+    Under ``auto`` the Triton function comes wrapped in the loud fallback (see the module docstring).
+    """
     if resolve_backend(op, backend, device) == "triton":
         impl = _triton_impl(op)
-        assert impl is not None  # resolve_backend returned "triton" only if it exists
+        if _requested_backend(backend)[0] == "auto":
+            return functools.partial(_run_with_fallback, op, impl)
         return impl
-    return getattr(importlib.import_module(f"{__package__}.{OPS[op]}.reference"), op)
+    return _reference_impl(op)
+
+
+@functools.cache
+def _kernel_failures() -> tuple[type[BaseException], ...]:
+    """Triton's errors for a kernel that cannot be built or launched on this device.
+
+    ``InterpreterError`` is what the interpreter raises where a compile would fail (it lets CPU tests
+    make a real kernel fail); a run on CUDA never sees it.
+    """
+    from triton.compiler.errors import CompilationError
+    from triton.runtime import errors
+
+    names = ("OutOfResources", "PTXASError", "InterpreterError")
+    return (CompilationError, *(getattr(errors, n) for n in names if hasattr(errors, n)))
+
+
+# (op, input signature) pairs whose Triton kernel failed; they run the reference from then on.
+_FAILED: set[tuple[str, str]] = set()
+
+
+def _signature(args: tuple) -> str:
+    parts = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append(f"{tuple(a.shape)} {str(a.dtype).removeprefix('torch.')}")
+        elif a is not None:
+            parts.append(repr(a))
+    return ", ".join(parts)
+
+
+def _run_with_fallback(op: str, impl: Callable, *args):
+    # The signature is only built once something failed: the common path stays one call.
+    if not (_FAILED and (op, _signature(args)) in _FAILED):
+        try:
+            return impl(*args)
+        except _kernel_failures() as e:
+            key = (op, _signature(args))
+            _FAILED.add(key)
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            warnings.warn(
+                f"{op}: the Triton kernel failed on inputs ({key[1]}) with {type(e).__name__}: {first_line}; "
+                f"running the PyTorch reference instead for these inputs. Set {ENV_VAR}=torch to choose the "
+                f"reference up front, or {ENV_VAR}=triton to make this an error.",
+                KernelFallbackWarning,
+                stacklevel=3,
+            )
+    return _reference_impl(op)(*args)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.machinery
-import importlib.util
+import importlib
+import inspect
 import sys
 import types
+import warnings
 
 import pytest
 import torch
@@ -14,15 +14,17 @@ import torch
 import kernels
 from kernels import _backend
 
+# Imported now, under conftest's TRITON_INTERPRET=1: the fixture below unsets it for each test, and
+# @triton.jit decides between interpreted and compiled kernels when the module is first imported.
+BLOCK_CAUSAL_TRITON = importlib.import_module("kernels.block_causal_attention.triton")
+
 
 @pytest.fixture(autouse=True)
 def _clean_env_and_caches(monkeypatch):
     monkeypatch.delenv("VAR_KERNEL_BACKEND", raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    _backend._triton_file_exists.cache_clear()
     _backend._triton_impl.cache_clear()
     yield
-    _backend._triton_file_exists.cache_clear()
     _backend._triton_impl.cache_clear()
 
 
@@ -52,20 +54,15 @@ def _call_op(op: str, backend: str) -> torch.Tensor:
 
 
 ALL_OPS = list(_backend.OPS)
-# Ops whose folder has no triton.py yet (the list shrinks as kernels land; checked on the file, which
-# needs no Triton import).
-OPS_WITHOUT_KERNEL = [op for op in ALL_OPS if importlib.util.find_spec(_backend._triton_module_name(op)) is None]
-TRITON_OPS = [op for op in ALL_OPS if op not in OPS_WITHOUT_KERNEL]
 
 
 @pytest.fixture
 def fake_triton_kernel(monkeypatch):
-    """Register a Triton kernel for block_causal_attention the way a real one does: a module
-    ``kernels.block_causal_attention.triton`` defining ``block_causal_attention``. The fake records
-    its arguments and returns zeros, so the test can tell it ran."""
-    name = "kernels.block_causal_attention.triton"
+    """Register a stand-in Triton implementation of block_causal_attention the way a real one is
+    registered: a row of ``_backend.OPS`` naming a module that defines the function. The stand-in
+    records its arguments and returns zeros, so the test can tell it ran."""
+    name = "kernels.fake_block_causal_triton"
     module = types.ModuleType(name)
-    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)
     calls = []
 
     def block_causal_attention(q_BHLD, k_BHLD, v_BHLD, patch_nums, scale):
@@ -74,6 +71,9 @@ def fake_triton_kernel(monkeypatch):
 
     module.block_causal_attention = block_causal_attention
     monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(
+        _backend.OPS, "block_causal_attention", ("block_causal_attention.reference", "fake_block_causal_triton")
+    )
     monkeypatch.setattr(_backend, "triton_installed", lambda: True)
     return calls
 
@@ -82,30 +82,21 @@ def fake_triton_kernel(monkeypatch):
 # Backend choice
 
 
-@pytest.fixture
-def no_triton_files(monkeypatch):
-    """Pretend no op has a triton.py (every op has one now; the 'not implemented' path stays tested)."""
-    monkeypatch.setattr(_backend, "_triton_file_exists", functools.cache(lambda op: False))
-
-
-@pytest.mark.parametrize("op", ALL_OPS)
-def test_triton_request_without_kernel_raises_naming_the_op(op, no_triton_files):
-    with pytest.raises(kernels.BackendUnavailableError, match=f"Triton kernel for {op} is not implemented yet"):
-        _call_op(op, "triton")
-
-
 @pytest.mark.parametrize("op", ALL_OPS)
 def test_auto_on_cpu_runs_the_reference(op):
     assert kernels.resolve_backend(op, "auto", "cpu") == "torch"
     torch.testing.assert_close(_call_op(op, "auto"), _call_op(op, "torch"), rtol=0, atol=0)
 
 
-def test_has_triton_kernel_follows_the_triton_files():
-    assert not any(kernels.has_triton_kernel(op) for op in OPS_WITHOUT_KERNEL)
-    assert all(kernels.has_triton_kernel(op) for op in set(ALL_OPS) - set(OPS_WITHOUT_KERNEL))
+@pytest.mark.parametrize("op", ALL_OPS)
+def test_both_registered_implementations_share_the_signature(op):
+    reference, fused = _backend._reference_impl(op), _backend._triton_impl(op)
+    assert reference.__name__ == fused.__name__ == op
+    params = [list(inspect.signature(f).parameters) for f in (reference, fused)]
+    assert len(params[0]) == len(params[1]), params
 
 
-@pytest.mark.parametrize("op", TRITON_OPS)
+@pytest.mark.parametrize("op", ALL_OPS)
 def test_real_triton_kernel_on_cpu_needs_the_interpreter(op):
     with pytest.raises(kernels.BackendUnavailableError, match="tensors are on cpu and TRITON_INTERPRET is not set"):
         _call_op(op, "triton")
@@ -138,7 +129,6 @@ def test_unknown_op_is_a_value_error():
 
 
 def test_registered_triton_kernel_needs_interpreter_on_cpu(fake_triton_kernel):
-    assert kernels.has_triton_kernel("block_causal_attention")
     with pytest.raises(kernels.BackendUnavailableError, match="tensors are on cpu and TRITON_INTERPRET is not set"):
         _call_op("block_causal_attention", "triton")
     assert fake_triton_kernel == []
@@ -157,13 +147,14 @@ def test_registered_triton_kernel_runs_under_interpreter_when_asked(fake_triton_
     assert len(fake_triton_kernel) == 1
 
 
-def test_auto_picks_a_registered_triton_kernel_for_cuda_tensors(fake_triton_kernel, monkeypatch):
+def test_auto_picks_the_registered_triton_kernel_for_cuda_tensors(fake_triton_kernel):
     assert kernels.resolve_backend("block_causal_attention", "auto", "cuda") == "triton"
     assert kernels.resolve_backend("block_causal_attention", "triton", "cuda:0") == "triton"
     assert kernels.resolve_backend("block_causal_attention", "torch", "cuda") == "torch"
-    # Ops without a kernel: auto stays on the reference on CUDA too.
-    monkeypatch.setattr(_backend, "_triton_file_exists", functools.cache(lambda op: False))
-    assert kernels.resolve_backend("gspn_scan", "auto", "cuda") == "torch"
+    q, k, v = _qkv()
+    # On CUDA, auto runs the registered kernel (the stand-in runs on any tensors).
+    out = _backend.get_impl("block_causal_attention", "auto", "cuda")(q, k, v, PN, 0.5)
+    assert torch.equal(out, torch.zeros_like(q)) and fake_triton_kernel == [(PN, 0.5)]
 
 
 def test_triton_not_installed(fake_triton_kernel, monkeypatch):
@@ -178,17 +169,19 @@ def test_triton_on_other_devices_says_where_it_runs(fake_triton_kernel):
         kernels.resolve_backend("block_causal_attention", "triton", "mps")
 
 
-def test_triton_file_without_the_op_is_not_implemented(fake_triton_kernel):
-    del sys.modules["kernels.block_causal_attention.triton"].block_causal_attention
-    assert not kernels.has_triton_kernel("block_causal_attention")
-    with pytest.raises(kernels.BackendUnavailableError, match="does not define block_causal_attention"):
-        kernels.resolve_backend("block_causal_attention", "triton", "cuda")
+def test_registered_module_without_the_function_fails_loudly(fake_triton_kernel, monkeypatch):
+    del sys.modules["kernels.fake_block_causal_triton"].block_causal_attention
+    q, k, v = _qkv()
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(AttributeError, match="block_causal_attention"):
+        kernels.block_causal_attention(q, k, v, PN, backend="triton")
 
 
-def test_backend_error_is_a_runtime_error():
-    assert issubclass(kernels.BackendUnavailableError, RuntimeError)
-    assert kernels.BACKENDS == ("auto", "triton", "torch")
-    assert kernels.ENV_VAR == "VAR_KERNEL_BACKEND"
+def test_backend_errors_are_runtime_errors_for_callers(monkeypatch):
+    # A run switched to Triton where it cannot run fails with a RuntimeError a caller can catch.
+    monkeypatch.setenv(kernels.ENV_VAR, "triton")
+    with pytest.raises(RuntimeError, match="gspn_scan: the triton backend was requested"):
+        _call_op("gspn_scan", "auto")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,3 +352,94 @@ ARG_ERRORS = [
 def test_argument_errors_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loud fallback of auto on CUDA (issue 17)
+
+
+@pytest.fixture
+def failing_block_causal_compile(monkeypatch):
+    """Make the real block-causal kernel fail to build: a 12-query tile is no power of two, which
+    Triton rejects while compiling (under the interpreter: InterpreterError; on a GPU: CompilationError).
+    Counts how often the launcher tried."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # run the real kernel on CPU tensors
+    monkeypatch.setattr(_backend, "_FAILED", set())
+    module = BLOCK_CAUSAL_TRITON
+    tries = []
+
+    def bad_config(D, dtype):
+        tries.append(D)
+        return dict(BLOCK_M=12, BLOCK_N=16, num_warps=1, num_stages=1)
+
+    monkeypatch.setattr(module, "_config", bad_config)
+    return tries
+
+
+def test_auto_on_cuda_warns_once_and_runs_the_reference_when_a_kernel_fails(failing_block_causal_compile):
+    q, k, v = _qkv()
+    # auto resolves on the device alone: "cuda" picks the (wrapped) Triton kernel; the CPU tensors
+    # let it run under the interpreter here.
+    impl = _backend.get_impl("block_causal_attention", "auto", "cuda")
+    expected = kernels.block_causal_attention(q, k, v, PN, backend="torch")
+    pattern = (
+        r"block_causal_attention: the Triton kernel failed on inputs \(\(1, 2, 14, 8\) float32, .*\(1, 2, 3\), "
+        r"0\.35\d*\) with InterpreterError: .*power of 2.*VAR_KERNEL_BACKEND=torch"
+    )
+    with pytest.warns(_backend.KernelFallbackWarning, match=pattern):
+        out = impl(q, k, v, PN, 8**-0.5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert len(failing_block_causal_compile) == 1
+    # Once: the same inputs go straight to the reference, without a warning or a new compile.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(impl(q, k, v, PN, 8**-0.5), expected, rtol=0, atol=0)
+    assert len(failing_block_causal_compile) == 1
+    # Other inputs are tried (and warned about) on their own.
+    with pytest.warns(_backend.KernelFallbackWarning, match=r"\(1, 2, 14, 8\) float64"):
+        impl(*(t.double() for t in (q, k, v)), PN, 8**-0.5)
+
+
+def test_explicit_triton_keeps_raising_when_a_kernel_fails(failing_block_causal_compile):
+    from triton.runtime.errors import InterpreterError
+
+    q, k, v = _qkv()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning either
+        with pytest.raises(InterpreterError, match="power of 2"):
+            kernels.block_causal_attention(q, k, v, PN, backend="triton")
+        with pytest.raises(InterpreterError, match="power of 2"):
+            _backend.get_impl("block_causal_attention", "triton", "cuda")(q, k, v, PN, 8**-0.5)
+
+
+def test_auto_does_not_hide_other_errors(monkeypatch):
+    """Only Triton's build/launch failures fall back; a bug in a kernel's Python raises as it is."""
+    monkeypatch.setattr(_backend, "_FAILED", set())
+    module = BLOCK_CAUSAL_TRITON
+
+    def broken(*args):
+        raise IndexError("a bug, not a compile failure")
+
+    monkeypatch.setattr(module, "block_causal_attention", broken)
+    _backend._triton_impl.cache_clear()
+    with pytest.raises(IndexError, match="a bug"):
+        _backend.get_impl("block_causal_attention", "auto", "cuda")(*_qkv(), PN, 0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The fp32 precision rule (DESIGN.md section 7, kernels/_precision.py)
+
+
+@pytest.mark.parametrize(
+    ("setting", "fp32", "half"), [("highest", "ieee", "tf32"), ("high", "tf32", "tf32"), ("medium", "tf32", "tf32")]
+)
+def test_dot_precision_follows_torch_matmul_precision(setting, fp32, half):
+    from kernels._precision import dot_precision
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision(setting)
+        assert dot_precision(torch.float32) == fp32
+        assert dot_precision(torch.float16) == half and dot_precision(torch.bfloat16) == half
+    finally:
+        torch.set_float32_matmul_precision(saved)

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
+from .._precision import dot_precision
 from .._scales import scale_boundaries
 
 __all__ = ["BlockCausalAttentionFunction", "block_causal_attention", "query_tiles", "visited_fraction"]
@@ -96,22 +97,30 @@ def _table_tensors(
     return q_tiles_T3, k_first_N
 
 
-def _config(D: int) -> dict[str, int]:
-    """Block sizes by heuristic (no autotune: several configs fail under the interpreter)."""
+def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
+    """Block sizes by heuristic (no autotune: several configs fail under the interpreter).
+
+    Chosen with the compile check (``python -m kernels.compile_check``, issue 17) so that no kernel
+    spills more than 1 KiB per thread or exceeds the A100's shared memory, with triton 3.7 and 3.9.
+    """
     if triton_interpret():
         # Small tiles keep the interpreter fast and exercise the multi-tile paths on tiny shapes.
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    block_d = _block_d(D)
+    if dot_precision(dtype) == "ieee" and dtype == torch.float32:
+        # IEEE fp32 dots run on the FMA units with operands replicated across threads: 64 x 64 tiles
+        # spilled ~30 KB per thread in the dK/dV kernel. Narrow key tiles hold K, V, dK, dV in registers.
+        return dict(BLOCK_M=32, BLOCK_N=16, num_warps=4 if block_d <= 64 else 8, num_stages=1)
+    if dtype == torch.float32 and block_d > 64:
+        # TF32 operands are twice the size of half ones: 64 x 64 tiles at D = 128 spilled in dK/dV and
+        # needed 192 KB of shared memory in dQ (A100 allows 163 KB).
+        return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
     # FlashAttention-2's forward defaults for D <= 128 on A100/H100-class GPUs; a sweep on GPU is owed.
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
 
 
 def _block_d(D: int) -> int:
     return max(16, triton.next_power_of_2(D))
-
-
-def _dot_precision(dtype: torch.dtype) -> str:
-    # fp32 inputs would otherwise be rounded to tf32 on the tensor cores; half inputs ignore it.
-    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,7 +329,7 @@ def _forward(
     q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, L, D = q_BHLD.shape
-    cfg = _config(D)
+    cfg = _config(D, q_BHLD.dtype)
     q_tiles_T3, _ = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
     o_BHLD = torch.empty_like(q_BHLD)
     lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
@@ -335,7 +344,7 @@ def _forward(
         D,
         scale * LOG2E,
         BLOCK_D=_block_d(D),
-        PRECISION=_dot_precision(q_BHLD.dtype),
+        PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
     return o_BHLD, lse_BHL
@@ -352,11 +361,11 @@ def _backward(
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, L, D = q_BHLD.shape
-    cfg = _config(D)
+    cfg = _config(D, q_BHLD.dtype)
     q_tiles_T3, k_first_N = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
     delta_BHL = attention_delta(o_BHLD, do_BHLD)
     dq_BHLD, dk_BHLD, dv_BHLD = (torch.empty_like(q_BHLD) for _ in range(3))
-    common = dict(BLOCK_D=_block_d(D), PRECISION=_dot_precision(q_BHLD.dtype), **cfg)
+    common = dict(BLOCK_D=_block_d(D), PRECISION=dot_precision(q_BHLD.dtype), **cfg)
     _bwd_dkdv_kernel[(k_first_N.shape[0], B * H)](
         q_BHLD,
         k_BHLD,

@@ -32,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._precision import dot_precision
 from .._tiles import scale_offsets, tile_table
 from .reference import L1_EPS
 
@@ -59,6 +60,7 @@ def _lse_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_h = i_bh % H
@@ -79,7 +81,7 @@ def _lse_kernel(
             m_n = o_n < end
             p_q = q + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
             b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_a = tl.dot(b_q, b_kT) * sm_scale  # [T, S] fp32
+            b_a = tl.dot(b_q, b_kT, input_precision=PRECISION) * sm_scale  # [T, S] fp32
             b_a = tl.where(m_n[:, None], b_a, float("-inf"))
             b_m_new = tl.maximum(b_m, tl.max(b_a, 0))  # finite: every tile holds a token
             b_l = b_l * tl.exp(b_m - b_m_new) + tl.sum(tl.exp(b_a - b_m_new[None, :]), 0)
@@ -106,6 +108,7 @@ def _probs(
     eps,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """Recompute one tile: q [T, D], P [T, S] (0 outside the tile and past S), 1/r [T]."""
     o_s = tl.arange(0, BLOCK_S)
@@ -115,7 +118,7 @@ def _probs(
     b_kT = tl.load(mem_k + i_h * S * D + o_s[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_s[None, :], other=0.0)
     b_q = tl.load(q + i_bh * L * D + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
     b_lse = tl.load(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
-    b_a = tl.dot(b_q, b_kT) * sm_scale
+    b_a = tl.dot(b_q, b_kT, input_precision=PRECISION) * sm_scale
     b_p = tl.exp(b_a - b_lse[None, :])
     b_p = tl.where(m_n[:, None] & m_s[None, :], b_p, 0.0)
     b_rinv = 1.0 / (tl.sum(b_p, 1) + eps)
@@ -140,6 +143,7 @@ def _fwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_tile = tl.program_id(0)
     i_bh = tl.program_id(1)
@@ -154,12 +158,12 @@ def _fwd_kernel(
     m_n = tile_start + o_t < p * p
     o_n = scale_begin + tile_start + o_t
     _, b_p, b_rinv = _probs(
-        q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+        q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D, PRECISION
     )
     b_A = b_p * b_rinv[:, None]
     m_sd = (o_s[:, None] < S) & (o_d[None, :] < D)
     b_v = tl.load(mem_v + i_h * S * D + o_s[:, None] * D + o_d[None, :], mask=m_sd, other=0.0)  # [S, D]
-    b_o = tl.dot(b_A.to(b_v.dtype), b_v)  # [T, D] fp32
+    b_o = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PRECISION)  # [T, D] fp32
     p_o = out + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
     tl.store(p_o, b_o.to(out.dtype.element_ty), mask=m_n[:, None] & (o_d[None, :] < D))
 
@@ -185,6 +189,7 @@ def _bwd_kernel(
     BLOCK_T: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     i_bh = tl.program_id(0)
     i_h = i_bh % H
@@ -213,16 +218,33 @@ def _bwd_kernel(
             o_n = t0 + o_t
             m_n = o_n < end
             _, b_p, b_rinv = _probs(
-                q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+                q,
+                mem_k,
+                lse,
+                i_bh,
+                i_h,
+                i_s,
+                o_n,
+                m_n,
+                H,
+                L,
+                S,
+                D,
+                NUM_SCALES,
+                sm_scale,
+                eps,
+                BLOCK_S,
+                BLOCK_D,
+                PRECISION,
             )
             b_A = b_p * b_rinv[:, None]
             p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
             b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype))  # [T, S]
+            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)  # [T, S]
             b_delta = tl.sum(b_dA * b_A, 1)
             b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
             b_G += tl.sum(b_dP * b_p, 0)
-            b_dv += tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do)
+            b_dv += tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do, input_precision=PRECISION)
         b_R = b_G + tl.exp(b_lse - b_lse_next) * b_R  # b_R is 0 on the finest scale
         b_lse_next = b_lse
         # Visit 2: da = P * (dP - R[s]); dq = scale * da @ mem_k; dmem_k += scale * da^T q.
@@ -230,26 +252,48 @@ def _bwd_kernel(
             o_n = t0 + o_t
             m_n = o_n < end
             b_q, b_p, b_rinv = _probs(
-                q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D
+                q,
+                mem_k,
+                lse,
+                i_bh,
+                i_h,
+                i_s,
+                o_n,
+                m_n,
+                H,
+                L,
+                S,
+                D,
+                NUM_SCALES,
+                sm_scale,
+                eps,
+                BLOCK_S,
+                BLOCK_D,
+                PRECISION,
             )
             b_A = b_p * b_rinv[:, None]
             p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
             b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype))
+            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)
             b_delta = tl.sum(b_dA * b_A, 1)
             b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
             b_da = b_p * (b_dP - b_R[None, :]) * sm_scale  # [T, S], includes the logit scale
-            b_dq = tl.dot(b_da.to(b_k.dtype), b_k)  # [T, D]
+            b_dq = tl.dot(b_da.to(b_k.dtype), b_k, input_precision=PRECISION)  # [T, D]
             p_dq = dq + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
             tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
-            b_dk += tl.dot(tl.trans(b_da.to(b_q.dtype)), b_q)
+            b_dk += tl.dot(tl.trans(b_da.to(b_q.dtype)), b_q, input_precision=PRECISION)
     p_part = i_bh * S * D + o_s[:, None] * D + o_d[None, :]
     tl.store(dk_part + p_part, b_dk, mask=m_sd)
     tl.store(dv_part + p_part, b_dv, mask=m_sd)
 
 
 def _meta(q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor) -> dict:
-    return dict(BLOCK_T=BLOCK_T, BLOCK_S=_pad(mem_k_HSD.shape[1]), BLOCK_D=_pad(q_BHLD.shape[3]))
+    return dict(
+        BLOCK_T=BLOCK_T,
+        BLOCK_S=_pad(mem_k_HSD.shape[1]),
+        BLOCK_D=_pad(q_BHLD.shape[3]),
+        PRECISION=dot_precision(q_BHLD.dtype),
+    )
 
 
 def _forward(q, mem_k, mem_v, patch_nums, scale):

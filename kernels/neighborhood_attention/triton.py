@@ -36,8 +36,9 @@ import triton
 import triton.language as tl
 
 from .._backend import triton_interpret
+from .._precision import dot_precision
 from .._scales import scale_boundaries
-from ..block_causal_attention.triton import LOG2E, _block_d, _dot_precision, attention_delta
+from ..block_causal_attention.triton import LOG2E, _block_d, attention_delta
 
 __all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
 
@@ -284,7 +285,7 @@ def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
         kernel_size,
         scale * LOG2E,
         BLOCK_D=_block_d(D),
-        PRECISION=_dot_precision(q_BHLD.dtype),
+        PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
     return o_BHLD, lse_BHL
@@ -318,7 +319,7 @@ def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kern
         scale,
         scale * LOG2E,
         BLOCK_D=_block_d(D),
-        PRECISION=_dot_precision(q_BHLD.dtype),
+        PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
     return dq_BHLD, dk_BHLD.to(k_BHLD.dtype), dv_BHLD.to(v_BHLD.dtype)

@@ -68,15 +68,18 @@ def _conv_kernel(
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = o_c < C
     b_y = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
-    for ky in tl.static_range(K):
-        for kx in tl.static_range(K):
-            o_ii = o_i + (ky - K // 2) * DIL
-            o_jj = o_j + (kx - K // 2) * DIL
-            m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
-            p_x = x + (i_b * L + scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
-            b_x = tl.load(p_x, mask=m_in[:, None] & m_c[None, :], other=0.0)
-            b_w = tl.load(w + o_c * (K * K) + ky * K + kx, mask=m_c, other=0.0)
-            b_y += b_x.to(tl.float32) * b_w.to(tl.float32)[None, :]
+    # A loop over the taps, not tl.static_range: unrolling 49 taps let the compiler hoist every
+    # tap's load, 255 registers and spills (issue 17's compile table), and ~30 s of compile time.
+    for i_k in range(K * K):
+        ky = i_k // K
+        kx = i_k % K
+        o_ii = o_i + (ky - K // 2) * DIL
+        o_jj = o_j + (kx - K // 2) * DIL
+        m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+        p_x = x + (i_b * L + scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
+        b_x = tl.load(p_x, mask=m_in[:, None] & m_c[None, :], other=0.0)
+        b_w = tl.load(w + o_c * (K * K) + i_k, mask=m_c, other=0.0)
+        b_y += b_x.to(tl.float32) * b_w.to(tl.float32)[None, :]
     if HAS_BIAS:
         b_y += tl.load(bias + o_c, mask=m_c, other=0.0).to(tl.float32)[None, :]
     p_y = y + (i_b * L + scale_begin + o_t)[:, None] * C + o_c[None, :]
@@ -112,18 +115,19 @@ def _wgrad_kernel(
     m_c = o_c < C
     m_tc = m_t[:, None] & m_c[None, :]
     p_dy = dy + (scale_begin + o_t)[:, None] * C + o_c[None, :]
-    for ky in tl.static_range(K):
-        for kx in tl.static_range(K):
-            o_ii = o_i + (ky - K // 2) * DIL
-            o_jj = o_j + (kx - K // 2) * DIL
-            m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
-            p_x = x + (scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
-            b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
-            for i_b in range(B):
-                b_dy = tl.load(p_dy + i_b * L * C, mask=m_tc, other=0.0).to(tl.float32)
-                b_x = tl.load(p_x + i_b * L * C, mask=m_in[:, None] & m_c[None, :], other=0.0).to(tl.float32)
-                b_acc += b_dy * b_x
-            tl.store(dw_part + (i_tile * K * K + ky * K + kx) * C + o_c, tl.sum(b_acc, 0), mask=m_c)
+    for i_k in range(K * K):  # a loop, not unrolled: see _conv_kernel
+        ky = i_k // K
+        kx = i_k % K
+        o_ii = o_i + (ky - K // 2) * DIL
+        o_jj = o_j + (kx - K // 2) * DIL
+        m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+        p_x = x + (scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
+        b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
+        for i_b in range(B):
+            b_dy = tl.load(p_dy + i_b * L * C, mask=m_tc, other=0.0).to(tl.float32)
+            b_x = tl.load(p_x + i_b * L * C, mask=m_in[:, None] & m_c[None, :], other=0.0).to(tl.float32)
+            b_acc += b_dy * b_x
+        tl.store(dw_part + (i_tile * K * K + i_k) * C + o_c, tl.sum(b_acc, 0), mask=m_c)
     if HAS_BIAS:
         b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
         for i_b in range(B):
