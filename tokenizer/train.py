@@ -15,7 +15,6 @@ import argparse
 import copy
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
@@ -31,7 +29,17 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from scaffold.config import add_config_arguments, load_config
-from scaffold.errors import UserError
+from scaffold.io import atomic_path
+from scaffold.training import (
+    PRECISIONS,
+    AtomicCheckpointIO,
+    StepCheckpoint,
+    TrainingError,
+    find_resume_checkpoint,
+    fit_and_checkpoint,
+    parse_devices,
+    prepare_run_folder,
+)
 
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
 from .data import DataConfig, build_datasets
@@ -56,12 +64,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on for a reason the user can fix: memory, labels, a diverged loss, a resume path."""
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -143,11 +145,12 @@ class TokenizerTrainConfig:
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "runs/tokenizer"
-    resume: str = "false"  # "false", "true" (out_dir/checkpoints/last.ckpt if there is one) or a checkpoint path
+    resume: str = "false"  # "false", "true" (the newest checkpoint of out_dir that loads) or a checkpoint path
     max_steps: int = 100_000  # generator steps
     batch_size: int = 16  # per device
     precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"; the quantizer always runs in fp32
     ckpt_every_n_steps: int = 1000
+    keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
     log_every_n_steps: int = 50
     ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are validated and exported)
     seed: int = 0
@@ -160,26 +163,15 @@ class TokenizerTrainConfig:
                 f"data.image_size={self.data.image_size} but the model takes {self.model.image_size} px "
                 f"(patch_nums[-1]={self.model.patch_nums[-1]} x downsampling {self.model.downsample})"
             )
-        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "log_every_n_steps"):
+        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "keep_checkpoints", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run."""
-        value = str(self.resume).strip()
-        if value.lower() in ("", "false", "no", "none", "0"):
-            return None
-        if value.lower() in ("true", "yes", "last", "1"):
-            last = Path(self.out_dir) / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                return str(last)
-            log.warning("resume=true but %s does not exist yet: starting a fresh run", last)
-            return None
-        if not Path(value).is_file():
-            raise TrainingError(f"resume checkpoint not found: {value}")
-        return value
+        """The checkpoint to resume from, or None for a fresh run (`scaffold.training.find_resume_checkpoint`)."""
+        return find_resume_checkpoint(self.out_dir, self.resume)
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -456,64 +448,14 @@ def save_grid(orig_B3HW: torch.Tensor, rec_B3HW: torch.Tensor, path: Path) -> No
     """Two rows (originals, reconstructions) of images in [0, 1], written atomically as a PNG."""
     rows = [torch.cat(list(t.detach().float().cpu().clamp(0, 1)), dim=2) for t in (orig_B3HW, rec_B3HW)]
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [2H, B*W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------------------- the driver
-# Shared with the transformer's training (var/train.py): devices, step checkpoints, fit.
-def parse_devices(value: str):
-    """`trainer.devices` as Lightning takes it: a count ("8", "-1") as int, else the string ("auto", "0,1")."""
-    value = str(value).strip()
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
-def step_checkpoint(out_dir: str, every_n_steps: int) -> ModelCheckpoint:
-    """The newest step checkpoint plus last.ckpt under out_dir/checkpoints.
-
-    Lightning writes checkpoints atomically: fabric's `_atomic_save` serialises to memory, then writes
-    inside an fsspec transaction (a temporary file in the same folder, moved into place on commit).
-    """
-    return ModelCheckpoint(
-        dirpath=Path(out_dir) / "checkpoints",
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=every_n_steps,
-        save_top_k=1,
-        save_last=True,
-    )
-
-
-def fit_and_checkpoint(
-    trainer: L.Trainer,
-    module: L.LightningModule,
-    data,
-    ckpt_path: str | None,
-    out_dir: str,
-    batch_size: int,
-    hint: str = "",
-) -> None:
-    """`trainer.fit` with one clear message for an out-of-memory batch, Ctrl-C kept as an interruption
-    (the last step checkpoint stays, nothing is exported), and a final out_dir/checkpoints/last.ckpt."""
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except torch.OutOfMemoryError as err:
-        raise TrainingError(
-            f"batch_size={batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
-            f"Lower it (e.g. batch_size={max(1, batch_size // 2)}{hint}), use precision=bf16-mixed, "
-            f"or spread the batch over more devices (trainer.devices)."
-        ) from err
-    if trainer.interrupted:
-        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
-        raise KeyboardInterrupt
-    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt")
-
-
 def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
     tc = cfg.trainer
-    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
+    checkpoint = StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints)
     # Lightning warns that under manual optimization a step checkpoint holds the weights after that
     # step's update. That is what resuming needs: global_step already counts the step.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
@@ -535,6 +477,7 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
         limit_val_batches=tc.limit_val_batches or None,
         num_sanity_val_steps=0,
         callbacks=[checkpoint],
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(cfg.out_dir, name="logs"),
         default_root_dir=cfg.out_dir,
         use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
@@ -548,6 +491,7 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
 def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/tokenizer`; returns that folder."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_run_folder(cfg.out_dir)
     ckpt_path = cfg.resume_path()
     data = TokenizerData(cfg.data, cfg.batch_size, cfg.trainer.num_workers, cfg.seed)
     data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer

@@ -17,7 +17,6 @@ import argparse
 import copy
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -33,16 +32,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from scaffold.config import add_config_arguments, load_config
-from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
-from tokenizer.data import class_names as dataset_class_names
-from tokenizer.train import (
-    StepBatchSampler,
+from scaffold.io import atomic_path
+from scaffold.training import (
+    PRECISIONS,
+    AtomicCheckpointIO,
+    StepCheckpoint,
     TrainingError,
-    ema_update,
+    find_resume_checkpoint,
     fit_and_checkpoint,
     parse_devices,
-    step_checkpoint,
+    prepare_run_folder,
 )
+from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
+from tokenizer.data import class_names as dataset_class_names
+from tokenizer.train import StepBatchSampler, ema_update
 from var.export import SamplingDefaults, export_model
 from var.model import VAR, VARConfig
 from var.sample import sample
@@ -71,7 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 # Parameters kept out of weight decay besides 1-D ones and embedding tables: the published `nowd_keys`
 # (VAR train.py: pos_1LC, pos_start, lvl_embed, ada_gss, scale_mul, ...) plus the per-channel gains of the
 # GSPN mixer, which are 2-D only because they stack one vector per scan direction.
@@ -144,11 +146,12 @@ class VARTrainConfig:
     samples: SampleLogConfig = field(default_factory=SampleLogConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # exported with the model
     out_dir: str = "runs/var"
-    resume: str = "false"  # "false", "true" (out_dir/checkpoints/last.ckpt if there is one) or a checkpoint path
+    resume: str = "false"  # "false", "true" (the newest checkpoint of out_dir that loads) or a checkpoint path
     max_steps: int = 100_000
     batch_size: int = 32  # per device
     precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"; logits always fp32
     ckpt_every_n_steps: int = 1000
+    keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
     log_every_n_steps: int = 50
     ema_decay: float = 0.9999  # 0 turns the EMA off (then the live weights are sampled and exported)
     init_adaln_gamma: float = 1e-5  # initial scale of the AdaLN gates (published alng; d16 recipe: 1e-3)
@@ -158,7 +161,7 @@ class VARTrainConfig:
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "log_every_n_steps"):
+        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "keep_checkpoints", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -169,19 +172,8 @@ class VARTrainConfig:
         self.model.block_attention()  # a per-block list of the wrong length fails here, naming depth
 
     def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run."""
-        value = str(self.resume).strip()
-        if value.lower() in ("", "false", "no", "none", "0"):
-            return None
-        if value.lower() in ("true", "yes", "last", "1"):
-            last = Path(self.out_dir) / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                return str(last)
-            log.warning("resume=true but %s does not exist yet: starting a fresh run", last)
-            return None
-        if not Path(value).is_file():
-            raise TrainingError(f"resume checkpoint not found: {value}")
-        return value
+        """The checkpoint to resume from, or None for a fresh run (`scaffold.training.find_resume_checkpoint`)."""
+        return find_resume_checkpoint(self.out_dir, self.resume)
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -462,10 +454,8 @@ def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
     """Images [rows, cols, 3, H, W] in [0, 1] as one PNG (row r of the grid = img[r]), written atomically."""
     rows = [torch.cat(list(r.detach().float().cpu().clamp(0, 1)), dim=2) for r in img_RCB3HW]  # [3, H, C*W] each
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [R*H, C*W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
 
 
 # ------------------------------------------------------------------------------------- the driver
@@ -482,7 +472,7 @@ def _progress_bar():
 
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
     tc = cfg.trainer
-    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
+    checkpoint = StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints)
     callbacks = [checkpoint, *(_progress_bar() if tc.progress_bar else [])]
     # The frozen tokenizer and the EMA copy stay in eval mode on purpose (VARTraining.train).
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
@@ -500,6 +490,7 @@ def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         logger=CSVLogger(cfg.out_dir, name="logs"),
         default_root_dir=cfg.out_dir,
         use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
@@ -521,6 +512,7 @@ def resolve_tokenizer(cfg: VARTrainConfig) -> str:
 def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/model`; returns that folder."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_run_folder(cfg.out_dir)
     ckpt_path = cfg.resume_path()
     vae = vae if vae is not None else load_vae(resolve_tokenizer(cfg))
     data = VARData(cfg, vae)
