@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from tokenizer import DataConfig, DatasetError, DigitsDataset, ImageFolderDataset, build_datasets
+from tokenizer.data import to_rgb
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -70,3 +71,47 @@ def test_folder_errors(tmp_path):
     (root / "b").mkdir()
     with pytest.raises(DatasetError, match=r"class folder .*imgs/b holds no images"):
         ImageFolderDataset(root)
+
+
+def test_decompression_bomb_falls_under_on_error(tmp_path, caplog, monkeypatch):
+    """Issue 16: PIL's DecompressionBombError is no OSError and stopped training even with on_error=skip."""
+    root = make_folder(tmp_path / "imgs", classes=("a",), per_class=2, size=(40, 30))
+    Image.new("L", (60, 60)).save(root / "a" / "0.png")  # the bigger one: 3600 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # a bomb above 2000 pixels (PIL: 2x the limit)
+    ds = ImageFolderDataset(root, image_size=16, train=False, on_error="skip")
+    with caplog.at_level(logging.WARNING):
+        img, _ = ds[0]
+    assert img.shape == (3, 16, 16)
+    assert "DecompressionBombError" in caplog.text and "a/0.png" in caplog.text
+    strict = ImageFolderDataset(root, image_size=16, train=False, on_error="fail")
+    with pytest.raises(DatasetError, match=r"cannot read image .*a/0.png: DecompressionBombError: Image size"):
+        strict[0]
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """Issue 16: convert("RGB") made a full-range 16-bit gradient 99.6% white."""
+    g = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(g).save(tmp_path / "imgs" / "a" / "grad.png")
+    with Image.open(tmp_path / "imgs" / "a" / "grad.png") as im:
+        assert im.mode == "I;16"
+        rgb = np.asarray(to_rgb(im))
+    expected = np.round(g / 257.0).astype(np.uint8)
+    assert rgb.shape == (32, 32, 3) and all(np.array_equal(rgb[..., c], expected) for c in range(3))
+    ds = ImageFolderDataset(tmp_path / "imgs", image_size=32, train=False, mid_ratio=1.0)
+    img = ds[0][0]
+    assert (img >= 0.999).float().mean() < 0.01 and abs(img.mean().item()) < 0.05  # a gradient, not white
+    # 32-bit integer greyscale (how older PIL opened 16-bit PNGs) and float images in [0, 1]
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(g.astype(np.int32), "I")))[..., 0], expected)
+    f = Image.fromarray((g / 65535.0).astype(np.float32), "F")
+    assert np.abs(np.asarray(to_rgb(f))[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_palette_with_per_entry_transparency_converts_without_a_warning(tmp_path, recwarn):
+    p = Image.new("P", (4, 4), 1)
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.save(tmp_path / "p.png", transparency=bytes([0, 128] + [255] * 254))  # alpha per palette entry
+    with Image.open(tmp_path / "p.png") as im:
+        assert isinstance(im.info["transparency"], bytes)
+        assert np.asarray(to_rgb(im))[0, 0].tolist() == [0, 0, 255]
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]  # PIL warns on convert("RGB")
