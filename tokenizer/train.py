@@ -20,25 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from scaffold.config import add_config_arguments, load_config
-from scaffold.io import atomic_path
+from scaffold.config import add_config_arguments
 from scaffold.training import (
-    PRECISIONS,
-    AtomicCheckpointIO,
-    StepCheckpoint,
+    RunConfig,
+    StepBatchSampler,
+    TrainerConfig,
     TrainingError,
-    find_resume_checkpoint,
+    ema_update,
     fit_and_checkpoint,
-    parse_devices,
-    prepare_run_folder,
+    make_trainer,
+    ordered_loader,
+    run_training,
+    save_grid_rows,
+    start_run,
+    step_batch_loader,
 )
 
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
@@ -53,10 +51,11 @@ __all__ = [
     "CodebookConfig",
     "LossConfig",
     "OptimConfig",
+    "StepBatchSampler",
     "TokenizerData",
     "TokenizerTrainConfig",
+    "TokenizerTrainerConfig",
     "TokenizerTraining",
-    "TrainerConfig",
     "TrainingError",
     "add_arguments",
     "run",
@@ -123,19 +122,14 @@ class CodebookConfig:
 
 
 @dataclass
-class TrainerConfig:
-    accelerator: str = "auto"  # "cpu", "gpu", "auto"
-    devices: str = "auto"  # "auto", a count ("8") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # "auto", "ddp" (unused-parameter detection on: the discriminator idles early), ...
-    num_workers: int = 2  # DataLoader workers per device
+class TokenizerTrainerConfig(TrainerConfig):
+    # strategy "ddp" turns on unused-parameter detection: the discriminator idles until loss.disc_start.
     val_every_n_steps: int = 1000  # PSNR/SSIM on the held-out split, and a reconstruction grid PNG
     limit_val_batches: int = 0  # 0 = the whole held-out split
-    progress_bar: bool = True
 
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(RunConfig):
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
     data: DataConfig = field(
         default_factory=lambda: DataConfig(name="imagefolder", root="data/imagenet/train", image_size=256)
@@ -143,67 +137,20 @@ class TokenizerTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: TokenizerTrainerConfig = field(default_factory=TokenizerTrainerConfig)
     out_dir: str = "runs/tokenizer"
-    resume: str = "false"  # "false", "true" (the newest checkpoint of out_dir that loads) or a checkpoint path
-    max_steps: int = 100_000  # generator steps
-    batch_size: int = 16  # per device
-    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"; the quantizer always runs in fp32
-    ckpt_every_n_steps: int = 1000
-    keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
-    log_every_n_steps: int = 50
-    ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are validated and exported)
-    seed: int = 0
+    # RunConfig's fields besides: max_steps counts generator steps; the quantizer always runs in fp32.
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        super().validate()
         if self.data.image_size != self.model.image_size:
             raise ValueError(
                 f"data.image_size={self.data.image_size} but the model takes {self.model.image_size} px "
                 f"(patch_nums[-1]={self.model.patch_nums[-1]} x downsampling {self.model.downsample})"
             )
-        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "keep_checkpoints", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-
-    def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run (`scaffold.training.find_resume_checkpoint`)."""
-        return find_resume_checkpoint(self.out_dir, self.resume)
 
 
 # -------------------------------------------------------------------------------------------- data
-class StepBatchSampler(Sampler[list[int]]):
-    """Endless random batches that are a function of (seed, step, rank) only, so a resumed run sees
-    exactly the batches the uninterrupted run would have seen. `start_step` skips the done steps.
-
-    The global stream is one permutation of the dataset per pass; step s of rank r takes the
-    positions `[(s*W + r) * B, (s*W + r + 1) * B)` of it (W ranks, B per-rank batch).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        start = (step * self.world_size + self.rank) * self.batch_size
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)]
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            yield self.batch(step)
-            step += 1
-
-
 class TokenizerData(L.LightningDataModule):
     """`build_datasets(DataConfig)`: the train split in resumable random batches, the held-out split in order."""
 
@@ -217,48 +164,14 @@ class TokenizerData(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set = build_datasets(self.data)
 
-    def _loader(self, dataset: Dataset, **kw) -> DataLoader:
-        return DataLoader(
-            dataset,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            **kw,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        # Built after a checkpoint is restored (Lightning sets up data last), so global_step is the resumed one.
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            self.batch_size,
-            self.seed,
-            start_step=trainer.global_step if trainer else 0,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        return self._loader(self.train_set, batch_sampler=sampler)
+        return step_batch_loader(self.train_set, self.trainer, self.batch_size, self.seed, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            sampler = DistributedSampler(
-                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return self._loader(self.val_set, batch_size=self.batch_size, shuffle=False, sampler=sampler)
+        return ordered_loader(self.val_set, self.trainer, self.batch_size, self.num_workers)
 
 
 # ------------------------------------------------------------------------------------------ module
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 class TokenizerTraining(L.LightningModule):
     """VQ-VAE generator + PatchGAN discriminator under manual optimization."""
 
@@ -423,7 +336,8 @@ class TokenizerTraining(L.LightningModule):
         for si, idx in enumerate(idx_Bl):
             self._val_hits_SV[si] += torch.bincount(idx.flatten(), minlength=model.vocab_size)[: model.vocab_size]
         if batch_idx == 0 and self.trainer.is_global_zero:
-            save_grid(y[:8], x[:8], Path(self.cfg.out_dir) / "images" / f"step{self.global_step:07d}.png")
+            path = Path(self.cfg.out_dir) / "images" / f"step{self.global_step:07d}.png"
+            save_grid_rows(torch.stack([y[:8], x[:8]]), path)  # originals above their reconstructions
 
     def on_validation_epoch_end(self) -> None:
         hits_SV = self.trainer.strategy.reduce(self._val_hits_SV, reduce_op="sum")
@@ -444,55 +358,26 @@ class TokenizerTraining(L.LightningModule):
             checkpoint["state_dict"].update({f"perceptual.{k}": v for k, v in self.perceptual.state_dict().items()})
 
 
-def save_grid(orig_B3HW: torch.Tensor, rec_B3HW: torch.Tensor, path: Path) -> None:
-    """Two rows (originals, reconstructions) of images in [0, 1], written atomically as a PNG."""
-    rows = [torch.cat(list(t.detach().float().cpu().clamp(0, 1)), dim=2) for t in (orig_B3HW, rec_B3HW)]
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [2H, B*W, 3]
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
-
-
 # ------------------------------------------------------------------------------------- the driver
 def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
+    """`scaffold.training.make_trainer` with periodic validation, and DDP that tolerates the idle discriminator."""
     tc = cfg.trainer
-    checkpoint = StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints)
     # Lightning warns that under manual optimization a step checkpoint holds the weights after that
     # step's update. That is what resuming needs: global_step already counts the step.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
-    strategy = tc.strategy
-    if strategy == "ddp":
-        # The discriminator has no gradient before disc_start: DDP must not wait for it.
-        strategy = "ddp_find_unused_parameters_true"
     kwargs = dict(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        precision=cfg.precision,
-        accelerator=tc.accelerator,
-        devices=parse_devices(tc.devices),
-        num_nodes=tc.num_nodes,
-        strategy=strategy,
-        log_every_n_steps=cfg.log_every_n_steps,
+        # The discriminator has no gradient before disc_start: DDP must not wait for it.
+        strategy="ddp_find_unused_parameters_true" if tc.strategy == "ddp" else tc.strategy,
         val_check_interval=tc.val_every_n_steps,
         check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches or None,
-        num_sanity_val_steps=0,
-        callbacks=[checkpoint],
-        plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(cfg.out_dir, name="logs"),
-        default_root_dir=cfg.out_dir,
-        use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
     )
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    return make_trainer(cfg, **{**kwargs, **overrides})
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/tokenizer`; returns that folder."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    prepare_run_folder(cfg.out_dir)
-    ckpt_path = cfg.resume_path()
+    ckpt_path = start_run(cfg)
     data = TokenizerData(cfg.data, cfg.batch_size, cfg.trainer.num_workers, cfg.seed)
     data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer
     module = TokenizerTraining(cfg)
@@ -506,14 +391,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+add_arguments = add_config_arguments  # --config FILE and key=value overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = train_tokenizer(cfg)
-    if rank_zero_only.rank == 0:
-        print(f"tokenizer written to {out}")
-    return 0
+    return run_training(args, TokenizerTrainConfig, train_tokenizer, "tokenizer")
