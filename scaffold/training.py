@@ -18,6 +18,7 @@ checkpoints are pruned after each save to the `keep` newest (by modification tim
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import warnings
@@ -40,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from .checkpoint import CheckpointError
 from .config import load_config
 from .errors import UserError
-from .io import atomic_open, atomic_path, remove_stale_temporaries
+from .io import atomic_path, remove_stale_temporaries, write_atomic
 
 __all__ = [
     "PRECISIONS",
@@ -213,8 +214,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        with atomic_open(path, "wb") as f:
-            torch.save(checkpoint, f)
+        # Serialised in memory first (as Lightning does): torch.save's zip writer reports a full disk as a
+        # RuntimeError ("unexpected pos"), where a plain write raises the OSError that names the cause.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(path, buffer.getbuffer())
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if not Path(path).is_file():

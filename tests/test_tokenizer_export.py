@@ -4,7 +4,9 @@ import os
 import stat
 
 import pytest
+from helpers import full_disk
 
+from scaffold import DiskFullError
 from tokenizer import export_tokenizer, load_tokenizer
 
 
@@ -21,3 +23,13 @@ def test_exported_files_have_the_umask_permissions(tmp_path, tiny_vae, umask):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {"model.safetensors": expected, "config.yaml": expected}  # and no temporary left
     assert load_tokenizer(out).config == tiny_vae.config
+
+
+def test_disk_full_during_the_export_is_one_line_and_keeps_the_old_files(tmp_path, tiny_vae, monkeypatch):
+    out = export_tokenizer(tiny_vae, tmp_path / "tok")
+    before = (out / "model.safetensors").read_bytes()
+    full_disk(monkeypatch)  # safetensors writing straight into the file raised its own SafetensorError
+    with pytest.raises(DiskFullError, match=r"disk full while writing .*tok/model.safetensors \(.* free\)"):
+        export_tokenizer(tiny_vae, out)
+    assert (out / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors"]

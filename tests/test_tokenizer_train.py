@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import full_disk
 
 from app.cli import main
 from scaffold import save_state_dict
@@ -370,11 +371,7 @@ def test_truncated_last_ckpt_and_a_full_disk(tmp_path, capsys, caplog, monkeypat
 
     before = last.read_bytes()
 
-    def full(obj, f):
-        f.write(b"half")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full)
+    full_disk(monkeypatch)
     assert main([*run, "max_steps=5", "resume=true"]) == 2
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("var train-tokenizer: error:")]
