@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,9 @@ class StepBatchSampler(Sampler[list[int]]):
             step += 1
 
 
-def step_batch_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int, seed: int, num_workers: int):
+def step_batch_loader(
+    dataset: Dataset, trainer: L.Trainer | None, batch_size: int, seed: int, num_workers: int
+) -> DataLoader:
     """The training DataLoader: `StepBatchSampler` batches from the trainer's step on, sharded by its rank.
 
     Lightning builds it after restoring a checkpoint (it sets up data last), so global_step is the resumed one.
@@ -271,8 +274,13 @@ def probe_checkpoint(path: str | os.PathLike) -> int:
     Raises CheckpointError naming the file when it is empty, truncated or not a Lightning checkpoint.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose directory comes last
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is cut short or not a checkpoint ({size} bytes, no zip directory at its end)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
     except Exception as err:
