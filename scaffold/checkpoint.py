@@ -5,6 +5,7 @@ Shared by `load_official_vae`, the transformer's `load_official_var` and both ex
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_path
+from .io import write_atomic
 
 __all__ = [
     "CheckpointError",
@@ -51,15 +52,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write a `.safetensors` (or torch) file atomically (`scaffold.io.atomic_path`)."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        if Path(path).suffix == ".safetensors":
-            from safetensors.torch import save_file
+    """Write a `.safetensors` (or torch) file atomically (`scaffold.io.write_atomic`).
 
-            save_file(tensors, str(tmp))
-        else:
-            torch.save(tensors, tmp)
+    Serialised in memory first: safetensors and torch.save report a full disk as their own errors
+    (SafetensorError, RuntimeError), a plain write as the OSError that `write_atomic` turns into one line.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
+
+        write_atomic(path, save(tensors))
+    else:
+        buffer = io.BytesIO()
+        torch.save(tensors, buffer)
+        write_atomic(path, buffer.getbuffer())
 
 
 def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:

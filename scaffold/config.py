@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from .errors import UserError
@@ -26,10 +27,66 @@ class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema; the message names the key."""
 
 
-def _describe(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None) or getattr(err, "key", None)
-    msg = getattr(err, "msg", None) or str(err).splitlines()[0]
-    return f"key '{key}': {msg}" if key else msg
+def _describe(err: Exception, value: Any = None) -> str:
+    """The first line of an OmegaConf error, with the `$VALUE`-style placeholders it sometimes leaves filled in.
+
+    OmegaConf formats its messages from templates and, for an element of a list among others, raises
+    before filling them (`Value '$VALUE' of type '$VALUE_TYPE' could not be converted to Integer`).
+    """
+    text = (str(err) or type(err).__name__).splitlines()[0].strip()
+    shown = "a value" if value is None else f"value {_short(value)!r}"
+    text = _TEMPLATE_VALUE.sub(shown, text)
+    return _PLACEHOLDER.sub(shown if value is not None else "it", text)
+
+
+_TEMPLATE_VALUE = re.compile(r"[Vv]alue '\$VALUE'( of type '\$VALUE_TYPE')?")
+_PLACEHOLDER = re.compile(r"'?\$[A-Z_]+'?")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _blame(cfg: Any, loaded: Any, prefix: tuple[str, ...] = ()) -> tuple[str, Any, Exception] | None:
+    """The innermost key of the loaded YAML `loaded` whose merge over `cfg` fails: (dotted key, value, error)."""
+    if not isinstance(loaded, dict):
+        return None
+    for key, value in loaded.items():
+        path = (*prefix, str(key))
+        nested: Any = value
+        for part in reversed(path):
+            nested = {part: nested}
+        try:
+            OmegaConf.merge(cfg, OmegaConf.create(nested))
+        except OmegaConfBaseException as err:
+            return _blame(cfg, value, path) or (".".join(path), value, err)
+    return None
+
+
+def _load_file(cfg: Any, path: str | os.PathLike) -> Any:
+    """`cfg` with the YAML file `path` merged over it; every problem is a ConfigError naming the file."""
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder: pass a YAML file (e.g. configs/tokenizer/digits.yaml)")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    not_a_mapping = "at its top level; it must be a mapping of keys to values (e.g. 'max_steps: 100')"
+    try:
+        loaded = OmegaConf.load(path)  # OmegaConf's YAML loader: 1e-4 is a float, as in its overrides
+    except Exception as err:  # yaml.YAMLError, a decoding error, a scalar at the top level: the file, not a trace
+        if str(err).startswith("Invalid loaded object type"):  # OmegaConf's words for a lone scalar
+            raise ConfigError(f"config file {path} holds a single value {not_a_mapping}") from err
+        raise ConfigError(f"cannot parse config file {path}: {' '.join(str(err).split())}") from err
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {path} holds a list {not_a_mapping}")
+    try:
+        return OmegaConf.merge(cfg, loaded)
+    except OmegaConfBaseException as err:
+        blamed = _blame(cfg, OmegaConf.to_container(loaded, resolve=False))
+        if blamed is None:
+            raise ConfigError(f"{path}: {_describe(err)}") from err
+        key, value, inner = blamed
+        raise ConfigError(f"{path}: key '{key}': {_describe(inner, value)}") from err
 
 
 def load_config(schema: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> T:
@@ -40,32 +97,28 @@ def load_config(schema: type[T], path: str | os.PathLike | None = None, override
     """
     cfg = OmegaConf.structured(schema)
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            file_cfg = OmegaConf.load(path)
-        except Exception as err:  # yaml.YAMLError and friends: report the file, not a parser trace
-            raise ConfigError(f"cannot parse config file {path}: {err}") from err
-        try:
-            cfg = OmegaConf.merge(cfg, file_cfg)
-        except (ConfigKeyError, ConfigAttributeError, ValidationError) as err:
-            raise ConfigError(f"{path}: {_describe(err)} (unknown key or wrong type)") from err
+        cfg = _load_file(cfg, path)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        key = item.split("=", 1)[0]
+        key, value = item.split("=", 1)
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+            parsed = OmegaConf.from_dotlist([item])
+        except Exception as err:  # yaml.YAMLError, or OmegaConf's grammar errors for a bad key
+            raise ConfigError(f"override {item!r}: cannot parse it: {' '.join(str(err).split())}") from err
+        try:
+            cfg = OmegaConf.merge(cfg, parsed)
         except (ConfigKeyError, ConfigAttributeError) as err:
             raise ConfigError(f"override {item!r}: unknown key '{key}'") from err
         except ValidationError as err:
-            raise ConfigError(f"override {item!r}: wrong type for key '{key}': {_describe(err)}") from err
+            raise ConfigError(f"override {item!r}: wrong type for key '{key}': {_describe(err, value)}") from err
         except OmegaConfBaseException as err:
-            raise ConfigError(f"override {item!r}: {_describe(err)}") from err
+            raise ConfigError(f"override {item!r}: {_describe(err, value)}") from err
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err)) from err
+        key = getattr(err, "full_key", None)
+        raise ConfigError(f"key '{key}': {_describe(err)}" if key else _describe(err)) from err
     _validate_tree(obj)
     return obj  # type: ignore[return-value]
 

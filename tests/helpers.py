@@ -43,3 +43,40 @@ def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
         else:
             out[k] = r / v[0].numel() ** 0.5
     return out
+
+
+def full_disk(monkeypatch, room: int = 100) -> None:
+    """Files written through `scaffold.io` fail as on a full disk: ENOSPC once `room` bytes are written.
+
+    (A real full filesystem, e.g. a small tmpfs, needs root to mount; this is the same error at the same call.)
+    """
+    import builtins
+    import errno
+    import os
+
+    class FullFile:
+        def __init__(self, f):
+            self.f, self.left = f, room
+
+        def write(self, data) -> int:
+            data = memoryview(data).cast("B")
+            n = min(len(data), self.left)
+            self.f.write(data[:n])
+            self.left -= n
+            if n < len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return n
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.f.__exit__(*exc)
+
+    def full_open(*args, **kwargs) -> FullFile:
+        return FullFile(builtins.open(*args, **kwargs))  # closed by the caller's `with`
+
+    monkeypatch.setattr("scaffold.io.open", full_open, raising=False)

@@ -52,3 +52,51 @@ def test_bad_files(tmp_path):
     typo.write_text("model:\n  chanels: 3\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: key 'model.chanels'"):
         load_config(ExampleConfig, typo)
+
+
+def _one_clean_line(err: ConfigError) -> str:
+    text = str(err)
+    assert "\n" not in text and "$" not in text, text  # no OmegaConf template placeholders, no context lines
+    return text
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("- lr: 0.5\n- name: x\n", r"config file .*c.yaml holds a list at its top level; it must be a mapping"),
+        ("42\n", r"config file .*c.yaml holds a single value at its top level"),
+        ("model:\n  ch_mult: [a, 2]\n", r"c.yaml: key 'model.ch_mult': value .*a.* could not be converted to Integer"),
+        ("lr: [1, 2]\n", r"c.yaml: key 'lr': Value '\[1, 2\]' .*could not be converted to Float"),
+        ("model: 5\n", r"c.yaml: key 'model': .*not a subclass of VQVAEConfig"),
+        ("name: ${nowhere}\n", r"key 'name': Interpolation key 'nowhere' not found"),
+    ],
+    ids=["list", "scalar", "list-element", "list-for-float", "scalar-for-section", "interpolation"],
+)
+def test_bad_file_contents_are_one_line_naming_the_key(tmp_path, content, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(ExampleConfig, path)
+    _one_clean_line(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("model.ch_mult=[a]", r"wrong type for key 'model.ch_mult': value '\[a\]' could not be converted to Integer"),
+        ("lr=[1", r"override 'lr=\[1': cannot parse it"),
+        ("lr=fast", r"wrong type for key 'lr': Value 'fast' of type 'str' could not be converted to Float"),
+    ],
+    ids=["list-element", "yaml-syntax", "type"],
+)
+def test_bad_overrides_are_one_line_without_placeholders(override, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(ExampleConfig, None, [override])
+    _one_clean_line(info.value)
+
+
+def test_config_pointing_at_a_folder_says_so(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file .* is a folder: pass a YAML file"):
+        load_config(ExampleConfig, tmp_path)
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(ExampleConfig, tmp_path / "empty.yaml").name == "run"  # an empty file changes nothing

@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 from PIL import Image
 
 from tokenizer import DataConfig, DatasetError, DigitsDataset, ImageFolderDataset, build_datasets
+from tokenizer.data import to_rgb
 
 
 def test_digits_split_is_fixed_and_disjoint():
@@ -46,17 +48,27 @@ def test_imagefolder_classes_sorted_and_crops(tmp_path):
     assert len(train) + len(val) == 6 and len(val) == 2 and not val.train
 
 
-def test_corrupt_image_skip_or_fail(tmp_path, caplog):
-    root = make_folder(tmp_path / "imgs", classes=("a",), per_class=2)
+@pytest.mark.parametrize(
+    "damage, reason",
+    [("truncated", "cannot read image .*a/0.png"), ("bomb", "a/0.png: DecompressionBombError: Image size")],
+)
+def test_unreadable_image_skip_or_fail(tmp_path, caplog, monkeypatch, damage, reason):
+    """A damaged file, and (issue 16) a decompression bomb: PIL's error for it is no OSError."""
+    root = make_folder(tmp_path / "imgs", classes=("a",), per_class=2, size=(40, 30))
     bad = root / "a" / "0.png"
-    bad.write_bytes(b"\x89PNG truncated")
+    if damage == "truncated":
+        bad.write_bytes(b"\x89PNG truncated")
+    else:
+        Image.new("L", (60, 60)).save(bad)  # 3600 pixels, the others 1200
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL refuses above twice the limit
     ds = ImageFolderDataset(root, image_size=16, train=False, on_error="skip")
     with caplog.at_level(logging.WARNING):
         img, _ = ds[0]
     assert img.shape == (3, 16, 16)
-    assert "0.png" in caplog.text and "skipping unreadable image" in caplog.text
+    assert "skipping unreadable image" in caplog.text and len(caplog.records) == 1
+    assert re.search(reason, caplog.text)
     strict = ImageFolderDataset(root, image_size=16, train=False, on_error="fail")
-    with pytest.raises(DatasetError, match=r"cannot read image .*a/0.png"):
+    with pytest.raises(DatasetError, match=reason):
         strict[0]
 
 
@@ -70,3 +82,32 @@ def test_folder_errors(tmp_path):
     (root / "b").mkdir()
     with pytest.raises(DatasetError, match=r"class folder .*imgs/b holds no images"):
         ImageFolderDataset(root)
+
+
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """Issue 16: convert("RGB") made a full-range 16-bit gradient 99.6% white."""
+    g = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(g).save(tmp_path / "imgs" / "a" / "grad.png")
+    with Image.open(tmp_path / "imgs" / "a" / "grad.png") as im:
+        assert im.mode == "I;16"
+        rgb = np.asarray(to_rgb(im))
+    expected = np.round(g / 257.0).astype(np.uint8)
+    assert rgb.shape == (32, 32, 3) and all(np.array_equal(rgb[..., c], expected) for c in range(3))
+    ds = ImageFolderDataset(tmp_path / "imgs", image_size=32, train=False, mid_ratio=1.0)
+    img = ds[0][0]
+    assert (img >= 0.999).float().mean() < 0.01 and abs(img.mean().item()) < 0.05  # a gradient, not white
+    # 32-bit integer greyscale (how older PIL opened 16-bit PNGs) and float images in [0, 1]
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(g.astype(np.int32), "I")))[..., 0], expected)
+    f = Image.fromarray((g / 65535.0).astype(np.float32), "F")
+    assert np.abs(np.asarray(to_rgb(f))[..., 0].astype(int) - expected).max() <= 1
+
+
+def test_palette_with_per_entry_transparency_converts_without_a_warning(tmp_path, recwarn):
+    p = Image.new("P", (4, 4), 1)
+    p.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    p.save(tmp_path / "p.png", transparency=bytes([0, 128] + [255] * 254))  # alpha per palette entry
+    with Image.open(tmp_path / "p.png") as im:
+        assert isinstance(im.info["transparency"], bytes)
+        assert np.asarray(to_rgb(im))[0, 0].tolist() == [0, 0, 255]
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]  # PIL warns on convert("RGB")

@@ -1,5 +1,7 @@
 """The token cache: round trip, resumable writing, views, and its error messages."""
 
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +65,11 @@ def test_interrupted_tokenize_continues_to_the_identical_cache(tmp_path, tok_dir
     tokenize(config(tok_dir, part, *common), stop_after_chunks=1)
     with pytest.raises(TokenCacheError, match="interrupted `var tokenize`: rerun it"):
         TokenCache(part)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (part / ".partial" / f".progress.json.tmp-{dead.pid}").write_text('{"images_')  # a kill mid-write
     tokenize(config(tok_dir, part, *common))  # continues at the recorded image
+    assert sorted(p.name for p in part.iterdir()) == ["header.yaml", "labels.npy", "tokens.npy"]
     for name in ("tokens.npy", "labels.npy", "header.yaml"):
         assert (whole / name).read_bytes() == (part / name).read_bytes(), name
     cache = TokenCache(part)

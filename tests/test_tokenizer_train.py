@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import full_disk
 
 from app.cli import main
 from scaffold import save_state_dict
@@ -351,3 +352,30 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
     monkeypatch.setattr(TokenizerTraining, "training_step", oom)
     with pytest.raises(TrainingError, match=r"batch_size=4 per device does not fit.*batch_size=2"):
         train_tokenizer(cfg, logger=False)
+
+
+def test_truncated_last_ckpt_and_a_full_disk(tmp_path, capsys, caplog, monkeypatch):
+    """Issue 16: resume=true after a half-written last.ckpt; a disk that fills during a checkpoint save."""
+    run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4"]
+    assert main([*run, "max_steps=3"]) == 0
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step0000002.ckpt", "step0000003.ckpt"]
+    last = folder / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])  # a copy cut short by a kill
+    with caplog.at_level(logging.INFO):
+        assert main([*run, "max_steps=4", "resume=true"]) == 0
+    assert f"skipping cannot read checkpoint {last}" in caplog.text
+    assert f"resuming from {folder / 'step0000003.ckpt'} (step 3)" in caplog.text
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 4
+    capsys.readouterr()
+
+    before = last.read_bytes()
+
+    full_disk(monkeypatch)
+    assert main([*run, "max_steps=5", "resume=true"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("var train-tokenizer: error:")]
+    assert len(lines) == 1 and "Traceback" not in err  # besides it: Lightning's warnings only
+    assert lines[0].startswith(f"var train-tokenizer: error: disk full while writing {folder / 'step0000005.ckpt'} (")
+    assert lines[0].endswith(" free): free some space and rerun")
+    assert last.read_bytes() == before and not any(p.name.startswith(".") for p in folder.iterdir())

@@ -1,5 +1,6 @@
 """Transformer training: loss goes down for every mechanism, exact resume, DDP, export, bad inputs, weight decay."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -273,3 +274,16 @@ def test_digits_preset_samples_the_requested_digits(tmp_path):
     img = sample(loaded.model, loaded.vae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, seed=list(range(200)))
     report = judge_samples(img, labels)
     assert report.min_class_accuracy >= 0.9, report.summary()
+
+
+def test_resume_skips_an_empty_last_ckpt(tmp_path, cache, caplog):
+    """Issue 16: a 0-byte last.ckpt (a copy killed at its start) gives way to the intact step checkpoint."""
+    train_var(tiny_config(tmp_path, cache, "max_steps=2", "ckpt_every_n_steps=2"), logger=False)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"")
+    cfg = tiny_config(tmp_path, cache, "max_steps=3", "ckpt_every_n_steps=2", "resume=true")
+    with caplog.at_level(logging.INFO):
+        assert cfg.resume_path() == str(tmp_path / "checkpoints" / "step0000002.ckpt")
+        train_var(cfg, logger=False)
+    assert f"skipping cannot read checkpoint {last}: the file is empty" in caplog.text
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 3

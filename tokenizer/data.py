@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
 
 from scaffold.errors import UserError
@@ -26,6 +26,8 @@ __all__ = [
     "ImageFolderDataset",
     "build_datasets",
     "class_names",
+    "read_rgb",
+    "to_rgb",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +102,40 @@ class DigitsDataset(Dataset):
         return self.images[i], int(self.labels[i])
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """`im` as 8-bit RGB, every mode scaled to the full range rather than clipped.
+
+    `convert("RGB")` clips 16-bit greyscale (modes I;16*, and I, which PIL uses for 16-bit PNGs) at 255,
+    which turns all but the darkest 0.4% of the range white: it is scaled by 255/65535 here. Float
+    images (mode F, e.g. TIFF) are taken to lie in [0, 1]. A palette with a transparent entry goes
+    through RGBA first, as PIL asks; transparency is then dropped like every other alpha channel.
+    """
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.float64).clip(0, 65535) / 257.0
+        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode == "F":
+        arr = np.asarray(im, dtype=np.float64).clip(0.0, 1.0) * 255.0
+        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if im.mode == "PA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode the image file `path` as 8-bit RGB (`to_rgb`); any decoder failure is a DatasetError naming the file.
+
+    PIL raises many kinds of error on a damaged or hostile file (OSError, SyntaxError, EOFError,
+    ValueError, struct.error, and `DecompressionBombError` - not an OSError - for an image of more than
+    twice `Image.MAX_IMAGE_PIXELS` pixels): all mean "this file cannot be used".
+    """
+    try:
+        with Image.open(path) as im:
+            return to_rgb(im)
+    except Exception as err:
+        text = str(err).splitlines()[0] if str(err) else "no details"
+        raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {text}") from err
+
+
 def _list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if not root.is_dir():
         raise DatasetError(f"image folder not found: {root} (expected root/<class>/<image>)")
@@ -148,12 +184,7 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def load(self, i: int) -> torch.Tensor:
-        path = self.samples[i][0]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
+        im = read_rgb(self.samples[i][0])
         w, h = im.size
         s = self.mid_size / min(w, h)
         im = im.resize((max(self.mid_size, round(w * s)), max(self.mid_size, round(h * s))), Image.LANCZOS)

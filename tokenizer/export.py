@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from scaffold.checkpoint import CheckpointError, load_state_dict_strict, read_state_dict, save_state_dict
 from scaffold.config import config_to_dict, load_config
+from scaffold.io import write_atomic
 
 from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
@@ -21,13 +22,12 @@ WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
 
 
 def export_tokenizer(model: MultiScaleVQVAE, out_dir: str | os.PathLike) -> Path:
-    """Write `out_dir/model.safetensors` and `out_dir/config.yaml`, each atomically; returns `out_dir`."""
+    """Write `out_dir/model.safetensors` and `out_dir/config.yaml`, each atomically (`scaffold.io`), readable
+    as an ordinary write would leave them (the umask's permissions, not a temporary's 0600); returns `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_state_dict(model.state_dict(), out / WEIGHTS)
-    tmp = out / f".{CONFIG}.tmp-{os.getpid()}"
-    OmegaConf.save(config_to_dict(model.config), tmp)
-    os.replace(tmp, out / CONFIG)
+    write_atomic(out / CONFIG, OmegaConf.to_yaml(config_to_dict(model.config)))
     return out
 
 

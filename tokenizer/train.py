@@ -15,23 +15,29 @@ import argparse
 import copy
 import logging
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from scaffold.config import add_config_arguments, load_config
-from scaffold.errors import UserError
+from scaffold.config import add_config_arguments
+from scaffold.training import (
+    RunConfig,
+    StepBatchSampler,
+    TrainerConfig,
+    TrainingError,
+    ema_update,
+    fit_and_checkpoint,
+    make_trainer,
+    ordered_loader,
+    run_training,
+    save_grid_rows,
+    start_run,
+    step_batch_loader,
+)
 
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
 from .data import DataConfig, build_datasets
@@ -45,10 +51,11 @@ __all__ = [
     "CodebookConfig",
     "LossConfig",
     "OptimConfig",
+    "StepBatchSampler",
     "TokenizerData",
     "TokenizerTrainConfig",
+    "TokenizerTrainerConfig",
     "TokenizerTraining",
-    "TrainerConfig",
     "TrainingError",
     "add_arguments",
     "run",
@@ -56,12 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on for a reason the user can fix: memory, labels, a diverged loss, a resume path."""
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -121,19 +122,14 @@ class CodebookConfig:
 
 
 @dataclass
-class TrainerConfig:
-    accelerator: str = "auto"  # "cpu", "gpu", "auto"
-    devices: str = "auto"  # "auto", a count ("8") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # "auto", "ddp" (unused-parameter detection on: the discriminator idles early), ...
-    num_workers: int = 2  # DataLoader workers per device
+class TokenizerTrainerConfig(TrainerConfig):
+    # strategy "ddp" turns on unused-parameter detection: the discriminator idles until loss.disc_start.
     val_every_n_steps: int = 1000  # PSNR/SSIM on the held-out split, and a reconstruction grid PNG
     limit_val_batches: int = 0  # 0 = the whole held-out split
-    progress_bar: bool = True
 
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(RunConfig):
     model: VQVAEConfig = field(default_factory=VQVAEConfig)
     data: DataConfig = field(
         default_factory=lambda: DataConfig(name="imagefolder", root="data/imagenet/train", image_size=256)
@@ -141,77 +137,20 @@ class TokenizerTrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     codebook: CodebookConfig = field(default_factory=CodebookConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: TokenizerTrainerConfig = field(default_factory=TokenizerTrainerConfig)
     out_dir: str = "runs/tokenizer"
-    resume: str = "false"  # "false", "true" (out_dir/checkpoints/last.ckpt if there is one) or a checkpoint path
-    max_steps: int = 100_000  # generator steps
-    batch_size: int = 16  # per device
-    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"; the quantizer always runs in fp32
-    ckpt_every_n_steps: int = 1000
-    log_every_n_steps: int = 50
-    ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are validated and exported)
-    seed: int = 0
+    # RunConfig's fields besides: max_steps counts generator steps; the quantizer always runs in fp32.
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        super().validate()
         if self.data.image_size != self.model.image_size:
             raise ValueError(
                 f"data.image_size={self.data.image_size} but the model takes {self.model.image_size} px "
                 f"(patch_nums[-1]={self.model.patch_nums[-1]} x downsampling {self.model.downsample})"
             )
-        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-
-    def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run."""
-        value = str(self.resume).strip()
-        if value.lower() in ("", "false", "no", "none", "0"):
-            return None
-        if value.lower() in ("true", "yes", "last", "1"):
-            last = Path(self.out_dir) / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                return str(last)
-            log.warning("resume=true but %s does not exist yet: starting a fresh run", last)
-            return None
-        if not Path(value).is_file():
-            raise TrainingError(f"resume checkpoint not found: {value}")
-        return value
 
 
 # -------------------------------------------------------------------------------------------- data
-class StepBatchSampler(Sampler[list[int]]):
-    """Endless random batches that are a function of (seed, step, rank) only, so a resumed run sees
-    exactly the batches the uninterrupted run would have seen. `start_step` skips the done steps.
-
-    The global stream is one permutation of the dataset per pass; step s of rank r takes the
-    positions `[(s*W + r) * B, (s*W + r + 1) * B)` of it (W ranks, B per-rank batch).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
-        return self._perms[epoch]
-
-    def batch(self, step: int) -> list[int]:
-        start = (step * self.world_size + self.rank) * self.batch_size
-        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)]
-
-    def __iter__(self):
-        step = self.start_step
-        while True:
-            yield self.batch(step)
-            step += 1
-
-
 class TokenizerData(L.LightningDataModule):
     """`build_datasets(DataConfig)`: the train split in resumable random batches, the held-out split in order."""
 
@@ -225,48 +164,14 @@ class TokenizerData(L.LightningDataModule):
         if self.train_set is None:
             self.train_set, self.val_set = build_datasets(self.data)
 
-    def _loader(self, dataset: Dataset, **kw) -> DataLoader:
-        return DataLoader(
-            dataset,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            **kw,
-        )
-
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        # Built after a checkpoint is restored (Lightning sets up data last), so global_step is the resumed one.
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            self.batch_size,
-            self.seed,
-            start_step=trainer.global_step if trainer else 0,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        return self._loader(self.train_set, batch_sampler=sampler)
+        return step_batch_loader(self.train_set, self.trainer, self.batch_size, self.seed, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > 1:
-            sampler = DistributedSampler(
-                self.val_set, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return self._loader(self.val_set, batch_size=self.batch_size, shuffle=False, sampler=sampler)
+        return ordered_loader(self.val_set, self.trainer, self.batch_size, self.num_workers)
 
 
 # ------------------------------------------------------------------------------------------ module
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 class TokenizerTraining(L.LightningModule):
     """VQ-VAE generator + PatchGAN discriminator under manual optimization."""
 
@@ -431,7 +336,8 @@ class TokenizerTraining(L.LightningModule):
         for si, idx in enumerate(idx_Bl):
             self._val_hits_SV[si] += torch.bincount(idx.flatten(), minlength=model.vocab_size)[: model.vocab_size]
         if batch_idx == 0 and self.trainer.is_global_zero:
-            save_grid(y[:8], x[:8], Path(self.cfg.out_dir) / "images" / f"step{self.global_step:07d}.png")
+            path = Path(self.cfg.out_dir) / "images" / f"step{self.global_step:07d}.png"
+            save_grid_rows(torch.stack([y[:8], x[:8]]), path)  # originals above their reconstructions
 
     def on_validation_epoch_end(self) -> None:
         hits_SV = self.trainer.strategy.reduce(self._val_hits_SV, reduce_op="sum")
@@ -452,103 +358,26 @@ class TokenizerTraining(L.LightningModule):
             checkpoint["state_dict"].update({f"perceptual.{k}": v for k, v in self.perceptual.state_dict().items()})
 
 
-def save_grid(orig_B3HW: torch.Tensor, rec_B3HW: torch.Tensor, path: Path) -> None:
-    """Two rows (originals, reconstructions) of images in [0, 1], written atomically as a PNG."""
-    rows = [torch.cat(list(t.detach().float().cpu().clamp(0, 1)), dim=2) for t in (orig_B3HW, rec_B3HW)]
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [2H, B*W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------- the driver
-# Shared with the transformer's training (var/train.py): devices, step checkpoints, fit.
-def parse_devices(value: str):
-    """`trainer.devices` as Lightning takes it: a count ("8", "-1") as int, else the string ("auto", "0,1")."""
-    value = str(value).strip()
-    return int(value) if value.lstrip("-").isdigit() else value
-
-
-def step_checkpoint(out_dir: str, every_n_steps: int) -> ModelCheckpoint:
-    """The newest step checkpoint plus last.ckpt under out_dir/checkpoints.
-
-    Lightning writes checkpoints atomically: fabric's `_atomic_save` serialises to memory, then writes
-    inside an fsspec transaction (a temporary file in the same folder, moved into place on commit).
-    """
-    return ModelCheckpoint(
-        dirpath=Path(out_dir) / "checkpoints",
-        filename="step{step:07d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=every_n_steps,
-        save_top_k=1,
-        save_last=True,
-    )
-
-
-def fit_and_checkpoint(
-    trainer: L.Trainer,
-    module: L.LightningModule,
-    data,
-    ckpt_path: str | None,
-    out_dir: str,
-    batch_size: int,
-    hint: str = "",
-) -> None:
-    """`trainer.fit` with one clear message for an out-of-memory batch, Ctrl-C kept as an interruption
-    (the last step checkpoint stays, nothing is exported), and a final out_dir/checkpoints/last.ckpt."""
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
-    except torch.OutOfMemoryError as err:
-        raise TrainingError(
-            f"batch_size={batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
-            f"Lower it (e.g. batch_size={max(1, batch_size // 2)}{hint}), use precision=bf16-mixed, "
-            f"or spread the batch over more devices (trainer.devices)."
-        ) from err
-    if trainer.interrupted:
-        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
-        raise KeyboardInterrupt
-    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / "last.ckpt")
-
-
 def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
+    """`scaffold.training.make_trainer` with periodic validation, and DDP that tolerates the idle discriminator."""
     tc = cfg.trainer
-    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
     # Lightning warns that under manual optimization a step checkpoint holds the weights after that
     # step's update. That is what resuming needs: global_step already counts the step.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
-    strategy = tc.strategy
-    if strategy == "ddp":
-        # The discriminator has no gradient before disc_start: DDP must not wait for it.
-        strategy = "ddp_find_unused_parameters_true"
     kwargs = dict(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        precision=cfg.precision,
-        accelerator=tc.accelerator,
-        devices=parse_devices(tc.devices),
-        num_nodes=tc.num_nodes,
-        strategy=strategy,
-        log_every_n_steps=cfg.log_every_n_steps,
+        # The discriminator has no gradient before disc_start: DDP must not wait for it.
+        strategy="ddp_find_unused_parameters_true" if tc.strategy == "ddp" else tc.strategy,
         val_check_interval=tc.val_every_n_steps,
         check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches or None,
-        num_sanity_val_steps=0,
-        callbacks=[checkpoint],
-        logger=CSVLogger(cfg.out_dir, name="logs"),
-        default_root_dir=cfg.out_dir,
-        use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
     )
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    return make_trainer(cfg, **{**kwargs, **overrides})
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/tokenizer`; returns that folder."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = cfg.resume_path()
+    ckpt_path = start_run(cfg)
     data = TokenizerData(cfg.data, cfg.batch_size, cfg.trainer.num_workers, cfg.seed)
     data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer
     module = TokenizerTraining(cfg)
@@ -562,14 +391,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+add_arguments = add_config_arguments  # --config FILE and key=value overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(TokenizerTrainConfig, args.config, args.overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = train_tokenizer(cfg)
-    if rank_zero_only.rank == 0:
-        print(f"tokenizer written to {out}")
-    return 0
+    return run_training(args, TokenizerTrainConfig, train_tokenizer, "tokenizer")

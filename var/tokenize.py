@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 
 from scaffold.config import add_config_arguments, config_to_dict, load_config
 from scaffold.errors import UserError
+from scaffold.io import remove_stale_temporaries, write_atomic
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets, load_official_vae, load_tokenizer
 from tokenizer.data import class_names as dataset_class_names
 
@@ -194,12 +195,6 @@ def _load_view(dataset: Dataset, i: int, view: int, seed: int) -> tuple[torch.Te
         random.setstate(state)
 
 
-def _atomic_json(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after_chunks: int | None = None) -> Path:
     """Write (or finish) the cache of `cfg` in `cfg.out_dir`; returns that folder.
@@ -241,6 +236,7 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
     partial = out / PARTIAL
     fingerprint = {**config_to_dict(header), "seed": cfg.seed}
     progress_file = partial / PROGRESS
+    remove_stale_temporaries(partial)  # a progress or header write cut short by a kill
     start = 0
     if progress_file.is_file():
         progress = json.loads(progress_file.read_text())
@@ -254,7 +250,7 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
         partial.mkdir(parents=True)
         np.lib.format.open_memmap(partial / TOKENS, mode="w+", dtype=dtype, shape=(n * views, L)).flush()
         np.lib.format.open_memmap(partial / LABELS, mode="w+", dtype=np.int32, shape=(n * views,)).flush()
-        _atomic_json({"fingerprint": fingerprint, "images_done": 0}, progress_file)
+        write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": 0}))
 
     device = _device(cfg.device)
     vae = vae.to(device).eval()
@@ -273,14 +269,12 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
             labels[rows[0] : rows[-1] + 1] = np.array([y for _, y in loaded], dtype=np.int32)
         tokens.flush()
         labels.flush()
-        _atomic_json({"fingerprint": fingerprint, "images_done": c1}, progress_file)
+        write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": c1}))
         log.info("tokenized %d / %d images", c1, n)
         if stop_after_chunks is not None and chunks >= stop_after_chunks and c1 < n:
             return partial
     del tokens, labels
-    tmp = partial / f".{HEADER}.tmp"
-    OmegaConf.save(config_to_dict(header), tmp)
-    os.replace(tmp, partial / HEADER)
+    write_atomic(partial / HEADER, OmegaConf.to_yaml(config_to_dict(header)))
     progress_file.unlink()
     # The finished files move out of .partial/ and the header comes last: a cache with a header is complete.
     out.mkdir(parents=True, exist_ok=True)

@@ -16,35 +16,34 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import math
-import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import grad_norm, rank_zero_only
-from PIL import Image
-from torch import nn
+from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
-from scaffold.config import add_config_arguments, load_config
-from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
-from tokenizer.data import class_names as dataset_class_names
-from tokenizer.train import (
-    StepBatchSampler,
+from scaffold.config import add_config_arguments
+from scaffold.training import (
+    RunConfig,
+    TrainerConfig,
     TrainingError,
     ema_update,
     fit_and_checkpoint,
-    parse_devices,
-    step_checkpoint,
+    make_trainer,
+    run_training,
+    save_grid_rows,
+    start_run,
+    step_batch_loader,
 )
+from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
+from tokenizer.data import class_names as dataset_class_names
 from var.export import SamplingDefaults, export_model
 from var.model import VAR, VARConfig
+from var.optim import NO_DECAY_KEYS, OptimConfig, lr_factor, param_groups
 from var.sample import sample
 from var.tokenize import TokenCache, TokenCacheError, load_vae, tokenizer_identity
 
@@ -71,41 +70,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
-# Parameters kept out of weight decay besides 1-D ones and embedding tables: the published `nowd_keys`
-# (VAR train.py: pos_1LC, pos_start, lvl_embed, ada_gss, scale_mul, ...) plus the per-channel gains of the
-# GSPN mixer, which are 2-D only because they stack one vector per scan direction.
-NO_DECAY_KEYS = ("pos_start", "pos_1LC", "lvl_embed", "class_emb", "ada_gss", "scale_mul", "skip_d", "merge_w")
-
 
 # ------------------------------------------------------------------------------------------ config
-@dataclass
-class OptimConfig:
-    base_lr: float = 1e-4  # per 256 images of global batch (published tblr)
-    lr: float = 0.0  # > 0 overrides base_lr * global_batch / 256
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.05  # matrices only (see param_groups)
-    warmup_steps: int = 0
-    warmup_start_ratio: float = 0.005  # lr ratio at step 0 of the warmup (published wp0)
-    schedule: str = "cosine"  # after warmup: "cosine", "linear" or "constant"
-    min_lr_ratio: float = 0.1  # final lr / peak lr (published wpe)
-    grad_clip: float = 2.0  # max global grad norm (published tclip); 0 turns it off
-    label_smoothing: float = 0.0
-
-    def validate(self) -> None:
-        if self.base_lr <= 0 or self.lr < 0:
-            raise ValueError("optim.base_lr must be > 0 and optim.lr >= 0")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise ValueError(f"optim.schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.warmup_start_ratio <= 1.0:
-            raise ValueError("optim.min_lr_ratio must be in [0, 1] and optim.warmup_start_ratio in (0, 1]")
-        if self.grad_clip < 0 or self.warmup_steps < 0 or self.weight_decay < 0:
-            raise ValueError("optim.grad_clip, optim.warmup_steps and optim.weight_decay must be >= 0")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
 @dataclass
 class TrainDataConfig:
     source: str = "cache"  # "cache" (a `var tokenize` folder) or "images" (tokenized on the fly every step)
@@ -118,16 +84,6 @@ class TrainDataConfig:
 
 
 @dataclass
-class TrainerConfig:
-    accelerator: str = "auto"  # "cpu", "gpu", "auto"
-    devices: str = "auto"  # "auto", a count ("8") or a list ("0,1")
-    num_nodes: int = 1
-    strategy: str = "auto"  # "auto", "ddp", "fsdp", "ddp_spawn", ...
-    num_workers: int = 2  # DataLoader workers per device
-    progress_bar: bool = True
-
-
-@dataclass
 class SampleLogConfig:
     every_n_steps: int = 1000  # sample grid PNG of the EMA model in out_dir/samples; 0 turns it off
     classes: list[int] = field(default_factory=list)  # empty: the first (up to) 8 classes
@@ -135,53 +91,26 @@ class SampleLogConfig:
 
 
 @dataclass
-class VARTrainConfig:
+class VARTrainConfig(RunConfig):
     model: VARConfig = field(default_factory=VARConfig)
     tokenizer: str = ""  # exported tokenizer folder or "hub"; empty: the one the token cache records
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
     samples: SampleLogConfig = field(default_factory=SampleLogConfig)
     sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # exported with the model
     out_dir: str = "runs/var"
-    resume: str = "false"  # "false", "true" (out_dir/checkpoints/last.ckpt if there is one) or a checkpoint path
-    max_steps: int = 100_000
     batch_size: int = 32  # per device
-    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"; logits always fp32
-    ckpt_every_n_steps: int = 1000
-    log_every_n_steps: int = 50
     ema_decay: float = 0.9999  # 0 turns the EMA off (then the live weights are sampled and exported)
     init_adaln_gamma: float = 1e-5  # initial scale of the AdaLN gates (published alng; d16 recipe: 1e-3)
     compile: bool = False  # torch.compile the transformer's training forward
-    seed: int = 0
+    # RunConfig's fields besides (trainer, resume, max_steps, precision: the logits are always fp32, ...).
 
     def validate(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
-        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "log_every_n_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        super().validate()
         if "fsdp" in self.trainer.strategy and self.ema_decay > 0:
             # The EMA copy would be sharded differently from the live weights; not supported yet.
             raise ValueError("trainer.strategy=fsdp needs ema_decay=0 (an EMA of sharded weights is not supported)")
         self.model.block_attention()  # a per-block list of the wrong length fails here, naming depth
-
-    def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run."""
-        value = str(self.resume).strip()
-        if value.lower() in ("", "false", "no", "none", "0"):
-            return None
-        if value.lower() in ("true", "yes", "last", "1"):
-            last = Path(self.out_dir) / "checkpoints" / "last.ckpt"
-            if last.is_file():
-                return str(last)
-            log.warning("resume=true but %s does not exist yet: starting a fresh run", last)
-            return None
-        if not Path(value).is_file():
-            raise TrainingError(f"resume checkpoint not found: {value}")
-        return value
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -225,24 +154,8 @@ class VARData(L.LightningDataModule):
             self.class_names += [str(i) for i in range(len(self.class_names), mc.num_classes)]
 
     def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        # Built after a checkpoint is restored (Lightning sets up data last), so global_step is the resumed one.
-        sampler = StepBatchSampler(
-            len(self.train_set),
-            self.cfg.batch_size,
-            self.cfg.seed,
-            start_step=trainer.global_step if trainer else 0,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
-        )
-        nw = self.cfg.trainer.num_workers
-        return DataLoader(
-            self.train_set,
-            batch_sampler=sampler,
-            num_workers=nw,
-            persistent_workers=nw > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        c = self.cfg
+        return step_batch_loader(self.train_set, self.trainer, c.batch_size, c.seed, c.trainer.num_workers)
 
 
 def check_cache(cache: TokenCache, model: VARConfig, vae: MultiScaleVQVAE) -> None:
@@ -269,39 +182,6 @@ def check_cache(cache: TokenCache, model: VARConfig, vae: MultiScaleVQVAE) -> No
             f"token cache {cache.path} was made by another tokenizer ({h.tokenizer}, id {h.tokenizer_id}) "
             f"than the one given (id {ident}): its tokens would decode to other images; tokenize again"
         )
-
-
-# ------------------------------------------------------------------------------------ optimization
-def param_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict], list[str], list[str]]:
-    """AdamW groups: weight decay on matrices (Linear weights, conv kernels, memory slots) only.
-
-    Not on 1-D parameters (biases, q/v biases), embedding tables (class, scale), position embeddings,
-    or `NO_DECAY_KEYS`. Returns (groups, decayed names, undecayed names).
-    """
-    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    decay, no_decay, decay_names, no_decay_names = [], [], [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if p.ndim < 2 or id(p) in tables or any(key in name for key in NO_DECAY_KEYS):
-            no_decay.append(p)
-            no_decay_names.append(name)
-        else:
-            decay.append(p)
-            decay_names.append(name)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return groups, decay_names, no_decay_names
-
-
-def lr_factor(step: int, o: OptimConfig, max_steps: int) -> float:
-    """Multiplier of the peak lr at `step`: linear warmup from warmup_start_ratio, then the decay to min_lr_ratio."""
-    if step < o.warmup_steps:
-        return o.warmup_start_ratio + (1 - o.warmup_start_ratio) * step / o.warmup_steps
-    if o.schedule == "constant":
-        return 1.0
-    t = min(1.0, (step - o.warmup_steps) / max(1, max_steps - 1 - o.warmup_steps))
-    shape = 0.5 * (1 + math.cos(math.pi * t)) if o.schedule == "cosine" else 1 - t
-    return o.min_lr_ratio + (1 - o.min_lr_ratio) * shape
 
 
 # ------------------------------------------------------------------------------------------ module
@@ -458,16 +338,6 @@ class VARTraining(L.LightningModule):
         return self
 
 
-def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
-    """Images [rows, cols, 3, H, W] in [0, 1] as one PNG (row r of the grid = img[r]), written atomically."""
-    rows = [torch.cat(list(r.detach().float().cpu().clamp(0, 1)), dim=2) for r in img_RCB3HW]  # [3, H, C*W] each
-    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [R*H, C*W, 3]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(grid).save(tmp, format="PNG")
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------- the driver
 def _progress_bar():
     """Lightning's rich bar when `rich` is installed, else its default TQDM bar."""
@@ -481,33 +351,10 @@ def _progress_bar():
 
 
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
-    tc = cfg.trainer
-    checkpoint = step_checkpoint(cfg.out_dir, cfg.ckpt_every_n_steps)
-    callbacks = [checkpoint, *(_progress_bar() if tc.progress_bar else [])]
-    # The frozen tokenizer and the EMA copy stay in eval mode on purpose (VARTraining.train).
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    kwargs = dict(
-        max_steps=cfg.max_steps,
-        max_epochs=-1,
-        precision=cfg.precision,
-        accelerator=tc.accelerator,
-        devices=parse_devices(tc.devices),
-        num_nodes=tc.num_nodes,
-        strategy=tc.strategy,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        gradient_clip_algorithm="norm",
-        log_every_n_steps=cfg.log_every_n_steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=callbacks,
-        logger=CSVLogger(cfg.out_dir, name="logs"),
-        default_root_dir=cfg.out_dir,
-        use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
-        enable_progress_bar=tc.progress_bar,
-        enable_model_summary=False,
-    )
-    kwargs.update(overrides)
-    return L.Trainer(**kwargs)
+    """`scaffold.training.make_trainer` with gradient clipping, no validation loop and a rich progress bar."""
+    bar = _progress_bar() if cfg.trainer.progress_bar else []
+    clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
+    return make_trainer(cfg, callbacks=bar, **{**clip, **overrides})
 
 
 def resolve_tokenizer(cfg: VARTrainConfig) -> str:
@@ -520,8 +367,7 @@ def resolve_tokenizer(cfg: VARTrainConfig) -> str:
 
 def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/model`; returns that folder."""
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    ckpt_path = cfg.resume_path()
+    ckpt_path = start_run(cfg)
     vae = vae if vae is not None else load_vae(resolve_tokenizer(cfg))
     data = VARData(cfg, vae)
     data.setup("fit")  # data problems surface now, as one message, not inside the trainer
@@ -544,14 +390,8 @@ def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
+add_arguments = add_config_arguments  # --config FILE and key=value overrides
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(VARTrainConfig, args.config, args.overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = train_var(cfg)
-    if rank_zero_only.rank == 0:
-        print(f"model written to {out}")
-    return 0
+    return run_training(args, VARTrainConfig, train_var, "model")

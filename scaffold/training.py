@@ -1,0 +1,410 @@
+"""The Lightning plumbing both trainings share: the run config, the Trainer, resumable batches, the EMA,
+checkpoints that survive a kill or a full disk, resume, fit, image grids and the CLI entry.
+
+`tokenizer/train.py` and `var/train.py` hold what a step of each does; everything around it lives here.
+
+Checkpoints go through `AtomicCheckpointIO`, which writes them with the project's one atomic writer
+(`scaffold.io`): the temporary file lies in the checkpoint folder itself, so the final rename never
+crosses a filesystem. Lightning's own writer stages the file in `$TMPDIR` and, when that is another
+filesystem, falls back to truncating `last.ckpt` and copying into it - a kill or a full disk during that
+copy left a 0-byte or half-written `last.ckpt` (issue 16).
+
+What survives an interruption: every checkpoint file is either the old one or the new one. A kill can
+leave a `.NAME.tmp-PID` temporary; the next start of the run removes it (`prepare_run_folder`). Step
+checkpoints are pruned after each save to the `keep` newest (by modification time) besides `last.ckpt`.
+`resume=true` takes the newest checkpoint of the run that loads and says which it skipped and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from .checkpoint import CheckpointError
+from .config import load_config
+from .errors import UserError
+from .io import atomic_path, remove_stale_temporaries, write_atomic
+
+__all__ = [
+    "PRECISIONS",
+    "AtomicCheckpointIO",
+    "RunConfig",
+    "StepBatchSampler",
+    "StepCheckpoint",
+    "TrainerConfig",
+    "TrainingError",
+    "ema_update",
+    "find_resume_checkpoint",
+    "fit_and_checkpoint",
+    "make_trainer",
+    "ordered_loader",
+    "parse_devices",
+    "prepare_run_folder",
+    "probe_checkpoint",
+    "run_training",
+    "save_grid_rows",
+    "start_run",
+    "step_batch_loader",
+]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+LAST = "last.ckpt"
+
+
+class TrainingError(UserError, RuntimeError):
+    """A run that cannot go on for a reason the user can fix: memory, labels, a diverged loss, a resume path."""
+
+
+# ------------------------------------------------------------------------------------------ config
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # "cpu", "gpu", "auto"
+    devices: str = "auto"  # "auto", a count ("8") or a list ("0,1")
+    num_nodes: int = 1
+    strategy: str = "auto"  # "auto", "ddp", "fsdp", "ddp_spawn", ...
+    num_workers: int = 2  # DataLoader workers per device
+    progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    """The settings of a training run that both stages have; each stage's config adds its model, data and
+    optimizer, and sets its own defaults (out_dir, batch_size, ema_decay)."""
+
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    out_dir: str = "runs/train"
+    resume: str = "false"  # "false", "true" (the newest checkpoint of out_dir that loads) or a checkpoint path
+    max_steps: int = 100_000
+    batch_size: int = 16  # per device
+    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"
+    ckpt_every_n_steps: int = 1000
+    keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
+    log_every_n_steps: int = 50
+    ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are evaluated and exported)
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "keep_checkpoints", "log_every_n_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def resume_path(self) -> str | None:
+        """The checkpoint to resume from, or None for a fresh run (`find_resume_checkpoint`)."""
+        return find_resume_checkpoint(self.out_dir, self.resume)
+
+
+# -------------------------------------------------------------------------------------------- data
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless random batches that are a function of (seed, step, rank) only, so a resumed run sees
+    exactly the batches the uninterrupted run would have seen. `start_step` skips the done steps.
+
+    The global stream is one permutation of the dataset per pass; step s of rank r takes the
+    positions `[(s*W + r) * B, (s*W + r + 1) * B)` of it (W ranks, B per-rank batch).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.n)}
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        start = (step * self.world_size + self.rank) * self.batch_size
+        return [int(self._perm(p // self.n)[p % self.n]) for p in range(start, start + self.batch_size)]
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def step_batch_loader(
+    dataset: Dataset, trainer: L.Trainer | None, batch_size: int, seed: int, num_workers: int
+) -> DataLoader:
+    """The training DataLoader: `StepBatchSampler` batches from the trainer's step on, sharded by its rank.
+
+    Lightning builds it after restoring a checkpoint (it sets up data last), so global_step is the resumed one.
+    """
+    sampler = StepBatchSampler(
+        len(dataset),
+        batch_size,
+        seed,
+        start_step=trainer.global_step if trainer else 0,
+        rank=trainer.global_rank if trainer else 0,
+        world_size=trainer.world_size if trainer else 1,
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def ordered_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int, num_workers: int) -> DataLoader:
+    """A held-out split in order, each rank taking its share (`DistributedSampler`) when there are several."""
+    sampler = None
+    if trainer is not None and trainer.world_size > 1:
+        sampler = DistributedSampler(dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ------------------------------------------------------------------------------------------ module
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
+    """Images [rows, cols, 3, H, W] in [0, 1] as one PNG (row r of the grid = img[r]), written atomically."""
+    rows = [torch.cat(list(r.detach().float().cpu().clamp(0, 1)), dim=2) for r in img_RCB3HW]  # [3, H, C*W] each
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [R*H, C*W, 3]
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO` writing through `scaffold.io.atomic_open` and reading with one-line errors.
+
+    A full disk or an unwritable folder raises `scaffold.io.WriteError` naming the checkpoint (and the free
+    space); a checkpoint that cannot be read raises `CheckpointError` naming it.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        # Serialised in memory first (as Lightning does): torch.save's zip writer reports a full disk as a
+        # RuntimeError ("unexpected pos"), where a plain write raises the OSError that names the cause.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(path, buffer.getbuffer())
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        kwargs = {} if map_location is None else {"map_location": map_location}
+        try:
+            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        except Exception as err:
+            raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else "no details"
+    return f"{type(err).__name__}: {text}"
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`out_dir/checkpoints/stepNNNNNNN.ckpt` every `every_n_steps` plus `last.ckpt`; after each save only
+    the `keep` newest step checkpoints (by modification time, whichever run wrote them) stay."""
+
+    def __init__(self, out_dir: str | os.PathLike, every_n_steps: int, keep: int):
+        super().__init__(
+            dirpath=Path(out_dir) / "checkpoints",
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every_n_steps,
+            save_top_k=-1,  # pruning is ours (`prune`): Lightning's forgets the files of earlier, killed runs
+            save_last=True,
+        )
+        self.keep = keep
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if trainer.is_global_zero:
+            self.prune()
+
+    def prune(self) -> list[Path]:
+        """Delete all but the `keep` newest step checkpoints; returns the deleted paths."""
+        folder = Path(self.dirpath)
+        steps = sorted(folder.glob("step*.ckpt"), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+        for old in steps[self.keep :]:
+            old.unlink(missing_ok=True)
+            log.debug("pruned %s (keep_checkpoints=%d)", old, self.keep)
+        return steps[self.keep :]
+
+
+def probe_checkpoint(path: str | os.PathLike) -> int:
+    """The `global_step` of a Lightning checkpoint, read without loading its tensors (memory-mapped).
+
+    Raises CheckpointError naming the file when it is empty, truncated or not a Lightning checkpoint.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose directory comes last
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is cut short or not a checkpoint ({size} bytes, no zip directory at its end)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no state_dict and global_step)")
+    return int(ckpt["global_step"])
+
+
+def find_resume_checkpoint(out_dir: str | os.PathLike, resume: str) -> str | None:
+    """The checkpoint a run resumes from, or None for a fresh run.
+
+    `resume`: "false" (fresh), "true" (the newest checkpoint of `out_dir/checkpoints` that loads; those
+    that do not are named in a warning with the reason) or a checkpoint path (it must load).
+    """
+    value = str(resume).strip()
+    if value.lower() in ("", "false", "no", "none", "0"):
+        return None
+    if value.lower() not in ("true", "yes", "last", "1"):
+        if not Path(value).is_file():
+            raise TrainingError(f"resume checkpoint not found: {value}")
+        probe_checkpoint(value)
+        return value
+    folder = Path(out_dir) / "checkpoints"
+    candidates = [p for p in [folder / LAST, *folder.glob("step*.ckpt")] if p.is_file()]
+    # Newest first; last.ckpt wins a tie with the step checkpoint written just before it.
+    candidates.sort(key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+    if not candidates:
+        log.warning("resume=true but %s holds no checkpoint yet: starting a fresh run", folder)
+        return None
+    skipped = []
+    for path in candidates:
+        try:
+            step = probe_checkpoint(path)
+        except CheckpointError as err:
+            log.warning("resume: skipping %s", err)
+            skipped.append(str(err))
+            continue
+        log.info("resuming from %s (step %d)", path, step)
+        return str(path)
+    raise TrainingError(
+        f"resume=true but no checkpoint in {folder} loads ({'; '.join(skipped)}): "
+        f"pass resume=<a checkpoint path> or resume=false to start afresh"
+    )
+
+
+def prepare_run_folder(out_dir: str | os.PathLike) -> None:
+    """Remove the temporaries that killed runs left in `out_dir` (checkpoints, grids, exports)."""
+    for path in remove_stale_temporaries(out_dir, recursive=True):
+        log.info("removed %s, left behind by an interrupted run", path)
+
+
+def start_run(cfg: RunConfig) -> str | None:
+    """Seed every RNG, remove what killed runs left in out_dir, and return the checkpoint to resume from."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    prepare_run_folder(cfg.out_dir)
+    return cfg.resume_path()
+
+
+# ------------------------------------------------------------------------------------------- the driver
+def parse_devices(value: str):
+    """`trainer.devices` as Lightning takes it: a count ("8", "-1") as int, else the string ("auto", "0,1")."""
+    value = str(value).strip()
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def fit_and_checkpoint(
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    data,
+    ckpt_path: str | None,
+    out_dir: str,
+    batch_size: int,
+    hint: str = "",
+) -> None:
+    """`trainer.fit` with one clear message for an out-of-memory batch, Ctrl-C kept as an interruption
+    (the last step checkpoint stays, nothing is exported), and a final out_dir/checkpoints/last.ckpt."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except torch.OutOfMemoryError as err:
+        raise TrainingError(
+            f"batch_size={batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
+            f"Lower it (e.g. batch_size={max(1, batch_size // 2)}{hint}), use precision=bf16-mixed, "
+            f"or spread the batch over more devices (trainer.devices)."
+        ) from err
+    if trainer.interrupted:
+        # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
+        raise KeyboardInterrupt
+    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / LAST)
+
+
+def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:
+    """The Trainer of a run: step checkpoints (`StepCheckpoint`) written by `AtomicCheckpointIO`, a CSV log
+    in out_dir/logs, no sanity validation, and batches sharded by `StepBatchSampler`; `kwargs` add or override."""
+    tc = cfg.trainer
+    # The frozen tokenizer, the perceptual net and the EMA copy stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    args = dict(
+        max_steps=cfg.max_steps,
+        max_epochs=-1,
+        precision=cfg.precision,
+        accelerator=tc.accelerator,
+        devices=parse_devices(tc.devices),
+        num_nodes=tc.num_nodes,
+        strategy=tc.strategy,
+        log_every_n_steps=cfg.log_every_n_steps,
+        num_sanity_val_steps=0,
+        callbacks=[StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints), *callbacks],
+        plugins=[AtomicCheckpointIO()],
+        logger=CSVLogger(cfg.out_dir, name="logs"),
+        default_root_dir=cfg.out_dir,
+        use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
+        enable_progress_bar=tc.progress_bar,
+        enable_model_summary=False,
+    )
+    args.update(kwargs)
+    return L.Trainer(**args)
+
+
+def run_training(args: argparse.Namespace, schema: type, train: Callable[[Any], Path], what: str) -> int:
+    """The `run` of a training subcommand: load the config (`--config`, `key=value`s), train, say where `what` went."""
+    cfg = load_config(schema, args.config, args.overrides)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = train(cfg)
+    if rank_zero_only.rank == 0:
+        print(f"{what} written to {out}")
+    return 0
