@@ -274,3 +274,33 @@ def test_cli_missing_model_is_one_line(tmp_path, capsys):
     assert main(["app", "--model", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(missing) in err and err.startswith("var app: error: model not found")
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_private_cache(tmp_path, tiny_vae):
+    """A service manager stops `var app` with SIGTERM: the server closes as on Ctrl-C and its cache goes."""
+    import signal
+    import sys
+    import time
+
+    model = export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m")
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    cmd = [sys.executable, "-m", "app", "app", "--model", str(model), "--port", str(_free_port()), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        cache, lines = None, []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("cache of generated images and uploads: "):
+                cache = Path(line.split(": ", 1)[1].split(" (")[0].strip())
+            if "Running on" in line or "127.0.0.1:" in line:
+                break
+        assert cache is not None and cache.is_dir(), "".join(lines)
+        (cache / "upload.png").write_bytes(b"an uploaded image")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert not cache.exists()
