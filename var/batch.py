@@ -16,9 +16,11 @@ where an interrupted run resumed.
 
 Resume: an image whose PNG exists is skipped; the settings are validated, and the folder's record
 compared with the model, before anything is written. Temporaries that a killed run left behind
-(``.N.png.tmp-PID``, ``.OUT.npz.tmp-PID``) are removed when the next run starts. Several GPUs: ``torchrun --nproc-per-node N -m app
-sample ...``; process ``rank`` takes every ``world_size``-th (class, index) pair of the full list, rank 0
-waits for the others (a barrier, or by watching the files) and writes the `.npz`.
+(``.N.png.tmp-PID``, ``.OUT.npz.tmp-PID``) are removed when the next run starts.
+
+Several GPUs: ``torchrun --nproc-per-node N -m app sample ...``; process ``rank`` takes every
+``world_size``-th (class, index) pair of the full list, rank 0 waits for the others (a barrier, or by
+watching the files) and writes the `.npz`.
 """
 
 from __future__ import annotations
