@@ -65,8 +65,11 @@ SamplingDefaults = SamplingSettings
 
 def file_sha256(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes, in hex (a model's identity: its weights, not its path)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # hashlib.file_digest is Python 3.11+; the project supports 3.10
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
