@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from scaffold.errors import UserError
+from scaffold.io import atomic_path, write_atomic
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
@@ -53,10 +54,7 @@ def _preset(path: Path) -> Path:
 
 
 def _write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2))
 
 
 def _done(opts: DemoOptions, stage: str) -> Path:
@@ -213,9 +211,7 @@ def stage_samples(opts: DemoOptions) -> dict:
     seeds = [opts.seed * 1_000_003 + i for i in range(len(labels))]
     _say(f"4/4 sampling {len(labels)} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
     t0 = time.time()
-    imgs = sample(
-        m.model, m.vae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, seed=seeds, more_smooth=s.more_smooth
-    )
+    imgs = sample(m.model, m.vae, labels, seed=seeds, **s.sample_kwargs())
     seconds = time.time() - t0
     report = judge_samples(imgs, labels)
     grid = imgs.view(C, n, *imgs.shape[1:])[:, : opts.grid_per_class]  # [C, G, 3, H, W]
@@ -226,9 +222,8 @@ def stage_samples(opts: DemoOptions) -> dict:
     up = max(1, 96 // H)  # digits are 16 px: make the grid readable
     img = Image.fromarray(arr).resize((arr.shape[1] * up, arr.shape[0] * up), Image.NEAREST)
     path = opts.workdir / "samples.png"
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        img.save(tmp)
     return {
         "seconds": seconds,
         "images": len(labels),

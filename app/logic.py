@@ -1,7 +1,9 @@
 """The web UI's logic with no Gradio in it: argument checks, label parsing, image and mask preparation,
 :func:`generate_images` / :func:`generate_progressive` (sampling) and :func:`edit_image` (editing).
 
-Every refusal is an :class:`InputError` whose message is shown to the user as it is (app/web.py).
+Sampling settings are checked by :class:`var.settings.SamplingSettings`, the same check (ranges and
+words) as `var sample`'s; a setting left ``None`` takes the model's default. Every refusal is a
+``UserError`` (:class:`InputError` for the UI's own checks) whose message is shown to the user as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from scaffold.errors import UserError
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample
+from var.settings import MAX_SEED, SamplingSettings, count, integer
 
 __all__ = [
     "MAX_IMAGES",
@@ -29,13 +32,12 @@ __all__ = [
     "generate_progressive",
     "mask_from_editor",
     "parse_label",
+    "request_settings",
     "shade",
     "to_pil",
-    "validate_sampling",
 ]
 
 MAX_IMAGES = 16  # per request: one device serves everyone (the queue runs one request at a time)
-MAX_SEED = 2**32 - 1
 MAX_UPLOAD_SIDE = 8192  # pixels per side of an uploaded image; larger ones are refused, not resized
 MIN_UPLOAD_SIDE = 8
 
@@ -45,33 +47,6 @@ class InputError(UserError, ValueError):
 
 
 # ----------------------------------------------------------------------------- checks and parsing
-
-
-def _integer(value: Any, what: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise InputError(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise InputError(f"{what} must be an integer, got {value!r}") from None
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be an integer, got {value!r}") from None
-    if not as_float.is_integer():
-        raise InputError(f"{what} must be an integer, got {value!r}")
-    return int(as_float)
-
-
-def _number(value: Any, what: str) -> float:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} must be a number, got {value!r}") from None
-    if not np.isfinite(x):
-        raise InputError(f"{what} must be finite, got {value!r}")
-    return x
 
 
 def class_choices(class_names: Sequence[str]) -> list[str]:
@@ -89,33 +64,25 @@ def parse_label(value: Any, num_classes: int, allow_null: bool = False) -> int:
         if not head:
             raise InputError("pick a class")
         value = head
-    label = _integer(value, "class")
+    label = integer(value, "class")
     top = num_classes if allow_null else num_classes - 1
     if not 0 <= label <= top:
         raise InputError(f"class {label} is out of range: this model has classes 0 to {num_classes - 1}")
     return label
 
 
-def validate_sampling(
-    num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any
-) -> tuple[int, int, float, int, float]:
-    """``(num_images, seed, cfg, top_k, top_p)`` checked and converted, or an :class:`InputError`."""
-    n = _integer(num_images, "number of images")
-    if not 1 <= n <= MAX_IMAGES:
-        raise InputError(f"number of images must be between 1 and {MAX_IMAGES}, got {n}")
-    s = _integer(seed, "seed")
-    if not 0 <= s <= MAX_SEED:
-        raise InputError(f"seed must be between 0 and {MAX_SEED}, got {s}")
-    g = _number(cfg, "guidance (cfg)")
-    if g < 0:
-        raise InputError(f"guidance (cfg) must be >= 0, got {g}")
-    k = _integer(top_k, "top-k")
-    if k < 0:
-        raise InputError(f"top-k must be >= 0 (0 keeps every token), got {k}")
-    p = _number(top_p, "top-p")
-    if not 0 <= p <= 1:  # 0 or 1 keep every token (0 is the published sampler's "off")
-        raise InputError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}")
-    return n, s, g, k, p
+def request_settings(
+    defaults: SamplingSettings,
+    num_images: Any = 1,
+    seed: Any = None,
+    cfg: Any = None,
+    top_k: Any = None,
+    top_p: Any = None,
+    more_smooth: Any = None,
+) -> tuple[int, SamplingSettings]:
+    """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's) with the given values."""
+    n = count(num_images, "number of images", 1, MAX_IMAGES)
+    return n, defaults.replace(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
 
 
 # ----------------------------------------------------------------------------- images
@@ -186,47 +153,48 @@ def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:
 
 
 def _request(
-    loaded: LoadedModel, label: Any, num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any
-) -> tuple[list[int], list[int], float, int, float]:
-    """Checked ``(labels, per-image seeds, cfg, top_k, top_p)`` of a generate request: image i gets ``seed + i``."""
+    loaded: LoadedModel, label: Any, num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any
+) -> tuple[list[int], list[int], SamplingSettings]:
+    """Checked ``(labels, per-image seeds, settings)`` of a generate request: image i gets ``seed + i``."""
     label = parse_label(label, loaded.num_classes)
-    num_images, seed, cfg, top_k, top_p = validate_sampling(num_images, seed, cfg, top_k, top_p)
-    return [label] * num_images, [seed + i for i in range(num_images)], cfg, top_k, top_p
+    n, settings = request_settings(loaded.sampling, num_images, seed, cfg, top_k, top_p, more_smooth)
+    return [label] * n, [settings.seed + i for i in range(n)], settings
 
 
 def generate_progressive(
     loaded: LoadedModel,
     label: int,
     num_images: int = 1,
-    seed: int = 0,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    more_smooth: bool = False,
+    seed: int | None = None,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    more_smooth: bool | None = None,
 ) -> Iterator[tuple[int, list[Image.Image]]]:
     """``(scale index, images)`` after every scale; the last images equal :func:`generate_images`'s.
 
     Image i is seeded with ``seed + i`` on its own generator, so it depends only on its class and
     seed, never on how many images were asked for (see the seeding rule in :mod:`var.sample`).
+    A setting left ``None`` is the model's default.
     """
-    labels, seeds, cfg, top_k, top_p = _request(loaded, label, num_images, seed, cfg, top_k, top_p)
-    for step in generate(loaded.model, loaded.vae, labels, cfg, top_k, top_p, seeds, bool(more_smooth)):
-        yield step.si, to_pil(decode(loaded.vae, step.f_hat))
+    labels, seeds, s = _request(loaded, label, num_images, seed, cfg, top_k, top_p, more_smooth)
+    for step in generate(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()):
+        yield step.si, to_pil(decode(loaded.vae, step.f_hat, s.precision))
 
 
 def generate_images(
     loaded: LoadedModel,
     label: int,
     num_images: int = 1,
-    seed: int = 0,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    more_smooth: bool = False,
+    seed: int | None = None,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    more_smooth: bool | None = None,
 ) -> list[Image.Image]:
     """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments."""
-    labels, seeds, cfg, top_k, top_p = _request(loaded, label, num_images, seed, cfg, top_k, top_p)
-    return to_pil(sample(loaded.model, loaded.vae, labels, cfg, top_k, top_p, seeds, bool(more_smooth)))
+    labels, seeds, s = _request(loaded, label, num_images, seed, cfg, top_k, top_p, more_smooth)
+    return to_pil(sample(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()))
 
 
 def edit_image(
@@ -234,11 +202,11 @@ def edit_image(
     image: Image.Image | torch.Tensor,
     mask: torch.Tensor,
     label: int,
-    seed: int = 0,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    more_smooth: bool = False,
+    seed: int | None = None,
+    cfg: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    more_smooth: bool | None = None,
     return_tokens: bool = False,
 ) -> Image.Image | tuple[Image.Image, list[torch.Tensor]]:
     """Regenerate the masked part of ``image`` as class ``label`` (``num_classes`` = no class: in-painting).
@@ -246,9 +214,10 @@ def edit_image(
     ``image``: a PIL image of any size (center-cropped and resized to the model's resolution) or a
     ``[3, H, W]`` tensor in [0, 1] already at it. ``mask``: ``[h, w]`` in [0, 1], 1 = regenerate.
     ``return_tokens`` also returns the tokens of every scale (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
+    A setting left ``None`` is the model's default.
     """
     label = parse_label(label, loaded.num_classes, allow_null=True)
-    _, seed, cfg, top_k, top_p = validate_sampling(1, seed, cfg, top_k, top_p)
+    _, s = request_settings(loaded.sampling, 1, seed, cfg, top_k, top_p, more_smooth)
     size = loaded.vae.image_size
     image_3HW = center_square(image, size) if isinstance(image, Image.Image) else image
     if tuple(image_3HW.shape) != (3, size, size):
@@ -257,6 +226,6 @@ def edit_image(
     if mask.ndim != 2:
         raise InputError(f"the mask must be 2-D, got shape {tuple(mask.shape)}")
     out, idx = edit(
-        loaded.model, loaded.vae, image_3HW, mask, label, cfg, top_k, top_p, [seed], bool(more_smooth), True
+        loaded.model, loaded.vae, image_3HW, mask, label, seed=[s.seed], return_tokens=True, **s.sample_kwargs()
     )
     return (to_pil(out)[0], idx) if return_tokens else to_pil(out)[0]

@@ -1,12 +1,22 @@
-"""`var app`: serve the web UI (app/web.py) for one or several models, each loaded once at start."""
+"""`var app`: serve the web UI (app/web.py) for one or several models, each loaded once at start.
+
+The private cache (generated images and uploads, :func:`private_cache_dir`) is removed when the server
+stops, whether by Ctrl-C or by SIGTERM (a service manager's stop); a folder the user named with
+GRADIO_TEMP_DIR is the user's and is left alone.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import ipaddress
 import logging
 import os
+import shutil
+import signal
 import tempfile
+from collections.abc import Iterator
 
 from scaffold.errors import UserError
 
@@ -28,16 +38,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if available")
 
 
+_CREATED: list[str] = []  # the private cache folders this process made (and so removes)
+
+
 def private_cache_dir() -> str:
     """Where Gradio keeps uploads and outputs: a fresh 0700 folder unless GRADIO_TEMP_DIR names one.
 
-    Gradio's default, /tmp/gradio, is shared by every user of the machine.
+    Gradio's default, /tmp/gradio, is shared by every user of the machine. A folder made here is
+    removed when the process exits (see :func:`cache_removed_on_exit`).
     """
     path = os.environ.get("GRADIO_TEMP_DIR")
     if not path:
         path = tempfile.mkdtemp(prefix="var-app-")  # mkdtemp creates it with mode 0700
         os.environ["GRADIO_TEMP_DIR"] = path
+        _CREATED.append(path)
+        atexit.register(shutil.rmtree, path, ignore_errors=True)  # whatever way Python exits
     return path
+
+
+def _terminated(signum, frame) -> None:
+    # SIGTERM's default action ends the process at once, skipping every cleanup: stop the way Ctrl-C does.
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def cache_removed_on_exit() -> Iterator[str]:
+    """Serve inside this: SIGTERM stops the server as Ctrl-C does, and the private cache is removed."""
+    path = private_cache_dir()
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield path
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if path in _CREATED:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def resolve_device(device: str) -> str:
@@ -69,18 +103,19 @@ def serve(sources: list[str], host: str = "127.0.0.1", port: int = 7860, device:
         loaded = load_model(source, device=device)
         print(f"loaded {loaded.describe()} on {device}")
         models.append(loaded)
-    private_cache_dir()
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UserError("the web UI needs Gradio: pip install 'nextscale[app]'") from None
-    from app.web import build_demo, launch
+    with cache_removed_on_exit() as cache:
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            raise UserError("the web UI needs Gradio: pip install 'nextscale[app]'") from None
+        from app.web import build_demo, launch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests, one line each
-    if not _is_loopback(host):
-        log.warning("binding %s: the UI has no login; anyone who can reach this address can use it", host)
-    launch(build_demo(models), host=host, port=port, block=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own startup requests, one line each
+        if not _is_loopback(host):
+            log.warning("binding %s: the UI has no login; anyone who can reach this address can use it", host)
+        print(f"cache of generated images and uploads: {cache}" + (" (removed on exit)" if cache in _CREATED else ""))
+        launch(build_demo(models), host=host, port=port, block=True)
 
 
 def run(args: argparse.Namespace) -> int:

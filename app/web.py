@@ -30,8 +30,8 @@ from app.logic import (
     generate_progressive,
     mask_from_editor,
     parse_label,
+    request_settings,
     shade,
-    validate_sampling,
 )
 from app.serve import private_cache_dir
 from scaffold.errors import UserError
@@ -135,7 +135,7 @@ def build_demo(models: Sequence[LoadedModel]):
         m = get(model)
         label = parse_label(label, m.num_classes)
         S = len(m.model.patch_nums)
-        seed_ = validate_sampling(num_images, seed, cfg, top_k, top_p)[1]
+        seed_ = request_settings(m.sampling, num_images, seed, cfg, top_k, top_p, more_smooth)[1].seed
         caption = m.class_names[label]
         for si, images in generate_progressive(m, label, num_images, seed, cfg, top_k, top_p, more_smooth):
             pn = m.model.patch_nums[si]
@@ -145,8 +145,8 @@ def build_demo(models: Sequence[LoadedModel]):
     def api_generate(label, num_images, seed, cfg, top_k, top_p, model):
         m = get(model)
         label = parse_label(label, m.num_classes)
+        seed = request_settings(m.sampling, num_images, seed, cfg, top_k, top_p)[1].seed
         images = generate_images(m, label, num_images, seed, cfg, top_k, top_p)
-        seed = int(seed)
         return [(im, f"{label}: {m.class_names[label]} · seed {seed + i}") for i, im in enumerate(images)]
 
     def on_edit(model, editor, label, seed, cfg, top_k, top_p, more_smooth):
@@ -183,10 +183,10 @@ def build_demo(models: Sequence[LoadedModel]):
                     )
                     num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                        seed = gr.Number(value=0, label="Seed")
                         dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                     cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
-                    top_k = gr.Number(value=s.top_k, precision=0, minimum=0, label="Top-k (0 = off)")
+                    top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
                     top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                     smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth (smoother visuals)")
                     go = gr.Button("Generate", variant="primary")
@@ -222,11 +222,11 @@ def build_demo(models: Sequence[LoadedModel]):
                         e_choices = edit_choices(first)
                         e_label = gr.Dropdown(choices=e_choices, value=e_choices[-1], label="Class", filterable=True)
                         with gr.Row():
-                            e_seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                            e_seed = gr.Number(value=0, label="Seed")
                             e_dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                         with gr.Accordion("Sampling", open=False):
                             e_cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
-                            e_top_k = gr.Number(value=s.top_k, precision=0, minimum=0, label="Top-k (0 = off)")
+                            e_top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
                             e_top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                             e_smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth")
                         e_go = gr.Button("Edit", variant="primary")
@@ -235,12 +235,14 @@ def build_demo(models: Sequence[LoadedModel]):
                         e_out = gr.Image(label="Result", format="png", buttons=["download"])
 
         # The API endpoint: a class index and final images only (the page's button streams every scale).
+        # No Number rounds (precision=0 would turn 2.5 images into 2) or bounds its value: every value
+        # reaches var.settings, the one check shared with `var sample`.
         with gr.Group(visible=False):
-            api_label = gr.Number(value=0, precision=0, label="label")
-            api_num = gr.Number(value=1, precision=0, label="num_images")
-            api_seed = gr.Number(value=0, precision=0, label="seed")
+            api_label = gr.Number(value=0, label="label")
+            api_num = gr.Number(value=1, label="num_images")
+            api_seed = gr.Number(value=0, label="seed")
             api_cfg = gr.Number(value=s.cfg, label="cfg")
-            api_top_k = gr.Number(value=s.top_k, precision=0, label="top_k")
+            api_top_k = gr.Number(value=s.top_k, label="top_k")
             api_top_p = gr.Number(value=s.top_p, label="top_p")
             api_model = gr.Textbox(value=first.name, label="model")
             api_button = gr.Button("generate")
@@ -276,7 +278,7 @@ def build_demo(models: Sequence[LoadedModel]):
             gallery,
             api_name="generate",
             api_description="Final images of one class: label (class index), num_images (1-16), seed "
-            "(image i uses seed + i), cfg >= 0, top_k >= 0, 0 < top_p <= 1, model (name as given to `var app`).",
+            "(image i uses seed + i), cfg >= 0, top_k >= 0, 0 <= top_p <= 1, model (name as given to `var app`).",
             **shared,
         )
     demo.queue(default_concurrency_limit=1, max_size=64)

@@ -25,10 +25,12 @@ from app.logic import (
     generate_progressive,
     mask_from_editor,
     parse_label,
-    validate_sampling,
+    request_settings,
 )
+from scaffold.errors import UserError
 from var.edit import keep_masks
 from var.export import export_model, load_model
+from var.settings import SamplingSettings
 
 # gradio's queue calls a pandas API that pandas 3 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -79,7 +81,7 @@ def test_labels_and_choices():
     assert parse_label("2: (no class)", 2, allow_null=True) == 2
     for bad, message in [(2, "class 2 is out of range: this model has classes 0 to 1"), (-1, "out of range"),
                          (1.5, "must be an integer"), ("dog", "must be an integer"), ("", "pick a class")]:  # fmt: skip
-        with pytest.raises(InputError, match=message):
+        with pytest.raises(UserError, match=message):
             parse_label(bad, 2)
 
 
@@ -94,13 +96,22 @@ def test_labels_and_choices():
         (dict(cfg=-0.5), r"guidance \(cfg\) must be >= 0"),
         (dict(cfg=float("nan")), "must be finite"),
         (dict(seed=-1), "seed must be between 0 and"),
+        (dict(num_images=2.5), "number of images must be an integer, got 2.5"),
+        (dict(top_k=2.5), "top-k must be an integer, got 2.5"),
+        (dict(more_smooth="maybe"), "more_smooth must be true or false, got 'maybe'"),
     ],
     ids=lambda v: v if isinstance(v, str) else ",".join(v),
 )
 def test_validation_messages(kwargs, message):
     args = {**dict(num_images=1, seed=0, cfg=1.5, top_k=900, top_p=0.96), **kwargs}
-    with pytest.raises(InputError, match=message):
-        validate_sampling(**args)
+    with pytest.raises(UserError, match=message):
+        request_settings(SamplingSettings(), **args)
+
+
+def test_unset_settings_are_the_model_s_and_values_are_converted(models):
+    n, s = request_settings(models[0].sampling, "2", seed="7", top_k=5.0)
+    assert (n, s.seed, s.top_k, s.cfg, s.top_p) == (2, 7, 5, models[0].sampling.cfg, models[0].sampling.top_p)
+    assert type(s.top_k) is int and type(s.cfg) is float
 
 
 def test_center_square_any_size():
@@ -194,9 +205,11 @@ def test_api_generate_through_gradio_client(client, models):
         (dict(num_images=0), "number of images must be between 1 and 16, got 0"),
         (dict(num_images=17), "number of images must be between 1 and 16, got 17"),
         (dict(top_p=1.5), "top-p must be in [0, 1]"),
+        (dict(num_images=2.5), "number of images must be an integer, got 2.5"),
+        (dict(top_k=-5), "top-k must be >= 0 (0 keeps every token), got -5"),
         (dict(model="/elsewhere"), "unknown model '/elsewhere'"),
     ],
-    ids=["label", "zero-images", "too-many-images", "top_p", "model"],
+    ids=["label", "zero-images", "too-many-images", "top_p", "fraction-of-images", "top_k", "model"],
 )
 def test_api_errors_are_clean_messages(client, kwargs, message):
     from gradio_client.exceptions import AppError
@@ -261,3 +274,33 @@ def test_cli_missing_model_is_one_line(tmp_path, capsys):
     assert main(["app", "--model", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and str(missing) in err and err.startswith("var app: error: model not found")
+
+
+@pytest.mark.slow
+def test_sigterm_removes_the_private_cache(tmp_path, tiny_vae):
+    """A service manager stops `var app` with SIGTERM: the server closes as on Ctrl-C and its cache goes."""
+    import signal
+    import sys
+    import time
+
+    model = export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m")
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}
+    cmd = [sys.executable, "-m", "app", "app", "--model", str(model), "--port", str(_free_port()), "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        cache, lines = None, []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("cache of generated images and uploads: "):
+                cache = Path(line.split(": ", 1)[1].split(" (")[0].strip())
+            if "Running on" in line or "127.0.0.1:" in line:
+                break
+        assert cache is not None and cache.is_dir(), "".join(lines)
+        (cache / "upload.png").write_bytes(b"an uploaded image")
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert not cache.exists()

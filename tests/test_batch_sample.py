@@ -1,4 +1,9 @@
+import errno
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,18 +13,20 @@ from PIL import Image
 
 import var.batch as batch
 from app.cli import main
+from scaffold.errors import UserError
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
-from var.batch import SampleError, SampleSettings, generate_folder, image_seed, npz_path, parse_classes, write_npz
-from var.export import SamplingDefaults, export_model, load_model
+from var.batch import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
+from var.export import export_model, load_model
+from var.settings import SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
-SETTINGS = SampleSettings(model="tiny", seed=0, cfg=1.5, top_k=0, top_p=0.0, more_smooth=False)
+SETTINGS = SamplingSettings(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, seed=0)
 
 
 @pytest.fixture
 def model_dir(tmp_path, tiny_vae):
     # top_k 0 / top_p 0: the tiny model's 64-token vocabulary is sampled in full, so images differ per seed
-    return export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m", sampling=SamplingDefaults(1.5, 0, 0.0))
+    return export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m", sampling=SamplingSettings(1.5, 0, 0.0))
 
 
 def _files(out):
@@ -113,7 +120,7 @@ def test_ranks_share_the_work(tmp_path, model_dir):
 
 def test_more_smooth_is_batch_independent_too(tmp_path, model_dir):
     loaded = load_model(model_dir)
-    smooth = SampleSettings(**{**SETTINGS.__dict__, "more_smooth": True})
+    smooth = SETTINGS.replace(more_smooth=True)
     generate_folder(loaded, tmp_path / "a", [1, 2], 2, smooth, batch_size=1, progress=False)
     generate_folder(loaded, tmp_path / "b", [1, 2], 2, smooth, batch_size=4, progress=False)
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
@@ -124,9 +131,10 @@ def test_more_smooth_is_batch_independent_too(tmp_path, model_dir):
 def test_other_settings_are_refused(tmp_path, model_dir):
     loaded = load_model(model_dir)
     generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS, progress=False)
-    other = SampleSettings(**{**SETTINGS.__dict__, "seed": 1})
-    with pytest.raises(SampleError, match=r"other settings: seed=0 \(now 1\)"):
-        generate_folder(loaded, tmp_path / "a", [0], 1, other, progress=False)
+    with pytest.raises(SampleError, match=r"other settings: seed=0 \(now 1\); rerun with the same ones, or to"):
+        generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS.replace(seed=1), progress=False)
+    with pytest.raises(SampleError, match=r"precision='fp32' \(now 'bf16'\)"):
+        generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS.replace(precision="bf16"), progress=False)
 
 
 def test_cli_writes_folder_and_npz(tmp_path, model_dir, capsys):
@@ -168,3 +176,113 @@ def test_cli_bad_input(tmp_path, model_dir, capsys, args, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("var sample: error:")
     assert not list(tmp_path.glob("*.npz"))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(proc.stdout)
+
+
+def _sample(tmp_path, model, out, *extra):
+    argv = ["sample", "--model", str(model), "--classes", "1", "--per-class", "2", "--out", str(out), "--no-progress"]
+    return main([*argv, *extra])
+
+
+def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_vae, capsys):
+    out = tmp_path / "s"
+    assert _sample(tmp_path, model_dir, out) == 0
+    record = json.loads((out / "sampling.json").read_text())
+    assert set(record) == {"model_sha256", "tokenizer_sha256", "settings", "model"}
+    assert record["settings"] == SamplingSettings(1.5, 0, 0.0).as_dict()
+    before = _files(out)
+    # another model re-exported into the same folder: same path, other weights
+    export_model(tiny_var(seed=5, num_classes=10), tiny_vae, model_dir, sampling=SamplingSettings(1.5, 0, 0.0))
+    capsys.readouterr()
+    assert _sample(tmp_path, model_dir, out, "--per-class", "3") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("var sample: error:") and "\n" not in err
+    assert "other settings: the model's weights (SHA-256" in err and "tokenizer" not in err.split("; rerun")[0]
+    assert f"to start afresh, use another --out or delete {out} and s.npz" in err
+    assert _files(out) == before and not (out / "1" / "2.png").exists()
+
+
+def test_a_folder_from_before_the_record_is_refused(tmp_path, model_dir, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sampling.json").write_text(json.dumps({"model": str(model_dir), "seed": 0, "cfg": 1.5}))
+    assert _sample(tmp_path, model_dir, out) == 2
+    assert "was made by an older version of `var sample`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cfg", "nan"], "guidance (cfg) must be finite, got 'nan'"),
+        (["--cfg", "inf"], "guidance (cfg) must be finite, got 'inf'"),
+        (["--top-k", "-5"], "top-k must be >= 0 (0 keeps every token), got -5"),
+        (["--top-k", "2.5"], "top-k must be an integer, got '2.5'"),
+        (["--top-p", "2"], "top-p must be in [0, 1] (0 or 1 keep every token), got 2.0"),
+        (["--seed", "-1"], "seed must be between 0 and 4294967295, got -1"),
+        (["--precision", "fp8"], "precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
+        (["--per-class", "2.5"], "--per-class must be an integer, got '2.5'"),
+        (["--classes", "0-10"], "class ids must be in 0..9"),
+        (["--out", ""], "--out is empty"),
+    ],
+    ids=["cfg-nan", "cfg-inf", "top-k-negative", "top-k-fraction", "top-p-2", "seed", "precision", "per-class",
+         "classes", "out-empty"],
+)  # fmt: skip
+def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir, capsys, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `--out ''` must not write into the current folder
+    before = sorted(tmp_path.iterdir())
+    assert _sample(tmp_path, model_dir, tmp_path / "s", *args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"var sample: error: {message}" or (message in err and "\n" not in err)
+    assert sorted(tmp_path.iterdir()) == before  # no folder, no record: a rerun starts clean
+    assert _sample(tmp_path, model_dir, tmp_path / "s") == 0  # the same folder, good settings
+
+
+def test_the_web_ui_and_the_command_refuse_with_the_same_words(tmp_path, model_dir, capsys):
+    from app.logic import generate_images
+
+    loaded = load_model(model_dir)
+    for flag, key, value in [("--top-k", "top_k", "-5"), ("--top-p", "top_p", "2"), ("--cfg", "cfg", "nan")]:
+        with pytest.raises(UserError) as web:
+            generate_images(loaded, 1, 1, **{key: value})
+        assert _sample(tmp_path, model_dir, tmp_path / "s", flag, value) == 2
+        assert capsys.readouterr().err.strip() == f"var sample: error: {web.value}"
+
+
+def test_disk_full_while_sampling_is_one_line_and_leaves_no_temporary(tmp_path, model_dir, capsys, monkeypatch):
+    import scaffold.io
+
+    real_commit, commits = scaffold.io._commit, []
+
+    def full_after_two(tmp, path):  # the third file finds the disk full, as a write would
+        if len(commits) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        commits.append(path)
+        real_commit(tmp, path)
+
+    monkeypatch.setattr(scaffold.io, "_commit", full_after_two)
+    out = tmp_path / "s"
+    assert _sample(tmp_path, model_dir, out) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"var sample: error: disk full while writing {out / '1' / '1.png'} (")
+    assert "free" in err and "\n" not in err
+    assert [p.name for p in commits] == ["sampling.json", "0.png"]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp-" in p.name]
+    monkeypatch.undo()
+    assert _sample(tmp_path, model_dir, out) == 0  # the rerun finishes the folder
+
+
+def test_temporaries_of_a_killed_run_are_removed_on_the_next(tmp_path, model_dir):
+    out = tmp_path / "s"
+    assert _sample(tmp_path, model_dir, out) == 0
+    pid = _dead_pid()
+    left = [out / "1" / f".1.png.tmp-{pid}", tmp_path / f".s.npz.tmp-{pid}"]
+    for p in left:
+        p.write_bytes(b"partial")
+    live = out / "1" / f".0.png.tmp-{os.getpid()}"  # a live process's temporary is not touched
+    live.write_bytes(b"writing")
+    assert _sample(tmp_path, model_dir, out) == 0
+    assert not any(p.exists() for p in left) and live.exists()

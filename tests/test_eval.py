@@ -101,18 +101,27 @@ def test_cli_eval_without_weights_is_one_clear_line(tmp_path, monkeypatch, capsy
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--samples", "{tmp}/nowhere"], "--ref REF is required"),
-        (["--digits", "--samples", "{tmp}/nowhere"], "samples not found"),
+        (["--samples", "{tmp}/flat"], "--ref REF is required"),
+        (["--digits", "--samples", "{tmp}/nowhere"], "--samples {tmp}/nowhere: not found"),
+        (["--samples", "{tmp}/flat", "--ref", "{tmp}/nowhere.npz"], "--ref {tmp}/nowhere.npz: not found (expected"),
         (["--digits", "--samples", "{tmp}/flat"], "--digits needs labels"),
+        (["--digits", "--samples", "{tmp}/text.npz"], "text.npz is not an .npz file (an .npz is a zip archive"),
+        (["--digits", "--samples", "{tmp}/labels.npz"], "labels.npz: arr_1 must hold one integer label per image: "
+         "3 images in arr_0, arr_1 is int64 [2]"),
+        (["--digits", "--samples", "{tmp}/empty.npz"], "empty.npz holds no images (arr_0 has shape [0, 8, 8, 3])"),
     ],
-    ids=["no-ref", "no-samples", "no-labels"],
-)
-def test_cli_eval_bad_input(tmp_path, capsys, args, message):
+    ids=["no-ref", "no-samples", "missing-ref", "no-labels", "text-npz", "label-count", "zero-images"],
+)  # fmt: skip
+def test_cli_eval_bad_input(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.delenv(INCEPTION_ENV, raising=False)  # a missing --ref is reported before the weights
     (tmp_path / "flat").mkdir()
     Image.fromarray(_images(0, 1)[0]).save(tmp_path / "flat" / "a.png")
+    (tmp_path / "text.npz").write_text("not an archive\n")
+    np.savez(tmp_path / "labels.npz", arr_0=_images(0, 3), arr_1=np.array([1, 2]))
+    np.savez(tmp_path / "empty.npz", arr_0=np.zeros((0, 8, 8, 3), np.uint8), arr_1=np.zeros(0, np.int64))
     assert main(["eval", *[a.format(tmp=tmp_path) for a in args]]) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and "\n" not in err
+    assert message.format(tmp=tmp_path) in err and "\n" not in err and err.startswith("var eval: error:")
 
 
 def test_cli_eval_digits_on_real_digits(tmp_path, monkeypatch, capsys):

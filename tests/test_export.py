@@ -1,16 +1,19 @@
+import os
+
 import pytest
 import torch
 from helpers import L_TINY, tiny_var
 
 from scaffold import CheckpointError
 from var import sample
-from var.export import SamplingDefaults, export_model, load_model
+from var.export import export_model, file_sha256, load_model
+from var.settings import SamplingSettings
 
 
 def test_export_then_load_gives_the_same_model(tmp_path, tiny_vae):
     model = tiny_var(num_classes=10, attention=["lka", "full"])
     names = [f"digit {i}" for i in range(10)]
-    out = export_model(model, tiny_vae, tmp_path / "m", class_names=names, sampling=SamplingDefaults(cfg=2.0, top_k=5))
+    out = export_model(model, tiny_vae, tmp_path / "m", class_names=names, sampling=SamplingSettings(cfg=2.0, top_k=5))
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.safetensors", "tokenizer"]
     loaded = load_model(out)
     assert loaded.class_names == names and loaded.sampling.cfg == 2.0 and loaded.sampling.top_k == 5
@@ -32,7 +35,7 @@ def test_state_dict_override_is_what_gets_exported(tmp_path, tiny_vae):
 
 def test_load_errors(tmp_path, tiny_vae):
     with pytest.raises(
-        CheckpointError, match="model not found: .*nowhere is neither an exported model folder nor one of d16"
+        CheckpointError, match="model not found: .*nowhere is neither an exported model folder, a checkpoint file nor"
     ):
         load_model(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
@@ -53,5 +56,81 @@ def test_load_errors(tmp_path, tiny_vae):
 
 def test_published_name_offline_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match="var_d16.pth.*FoundationVision/var"):
+    with pytest.raises(CheckpointError, match="var_d16.pth.*FoundationVision/var") as err:
         load_model("d16")
+    # advice that `--model` can follow: it takes the file (test_a_published_checkpoint_file_is_a_model)
+    assert str(err.value).endswith("put them in one folder and pass --model FOLDER/var_dNN.pth")
+
+
+def test_the_folder_records_its_tokenizer_and_loading_checks_it(tmp_path, tiny_vae):
+    from omegaconf import OmegaConf
+
+    from tokenizer import export_tokenizer
+
+    out = export_model(tiny_var(), tiny_vae, tmp_path / "m")
+    recorded = OmegaConf.load(out / "config.yaml").tokenizer_sha256
+    assert recorded == file_sha256(out / "tokenizer" / "model.safetensors")
+    load_model(out)
+    # the same architecture with other weights: _check_pair cannot see it, the record does
+    other = type(tiny_vae)(tiny_vae.config).eval()
+    export_tokenizer(other, out / "tokenizer")
+    with pytest.raises(CheckpointError, match=r"tokenizer is not the tokenizer this model was exported with .*"
+                       r"config.yaml records " + recorded[:12]):  # fmt: skip
+        load_model(out)
+
+
+def test_exported_files_have_ordinary_permissions(tmp_path, tiny_vae):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    out = export_model(tiny_var(), tiny_vae, tmp_path / "m")
+    for name in ("config.yaml", "model.safetensors"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_a_tokenizer_file_is_not_taken_for_a_transformer(tmp_path, tiny_vae):
+    from scaffold import save_state_dict
+    from var.checkpoint import load_official_var
+
+    path = tmp_path / "vae_ch160v4096z32.pth"
+    save_state_dict(tiny_vae.state_dict(), path)
+    message = "vae_ch160v4096z32.pth is not a VAR transformer checkpoint: it holds a tokenizer (VQ-VAE"
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(")):
+        load_official_var(str(path))
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(")):
+        load_model(path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.txt is a file but not a checkpoint"):
+        load_model(tmp_path / "notes.txt")
+
+
+def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch):
+    """`--model /path/var_d16.pth`: the depth is read from the file, the tokenizer taken from beside it.
+    (The real d16 is 1.2 GB; its loading is load_official_var's, tested in test_var_parity.)"""
+    import var.checkpoint
+    import var.export
+    from scaffold import save_state_dict
+
+    model = tiny_var()
+    calls = {}
+
+    def fake_var(state_dict, depth, source):
+        calls["var"] = (sorted(state_dict), depth, source)
+        return model
+
+    def fake_vae(path):
+        calls["vae"] = path
+        return tiny_vae
+
+    monkeypatch.setattr(var.checkpoint, "load_official_var", fake_var)
+    monkeypatch.setattr(var.export, "load_official_vae", fake_vae)
+    weights = tmp_path / "var_d16.pth"
+    save_state_dict({"blocks.0.w": torch.zeros(1), "blocks.15.w": torch.zeros(1)}, weights)
+    with pytest.raises(CheckpointError, match="the published tokenizer vae_ch160v4096z32.pth is not beside it"):
+        load_model(weights)  # offline (conftest): the advice says where to put the tokenizer
+    save_state_dict(tiny_vae.state_dict(), tmp_path / "vae_ch160v4096z32.pth")
+    loaded = load_model(weights)
+    assert calls == {"var": (["blocks.0.w", "blocks.15.w"], 16, str(weights)),
+                     "vae": str(tmp_path / "vae_ch160v4096z32.pth")}  # fmt: skip
+    assert loaded.model is model and loaded.name == str(weights) and len(loaded.class_names) == 1000
+    assert loaded.identity["tokenizer_sha256"] == file_sha256(tmp_path / "vae_ch160v4096z32.pth")

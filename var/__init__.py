@@ -6,6 +6,7 @@ from var.edit import edit
 from var.export import LoadedModel, SamplingDefaults, export_model, load_model
 from var.model import PRESETS, VAR, VARConfig, preset
 from var.sample import generate, sample, sample_progressive
+from var.settings import SamplingSettings
 
 __all__ = [
     "MIXERS",
@@ -13,6 +14,7 @@ __all__ = [
     "VAR",
     "LoadedModel",
     "SamplingDefaults",
+    "SamplingSettings",
     "TokenMixer",
     "VARConfig",
     "edit",

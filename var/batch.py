@@ -2,8 +2,9 @@
 
 Output::
 
-    OUT/<class>/<index>.png    one image per (class, index), written atomically (temp file + rename)
-    OUT/sampling.json          the settings the folder was made with (a rerun with others is refused)
+    OUT/<class>/<index>.png    one image per (class, index), written atomically (scaffold.io)
+    OUT/sampling.json          what the folder was made with: the SHA-256s of the model's and the
+                               tokenizer's weights and the sampling settings (a rerun with others is refused)
     OUT.npz                    arr_0 uint8 [N, H, W, 3], arr_1 int64 [N]: the ADM evaluator's format,
                                class-major then index order, written atomically once every image exists
 
@@ -13,20 +14,24 @@ decoded from its tokens alone. Its bytes therefore depend on the global seed, th
 sampling settings and the device's arithmetic, never on the batch size, the number of processes, or
 where an interrupted run resumed.
 
-Resume: an image whose PNG exists is skipped. Several GPUs: ``torchrun --nproc-per-node N -m app
-sample ...``; process ``rank`` takes every ``world_size``-th (class, index) pair of the full list, rank 0
-waits for the others (a barrier, or by watching the files) and writes the `.npz`.
+Resume: an image whose PNG exists is skipped; the settings are validated, and the folder's record
+compared with the model, before anything is written. Temporaries that a killed run left behind
+(``.N.png.tmp-PID``, ``.OUT.npz.tmp-PID``) are removed when the next run starts.
+
+Several GPUs: ``torchrun --nproc-per-node N -m app sample ...``; process ``rank`` takes every
+``world_size``-th (class, index) pair of the full list, rank 0 waits for the others (a barrier, or by
+watching the files) and writes the `.npz`.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,16 +39,18 @@ import torch
 from PIL import Image
 
 from scaffold.errors import UserError
+from scaffold.io import atomic_open, remove_stale_temporaries, write_atomic
+from var.settings import PRECISIONS, SamplingSettings, count
 
 __all__ = [
     "SampleError",
-    "SampleSettings",
     "add_arguments",
     "generate_folder",
     "image_path",
     "image_seed",
     "npz_path",
     "parse_classes",
+    "record",
     "run",
     "to_uint8",
     "write_npz",
@@ -54,18 +61,6 @@ SETTINGS = "sampling.json"
 
 class SampleError(UserError, ValueError):
     """A bad `var sample` request: class range, count, output folder, settings of an existing folder."""
-
-
-@dataclass(frozen=True)
-class SampleSettings:
-    """Everything besides (class, index) that an image depends on; stored in OUT/sampling.json."""
-
-    model: str
-    seed: int
-    cfg: float
-    top_k: int
-    top_p: float
-    more_smooth: bool
 
 
 def parse_classes(spec: str, num_classes: int) -> list[int]:
@@ -118,76 +113,89 @@ def to_uint8(img_B3HW: torch.Tensor) -> np.ndarray:
     return img_B3HW.mul(255).add_(0.5).clamp_(0, 255).to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """`write(file)` into a temp file beside `path`, then rename: readers see all of it or none of it."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_png(path: Path, img_HW3: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda f: Image.fromarray(img_HW3).save(f, format="PNG"))
+    buf = io.BytesIO()
+    Image.fromarray(img_HW3).save(buf, format="PNG")
+    write_atomic(path, buf.getbuffer())
 
 
-def _check_counts(per_class: int, batch_size: int) -> None:
-    if per_class < 1:
-        raise SampleError(f"--per-class must be at least 1, got {per_class}")
-    if batch_size < 1:
-        raise SampleError(f"--batch-size must be at least 1, got {batch_size}")
+def _check_out(out: str | os.PathLike) -> Path:
+    """The output folder, checked without creating anything: a refused request leaves no empty folder."""
+    if not str(out).strip():
+        raise SampleError("--out is empty: name the output folder (OUT.npz is written beside it)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SampleError(f"cannot write to the output folder {out}: it is a file")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SampleError(f"cannot write to the output folder {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out.parent, os.W_OK)):
+        raise SampleError(f"cannot write to the output folder {out}: permission denied")
+    return out
 
 
-def _check_writable(out: Path) -> None:
-    """The folder (for the PNGs) and its parent (for OUT.npz) must take files."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for folder in (out, out.parent):
-            probe = folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-    except OSError as err:
-        raise SampleError(f"cannot write to the output folder {out}: {err.strerror or err}") from None
+def record(loaded, settings: SamplingSettings) -> dict:
+    """What OUT/sampling.json holds: the model's and the tokenizer's identity (hashes of their weights,
+    not paths) and the settings. The model's name is kept for people; it is not compared."""
+    return {**loaded.identity, "settings": settings.as_dict(), "model": loaded.name}
 
 
-def _check_settings(out: Path, settings: SampleSettings, rank: int) -> None:
-    """Refuse to resume a folder made with other settings: its images would not match the new ones."""
+def _check_record(out: Path, new: dict, rank: int) -> None:
+    """Refuse to resume a folder made with another model, tokenizer or settings: its images would not
+    match the new ones and OUT.npz would mix them. Writes the record when the folder has none."""
     path = out / SETTINGS
-    if path.is_file():
+    afresh = f"to start afresh, use another --out or delete {out} and {npz_path(out).name}"
+    if not path.is_file():
+        if rank == 0:
+            write_atomic(path, json.dumps(new, indent=2) + "\n")
+        return
+    try:
         old = json.loads(path.read_text())
-        if old != asdict(settings):
-            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in asdict(settings).items() if old.get(k) != v)
-            raise SampleError(
-                f"{out} was generated with other settings: {diff}; use another --out or the same settings"
-            )
-    elif rank == 0:
-        _replace_atomically(path, lambda f: f.write(json.dumps(asdict(settings), indent=2).encode()))
+    except (OSError, ValueError) as err:
+        raise SampleError(f"{path} is unreadable ({err}): {afresh}") from None
+    if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+        raise SampleError(
+            f"{out} was made by an older version of `var sample` (its {SETTINGS} records no model hash): {afresh}"
+        )
+    changes = []
+    for key, what in (("model_sha256", "the model's weights"), ("tokenizer_sha256", "the tokenizer's weights")):
+        if old.get(key) != new[key]:
+            changes.append(f"{what} (SHA-256 {str(old.get(key))[:12]}..., now {new[key][:12]}...)")
+    settings = new["settings"]
+    changes += [
+        f"{k}={old['settings'].get(k)!r} (now {v!r})" for k, v in settings.items() if old["settings"].get(k) != v
+    ]
+    if changes:
+        raise SampleError(
+            f"{out} was made with another model or other settings: {'; '.join(changes)}; "
+            f"rerun with the same ones, or {afresh}"
+        )
 
 
 @torch.no_grad()
-def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SampleSettings) -> np.ndarray:
+def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) -> np.ndarray:
     """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch."""
-    from var.sample import generate
+    from var.sample import autocast, generate
 
     device = loaded.model.lvl_1L.device
     labels = torch.tensor([c for c, _ in jobs], device=device)
     seeds = [image_seed(s.seed, c, i) for c, i in jobs]
     idx_Bl: list[torch.Tensor] = []  # keep each scale's tokens, not its [2B, l, V] logits
-    for step in generate(loaded.model, loaded.vae, labels, s.cfg, s.top_k, s.top_p, seeds, s.more_smooth):
+    for step in generate(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()):
         idx_Bl.append(step.idx_Bl)
     vae = loaded.vae
     # Tokens are identical whatever the batch, but a batched decoder's float sums are not: decoding each
     # image alone keeps its bytes independent of the batch (a pixel at a rounding boundary would flip).
     # With more_smooth the image is not a function of the tokens: its f_hat is used, and the batch is
     # kept at one image (see generate_folder).
-    if s.more_smooth:
-        imgs = [vae.fhat_to_img(step.f_hat[b : b + 1]) for b in range(len(jobs))]
-    else:
-        imgs = [vae.idx_to_img([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
-    return to_uint8(torch.cat(imgs).add(1).mul(0.5))
+    with autocast(device, s.precision):  # the decoder under the same precision as var.sample.decode
+        if s.more_smooth:
+            imgs = [vae.fhat_to_img(step.f_hat[b : b + 1]) for b in range(len(jobs))]
+        else:
+            imgs = [vae.idx_to_img([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
+    return to_uint8(torch.cat(imgs).float().add(1).mul(0.5))
 
 
 def generate_folder(
@@ -195,22 +203,27 @@ def generate_folder(
     out: str | os.PathLike,
     classes: Sequence[int],
     per_class: int,
-    settings: SampleSettings,
+    settings: SamplingSettings,
     batch_size: int = 32,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
 ) -> int:
-    """Write the missing PNGs of this rank's share of ``classes x range(per_class)``; returns how many it wrote."""
+    """Write the missing PNGs of this rank's share of ``classes x range(per_class)``; returns how many it wrote.
+
+    Every check (counts, classes, the folder, its record) comes before the first file is written.
+    """
     from tqdm import tqdm
 
-    out = Path(out)
-    _check_counts(per_class, batch_size)
+    per_class, batch_size = count(per_class, "--per-class"), count(batch_size, "--batch-size")
     bad = [c for c in classes if not 0 <= c < loaded.num_classes]
     if bad:
         raise SampleError(f"class ids {bad} are out of range 0..{loaded.num_classes - 1} for {loaded.name}")
-    _check_writable(out)
-    _check_settings(out, settings, rank)
+    out = _check_out(out)
+    _check_record(out, record(loaded, settings), rank)  # refuses a changed model, or records a new folder's
+    if rank == 0:  # what a killed run left: .N.png.tmp-PID in the folder, .OUT.npz.tmp-PID beside it
+        remove_stale_temporaries(out, recursive=True)
+        remove_stale_temporaries(out.parent)
     share = [(c, i) for c in classes for i in range(per_class)][rank::world_size]
     todo = [(c, i) for c, i in share if not image_path(out, c, i).is_file()]
     if settings.more_smooth:
@@ -247,7 +260,8 @@ def write_npz(out: str | os.PathLike, classes: Sequence[int], per_class: int) ->
     )
     labels = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
     path = npz_path(out)
-    _replace_atomically(path, lambda f: np.savez(f, arr_0=imgs, arr_1=labels))
+    with atomic_open(path) as f:
+        np.savez(f, arr_0=imgs, arr_1=labels)
     return path
 
 
@@ -271,32 +285,52 @@ def _wait_for_all(out: Path, classes: Sequence[int], per_class: int, poll_s: flo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="an exported model folder, or d16, d20, d24, d30 (published)")
+    # Numbers are read as text and checked by var.settings: the web UI's checks, ranges and messages.
+    parser.add_argument(
+        "--model", required=True, help="an exported model folder, a published checkpoint file, or d16, d20, d24, d30"
+    )
     parser.add_argument("--classes", default="all", help="class ids: all, 0-9, 1,5,7 or 0-3,8 (default: all)")
-    parser.add_argument("--per-class", type=int, default=50, help="images per class (default: 50)")
+    parser.add_argument("--per-class", default="50", help="images per class (default: 50)")
     parser.add_argument("--out", required=True, help="output folder; OUT.npz is written beside it")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
-    parser.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
-    parser.add_argument("--cfg", type=float, default=None, help="guidance (default: the model's)")
-    parser.add_argument("--top-k", type=int, default=None, help="top-k, 0 disables (default: the model's)")
-    parser.add_argument("--top-p", type=float, default=None, help="top-p, 0 disables (default: the model's)")
+    parser.add_argument("--batch-size", default="32", help="images per forward pass (default: 32)")
+    parser.add_argument("--seed", default=None, help="global seed, 0 to 2**32-1 (default: the model's, 0)")
+    parser.add_argument("--cfg", default=None, help="guidance, >= 0 (default: the model's)")
+    parser.add_argument("--top-k", default=None, help="top-k, 0 disables (default: the model's)")
+    parser.add_argument("--top-p", default=None, help="top-p in [0, 1], 0 or 1 disable (default: the model's)")
     parser.add_argument(
         "--more-smooth",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Gumbel-softmax smoothing, for visuals only (default: the model's)",
     )
+    parser.add_argument(
+        "--precision", default=None, help=f"{', '.join(PRECISIONS)} (default: the model's, fp32: exact)"
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The sampling settings given on the command line (None: the model's default)."""
+    return dict(
+        cfg=args.cfg,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        more_smooth=args.more_smooth,
+        seed=args.seed,
+        precision=args.precision,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from var.export import load_model
 
     rank, world_size, local_rank = _distributed()
-    _check_counts(args.per_class, args.batch_size)  # before loading a model that may take a minute
-    out = Path(args.out)
-    _check_writable(out)
+    # Everything the command line alone decides is checked before loading a model that may take a
+    # minute, and before anything is written: a refused request leaves no folder and no record.
+    per_class, batch_size = count(args.per_class, "--per-class"), count(args.batch_size, "--batch-size")
+    SamplingSettings().replace(**_given(args))
+    out = _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
         device = f"cuda:{local_rank}"
@@ -310,33 +344,24 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     loaded = load_model(args.model, device)
     classes = parse_classes(args.classes, loaded.num_classes)
-    d = loaded.sampling
-    folder = Path(loaded.name)
-    settings = SampleSettings(
-        model=str(folder.resolve()) if folder.is_dir() else loaded.name,
-        seed=args.seed,
-        cfg=d.cfg if args.cfg is None else args.cfg,
-        top_k=d.top_k if args.top_k is None else args.top_k,
-        top_p=d.top_p if args.top_p is None else args.top_p,
-        more_smooth=d.more_smooth if args.more_smooth is None else args.more_smooth,
-    )
+    settings = loaded.sampling.replace(**_given(args))
     if rank == 0:
-        print(f"{loaded.describe()}; {len(classes)} classes x {args.per_class} images -> {out}")
+        print(f"{loaded.describe()}; {len(classes)} classes x {per_class} images -> {out}")
     generate_folder(
         loaded,
         out,
         classes,
-        args.per_class,
+        per_class,
         settings,
-        args.batch_size,
+        batch_size,
         rank,
         world_size,
         progress=rank == 0 and not args.no_progress,
     )
     if rank == 0:
-        _wait_for_all(out, classes, args.per_class)
-        path = write_npz(out, classes, args.per_class)
-        print(f"wrote {len(classes) * args.per_class} images to {out}/ and {path}")
+        _wait_for_all(out, classes, per_class)
+        path = write_npz(out, classes, per_class)
+        print(f"wrote {len(classes) * per_class} images to {out}/ and {path}")
     elif _process_group():
         torch.distributed.barrier()  # rank 0's, in _wait_for_all
     if _process_group():

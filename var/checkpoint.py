@@ -18,7 +18,7 @@ from scaffold.checkpoint import (
 from var.attention import block_causal_mask, scale_ids
 from var.model import VAR, VARConfig, preset
 
-__all__ = ["load_official_var", "official_mask_bias"]
+__all__ = ["describe_foreign_checkpoint", "load_official_var", "official_mask_bias"]
 
 MASK_KEY = "attn_bias_for_masking"
 
@@ -29,11 +29,23 @@ def official_mask_bias(patch_nums: tuple[int, ...]) -> torch.Tensor:
     return torch.zeros(mask_LL.shape).masked_fill(~mask_LL, float("-inf"))[None, None]
 
 
+def describe_foreign_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """What a checkpoint that is not a VAR transformer holds, as the end of an error message."""
+    keys = list(state_dict)
+    if any(k.startswith(("encoder.", "decoder.", "quantize.")) for k in keys):
+        return ": it holds a tokenizer (VQ-VAE: encoder, decoder and quantize weights), such as vae_ch160v4096z32.pth"
+    heads = sorted({k.split(".", 1)[0] for k in keys})
+    return (
+        f": its keys start with {', '.join(heads[:6])}{', ...' if len(heads) > 6 else ''}" if heads else ": it is empty"
+    )
+
+
 def load_official_var(
     path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
     depth: int = 16,
     *,
     config: VARConfig | None = None,
+    source: str | None = None,
     **overrides: Any,
 ) -> VAR:
     """Build the published model of this ``depth`` (preset ``d{depth}``) and load its weights strictly.
@@ -43,6 +55,7 @@ def load_official_var(
     the preset; ``overrides`` change preset fields (e.g. ``num_classes``). Every key of the published
     layout must be present with its shape, and no other; the dense mask ``attn_bias_for_masking`` is
     checked against the block-causal mask of ``patch_nums`` and dropped (the model builds its own).
+    ``source`` names a given state dict in error messages (the file it was read from).
     Returns the model in eval mode on the CPU.
     """
     if config is None:
@@ -55,11 +68,15 @@ def load_official_var(
     # initialisation of the published sizes is skipped.
     with torch.device("meta"):
         model = VAR(config)
-    what = f"VAR d{config.depth} checkpoint" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    what = source or (
+        f"VAR d{config.depth} checkpoint" if isinstance(path_or_state_dict, Mapping) else str(path_or_state_dict)
+    )
     if isinstance(path_or_state_dict, Mapping):
         state_dict = dict(path_or_state_dict)
     else:
         state_dict = read_state_dict(path_or_state_dict)
+    if not any(k.startswith("blocks.") for k in state_dict):
+        raise CheckpointError(f"{what} is not a VAR transformer checkpoint{describe_foreign_checkpoint(state_dict)}")
     if MASK_KEY not in state_dict:
         raise CheckpointError(f"{what} does not fit VAR d{config.depth}: missing keys: {MASK_KEY}")
     mask = state_dict.pop(MASK_KEY)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,10 @@ def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
     """uint8 images [N, H, W, 3] and their labels (or None) from an `.npz` or an image folder."""
     path = Path(path)
     if path.suffix == ".npz" and path.is_file():
+        if not zipfile.is_zipfile(path):  # np.load would call a text file "pickled data"
+            raise EvalError(
+                f"{path} is not an .npz file (an .npz is a zip archive of arrays: arr_0 images, arr_1 labels)"
+            )
         try:
             with np.load(path) as z:
                 if "arr_0" not in z.files:
@@ -142,7 +147,16 @@ def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]
             raise EvalError(f"cannot read {path}: {err}") from None
         if imgs.dtype != np.uint8 or imgs.ndim != 4 or imgs.shape[-1] != 3:
             raise EvalError(f"{path}: arr_0 must be uint8 [N, H, W, 3], got {imgs.dtype} {list(imgs.shape)}")
-        return imgs, (labels.astype(np.int64) if labels is not None and labels.ndim == 1 else None)
+        if len(imgs) == 0:
+            raise EvalError(f"{path} holds no images (arr_0 has shape {list(imgs.shape)})")
+        if labels is None:
+            return imgs, None
+        if labels.ndim != 1 or len(labels) != len(imgs) or not np.issubdtype(labels.dtype, np.integer):
+            raise EvalError(
+                f"{path}: arr_1 must hold one integer label per image: {len(imgs)} images in arr_0, "
+                f"arr_1 is {labels.dtype} {list(labels.shape)}"
+            )
+        return imgs, labels.astype(np.int64)
     if not path.is_dir():
         raise EvalError(f"samples not found: {path} is neither an .npz file nor a folder of images")
     files = sorted(
@@ -305,7 +319,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
+def _check_exists(path: str, flag: str) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise EvalError(f"{flag} {path}: not found (expected an .npz file or a folder of images)")
+    if p.is_file() and p.suffix != ".npz":
+        raise EvalError(f"{flag} {path}: expected an .npz file or a folder of images, got a {p.suffix or 'plain'} file")
+
+
 def run(args: argparse.Namespace) -> int:
+    # The inputs first: a missing --ref must be reported as such, not as missing Inception weights.
+    _check_exists(args.samples, "--samples")
+    if args.ref:
+        _check_exists(args.ref, "--ref")
     if args.digits:
         report, counts = evaluate_digits(args.samples)
         print(digits_table(report, counts))

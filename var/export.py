@@ -1,18 +1,29 @@
-"""A trained model as one folder that `var sample`, `var eval` and `var app` take, or a published name.
+"""A trained model as one folder that `var sample`, `var eval` and `var app` take, or a published model.
 
-Layout of an exported folder (everything written atomically)::
+Layout of an exported folder (everything written atomically, scaffold.io)::
 
     DIR/model.safetensors      the transformer's weights (EMA weights when training kept them)
-    DIR/config.yaml            {model: VARConfig, class_names: [...], sampling: {cfg, top_k, top_p}}
+    DIR/config.yaml            {model: VARConfig, class_names: [...], sampling: SamplingSettings,
+                                tokenizer_sha256: the SHA-256 of tokenizer/model.safetensors}
     DIR/tokenizer/             the tokenizer it was trained with (tokenizer.export_tokenizer layout)
 
+Loading checks that `tokenizer/` still holds the tokenizer the model was exported with (a tokenizer of
+the same architecture but other weights would decode the model's tokens into garbage).
+
 `load_model("d16")` (d20, d24, d30) takes the published VAR weights and the published tokenizer from
-the Hugging Face hub (downloaded once, cached by huggingface_hub) with ImageNet's class names.
+the Hugging Face hub (downloaded once, cached by huggingface_hub) with ImageNet's class names;
+`load_model("/path/var_d16.pth")` takes a published checkpoint file (the depth is read from it) and the
+published tokenizer file `vae_ch160v4096z32.pth` from the same folder, else from the hub: what an
+offline machine uses.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,35 +33,51 @@ from omegaconf import OmegaConf
 from scaffold import (
     CheckpointError,
     config_to_dict,
+    hub_download,
     load_config,
     load_state_dict_strict,
     read_state_dict,
     save_state_dict,
+    write_atomic,
 )
 from tokenizer import MultiScaleVQVAE, export_tokenizer, load_official_vae, load_tokenizer
+from tokenizer.official import OFFICIAL_VAE_FILE
 from var.model import VAR, VARConfig
+from var.settings import SamplingSettings, SettingsError
 
-__all__ = ["PUBLISHED", "ExportConfig", "LoadedModel", "SamplingDefaults", "export_model", "load_model"]
+__all__ = [
+    "PUBLISHED",
+    "ExportConfig",
+    "LoadedModel",
+    "SamplingDefaults",
+    "export_model",
+    "file_sha256",
+    "load_model",
+]
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.yaml", "tokenizer"
 PUBLISHED = ("d16", "d20", "d24", "d30")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+# The name the training config (var/train.py) and older code use for a model's sampling defaults.
+SamplingDefaults = SamplingSettings
 
 
-@dataclass
-class SamplingDefaults:
-    """What the UI and the batch CLI start from (the published FID setting by default)."""
-
-    cfg: float = 1.5
-    top_k: int = 900
-    top_p: float = 0.96
-    more_smooth: bool = False
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, in hex (a model's identity: its weights, not its path)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:  # hashlib.file_digest is Python 3.11+; the project supports 3.10
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @dataclass
 class ExportConfig:
     model: VARConfig = field(default_factory=VARConfig)
     class_names: list[str] = field(default_factory=list)
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    tokenizer_sha256: str = ""  # of tokenizer/model.safetensors; empty in folders exported before it was recorded
 
 
 @dataclass
@@ -58,12 +85,34 @@ class LoadedModel:
     model: VAR
     vae: MultiScaleVQVAE
     class_names: list[str]
-    sampling: SamplingDefaults
-    name: str  # the folder or the published name it came from
+    sampling: SamplingSettings
+    name: str  # the folder, file or published name it came from
+    weights_file: Path | None = None  # the files its weights were read from: what `identity` hashes
+    tokenizer_file: Path | None = None
 
     @property
     def num_classes(self) -> int:
         return self.model.config.num_classes
+
+    @functools.cached_property
+    def identity(self) -> dict[str, str]:
+        """What a sampling folder records of the model: SHA-256s of the weights (with the architecture) and
+        of the tokenizer's weights. Computed on first use (a published model takes seconds to hash)."""
+        arch = json.dumps(config_to_dict(self.model.config), sort_keys=True).encode()
+        model = hashlib.sha256(arch)
+        if self.weights_file is not None:
+            model.update(bytes.fromhex(file_sha256(self.weights_file)))
+        else:  # built in memory (tests, a caller's own model): hash the tensors themselves
+            for k, v in sorted(self.model.state_dict().items()):
+                model.update(k.encode() + v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        if self.tokenizer_file is not None:
+            tok = file_sha256(self.tokenizer_file)
+        else:
+            h = hashlib.sha256()
+            for k, v in sorted(self.vae.state_dict().items()):
+                h.update(k.encode() + v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            tok = h.hexdigest()
+        return {"model_sha256": model.hexdigest(), "tokenizer_sha256": tok}
 
     def describe(self) -> str:
         """One line for logs and the UI: size, mechanisms per block, resolution."""
@@ -82,7 +131,7 @@ def export_model(
     vae: MultiScaleVQVAE,
     out_dir: str | os.PathLike,
     class_names: list[str] | None = None,
-    sampling: SamplingDefaults | None = None,
+    sampling: SamplingSettings | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the folder described in the module docstring; `state_dict` overrides the model's (EMA weights)."""
@@ -93,10 +142,13 @@ def export_model(
         raise ValueError(f"{len(names)} class names for a model of {model.config.num_classes} classes")
     export_tokenizer(vae, out / TOKENIZER)
     save_state_dict(state_dict if state_dict is not None else model.state_dict(), out / WEIGHTS)
-    cfg = ExportConfig(model=model.config, class_names=names, sampling=sampling or SamplingDefaults())
-    tmp = out / f".{CONFIG}.tmp-{os.getpid()}"
-    OmegaConf.save(config_to_dict(cfg), tmp)
-    os.replace(tmp, out / CONFIG)
+    cfg = ExportConfig(
+        model=model.config,
+        class_names=names,
+        sampling=sampling or SamplingSettings(),
+        tokenizer_sha256=file_sha256(out / TOKENIZER / WEIGHTS),
+    )
+    write_atomic(out / CONFIG, OmegaConf.to_yaml(config_to_dict(cfg)))
     return out
 
 
@@ -110,38 +162,108 @@ def _check_pair(model: VAR, vae: MultiScaleVQVAE, where: str) -> None:
         )
 
 
-def load_model(dir_or_name: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """An exported folder, or one of `PUBLISHED` ("d16", ...): transformer + tokenizer, eval mode, on `device`."""
-    source = str(dir_or_name)
-    if source in PUBLISHED and not Path(source).exists():
-        from var.checkpoint import load_official_var
+def _hub_advice(err: CheckpointError, files: str) -> CheckpointError:
+    """The hub's offline message, with advice that `--model` can follow: a local checkpoint file."""
+    first = str(err).split(" If this machine is offline", 1)[0]
+    return CheckpointError(
+        f"{first} If this machine is offline, download {files} from https://huggingface.co/FoundationVision/var "
+        f"elsewhere, put them in one folder and pass --model FOLDER/var_dNN.pth"
+    )
 
-        from .imagenet import IMAGENET_CLASSES
 
-        model = load_official_var("hub", depth=int(source[1:]))
-        vae = load_official_vae("hub")
-        loaded = LoadedModel(model, vae, list(IMAGENET_CLASSES), SamplingDefaults(), source)
-    else:
-        folder = Path(source)
-        if not folder.is_dir():
+def _published_depth(state_dict: dict[str, torch.Tensor], path: Path) -> int:
+    """The depth of a published-layout VAR checkpoint: its number of blocks."""
+    blocks = {int(m[1]) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if not blocks:
+        from var.checkpoint import describe_foreign_checkpoint
+
+        raise CheckpointError(f"{path} is not a VAR transformer checkpoint{describe_foreign_checkpoint(state_dict)}")
+    return max(blocks) + 1
+
+
+def _load_published_file(path: Path, vae_file: Path | None = None) -> LoadedModel:
+    """A published checkpoint file (var_d16.pth ...) and the published tokenizer: `vae_file`, else the
+    file beside `path`, else the hub's."""
+    from var.checkpoint import load_official_var
+
+    from .imagenet import IMAGENET_CLASSES
+
+    state_dict = read_state_dict(path)
+    model = load_official_var(state_dict, depth=_published_depth(state_dict, path), source=str(path))
+    if vae_file is None and (path.parent / OFFICIAL_VAE_FILE).is_file():
+        vae_file = path.parent / OFFICIAL_VAE_FILE
+    if vae_file is None:
+        try:
+            vae_file = Path(hub_download(OFFICIAL_VAE_FILE))
+        except CheckpointError as err:
             raise CheckpointError(
-                f"model not found: {folder} is neither an exported model folder nor one of {', '.join(PUBLISHED)}"
-            )
-        if not (folder / CONFIG).is_file():
-            raise CheckpointError(f"{folder} has no {CONFIG}: it is not an exported model (see `var train`)")
+                f"{path}: the published tokenizer {OFFICIAL_VAE_FILE} is not beside it and cannot be downloaded "
+                f"({str(err).split(' (', 1)[0]}): put {OFFICIAL_VAE_FILE} from "
+                f"https://huggingface.co/FoundationVision/var in {path.parent}"
+            ) from err
+    vae = load_official_vae(str(vae_file))
+    return LoadedModel(model, vae, list(IMAGENET_CLASSES), SamplingSettings(), str(path), path, vae_file)
+
+
+def _load_published_name(name: str) -> LoadedModel:
+    try:
+        weights = Path(hub_download(f"var_{name}.pth"))
+        vae_file = Path(hub_download(OFFICIAL_VAE_FILE))
+    except CheckpointError as err:
+        raise _hub_advice(err, f"var_{name}.pth and {OFFICIAL_VAE_FILE}") from err
+    loaded = _load_published_file(weights, vae_file)
+    loaded.name = name
+    return loaded
+
+
+def _load_folder(folder: Path) -> LoadedModel:
+    if not (folder / CONFIG).is_file():
+        raise CheckpointError(f"{folder} has no {CONFIG}: it is not an exported model (see `var train`)")
+    try:
         cfg = load_config(ExportConfig, folder / CONFIG)
-        if not (folder / TOKENIZER).is_dir():
-            raise CheckpointError(f"{folder} has no {TOKENIZER}/ folder: the tokenizer must be exported with the model")
-        vae = load_tokenizer(folder / TOKENIZER)
-        with torch.device("meta"):  # every tensor comes from the file: skip the random initialisation
-            model = VAR(cfg.model)
-        load_state_dict_strict(model, read_state_dict(folder / WEIGHTS), str(folder / WEIGHTS), assign=True)
-        names = cfg.class_names or [str(i) for i in range(cfg.model.num_classes)]
-        if len(names) != cfg.model.num_classes:
-            raise CheckpointError(
-                f"{folder / CONFIG}: {len(names)} class names for num_classes={cfg.model.num_classes}"
-            )
-        loaded = LoadedModel(model, vae, names, cfg.sampling, str(folder))
+    except SettingsError as err:
+        raise CheckpointError(f"{folder / CONFIG}: sampling: {err}") from None
+    if not (folder / TOKENIZER).is_dir():
+        raise CheckpointError(f"{folder} has no {TOKENIZER}/ folder: the tokenizer must be exported with the model")
+    vae = load_tokenizer(folder / TOKENIZER)
+    with torch.device("meta"):  # every tensor comes from the file: skip the random initialisation
+        model = VAR(cfg.model)
+    load_state_dict_strict(model, read_state_dict(folder / WEIGHTS), str(folder / WEIGHTS), assign=True)
+    _check_pair(model, vae, str(folder))  # an architecture mismatch says more than a hash mismatch
+    tokenizer_file = folder / TOKENIZER / WEIGHTS
+    if cfg.tokenizer_sha256 and (found := file_sha256(tokenizer_file)) != cfg.tokenizer_sha256:
+        raise CheckpointError(
+            f"{folder / TOKENIZER} is not the tokenizer this model was exported with (its weights' SHA-256 is "
+            f"{found[:12]}..., {CONFIG} records {cfg.tokenizer_sha256[:12]}...): "
+            f"put the original tokenizer back or export the model again with this one"
+        )
+    names = cfg.class_names or [str(i) for i in range(cfg.model.num_classes)]
+    if len(names) != cfg.model.num_classes:
+        raise CheckpointError(f"{folder / CONFIG}: {len(names)} class names for num_classes={cfg.model.num_classes}")
+    return LoadedModel(model, vae, names, cfg.sampling, str(folder), folder / WEIGHTS, tokenizer_file)
+
+
+def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
+    """An exported folder, a published checkpoint file (var_d16.pth ...) or one of `PUBLISHED` ("d16", ...):
+    transformer + tokenizer, eval mode, on `device`."""
+    text = str(source)
+    path = Path(text)
+    if text in PUBLISHED and not path.exists():
+        loaded = _load_published_name(text)
+    elif path.is_dir():
+        loaded = _load_folder(path)
+    elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES:
+        loaded = _load_published_file(path)
+    elif path.is_file():
+        raise CheckpointError(
+            f"{path} is a file but not a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}): pass an exported model "
+            f"folder, a published checkpoint such as var_d16.pth, or one of {', '.join(PUBLISHED)}"
+        )
+    else:
+        raise CheckpointError(
+            f"model not found: {path} is neither an exported model folder, a checkpoint file nor one of "
+            f"{', '.join(PUBLISHED)}"
+        )
     _check_pair(loaded.model, loaded.vae, loaded.name)
     loaded.model = loaded.model.to(device).eval().requires_grad_(False)
     loaded.vae = loaded.vae.to(device).eval().requires_grad_(False)
