@@ -4,7 +4,16 @@ from helpers import tiny_var
 
 from tokenizer.errors import UserError
 from var import VAR, generate, sample, sample_progressive
-from var.sample import PrecisionError, filter_top_k_top_p, guidance_ratio, guide, native_bf16, resolve_precision
+from var.sample import (
+    CompiledStep,
+    PrecisionError,
+    filter_top_k_top_p,
+    guidance_ratio,
+    guide,
+    native_bf16,
+    resolve_precision,
+    static_states,
+)
 
 
 @pytest.fixture
@@ -173,3 +182,41 @@ def test_a_scale_step_leaves_its_input_and_reuses_its_caches(model, vae):
         assert torch.equal(model.forward_scale(x_BlC, cond_BD, states, 0), first)
         assert torch.equal(model.forward_scale(x1_BlC, cond_BD, states, 1), second)
         assert states[0].k is k_buffer
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.5], ids=["no_guidance", "guidance"])
+def test_compiled_step_with_static_caches_gives_the_eager_samples(model, vae, cfg):
+    """The GPU path's mechanism on CPU: dynamo traces every scale's step as one graph (fullgraph) over
+    static caches, and two calls through the same caches give the eager samples and logits exactly."""
+    torch._dynamo.reset()
+    step = CompiledStep(model, backend="eager")
+    labels = torch.tensor([1, 4, 7])
+    kwargs = dict(cfg=cfg, top_k=20, top_p=0.9, seed=3)
+    eager = list(generate(model, vae, labels, **kwargs))
+    for _ in range(2):
+        compiled = list(generate(model, vae, labels, step=step, **kwargs))
+        for e, c in zip(eager, compiled, strict=True):
+            assert torch.equal(e.idx_Bl, c.idx_Bl) and torch.equal(e.logits_BlV, c.logits_BlV)
+            assert torch.equal(e.f_hat, c.f_hat)
+    assert len(step._states) == 1  # the same static caches served both calls
+    assert torch.equal(sample(model, vae, labels, step=step, **kwargs), sample(model, vae, labels, **kwargs))
+    with pytest.raises(ValueError, match="another model"):
+        next(generate(tiny_var(seed=2), vae, labels, step=step))
+
+
+def test_static_states_refuse_a_state_rebuilt_at_every_scale():
+    model = tiny_var(seed=1, attention="external")
+    with pytest.raises(ValueError, match="block 0: the 'external' mechanism"):
+        static_states(model, 2, torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_matches_eager_on_cpu(model, vae):
+    """The compiled step (inductor, default mode: CUDA graphs need a GPU) samples the eager tokens."""
+    torch._dynamo.reset()
+    step = CompiledStep(model, mode=None)
+    labels = torch.tensor([1, 4])
+    ref, ref_idx = sample(model, vae, labels, top_k=1, top_p=0.0, seed=0, return_tokens=True)
+    imgs, idx = sample(model, vae, labels, top_k=1, top_p=0.0, seed=0, return_tokens=True, step=step)
+    assert [t.tolist() for t in idx] == [t.tolist() for t in ref_idx]
+    torch.testing.assert_close(imgs, ref, atol=1e-4, rtol=1e-4)

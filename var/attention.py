@@ -179,7 +179,9 @@ class FullAttention(TokenMixer):
             scale_mul = self.scale_mul_1H11.clamp(max=self.MAX_SCALE_MUL).exp()
             # the fp32 temperature would promote q under autocast; keep q, k, v in one dtype for the kernels
             q = (F.normalize(q, dim=-1) * scale_mul).to(v.dtype)
-            k = F.normalize(k, dim=-1)
+            # the norm runs in fp32 under autocast; attention casts k to v's dtype anyway, so the
+            # sampling cache holds it in that dtype (known before the first step: static caches)
+            k = F.normalize(k, dim=-1).to(v.dtype)
         return q, k, v
 
     def _out(self, o_BHlD: torch.Tensor) -> torch.Tensor:

@@ -20,16 +20,18 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from tokenizer.errors import UserError
+from var.attention import KVCache
 from var.model import VAR
 
 __all__ = [
     "PRECISIONS",
+    "CompiledStep",
     "PrecisionError",
     "ScaleStep",
     "Teacher",
@@ -46,6 +48,7 @@ __all__ = [
     "resolve_precision",
     "sample",
     "sample_progressive",
+    "static_states",
 ]
 
 Seed = Union[int, Sequence[int], None]
@@ -186,6 +189,57 @@ def decode(vae, f_hat: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
         return vae.fhat_to_img(f_hat).float().add(1).mul(0.5)
 
 
+def static_states(model: VAR, batch: int, dtype: torch.dtype, device: torch.device) -> list[Any]:
+    """Sampling states for ``batch`` rows (2B with guidance) whose tensors are allocated now, once, and never
+    replaced: every key/value cache (:class:`~var.attention.KVCache`) for the whole sequence, marked as a
+    static address for ``torch.compile``, so that CUDA graphs replay over the same memory call after call
+    (gpt-fast's static caches). ``dtype``: the attention's dtype, the autocast dtype or fp32.
+    Mechanisms whose sampling state is rebuilt at every scale (external attention) cannot be held so."""
+    states = model.init_state(batch)
+    for i, (block, state) in enumerate(zip(model.blocks, states)):
+        if isinstance(state, KVCache):
+            state.allocate(batch, block.attn.num_heads, block.attn.head_dim, dtype, device)
+            torch._dynamo.mark_static_address(state.k)
+            torch._dynamo.mark_static_address(state.v)
+        elif state is not None:
+            raise ValueError(
+                f"block {i}: the {block.attn.name!r} mechanism's sampling state is rebuilt at every scale; "
+                "a compiled step with static caches supports the key/value caches and stateless mechanisms"
+            )
+    return states
+
+
+class CompiledStep:
+    """The per-scale step of sampling, ``model.forward_scale``, under ``torch.compile`` with static caches:
+    the GPU path of issue 20 (``mode="reduce-overhead"`` captures every scale's step as a CUDA graph).
+
+    Each scale has its own shapes, so it is its own graph: ``len(patch_nums)`` compilations per batch size
+    and precision, paid by the first call in the process and reused after. The states come from
+    :func:`static_states`, one set per (rows, dtype), kept here across calls. Pass it to :func:`generate`
+    or :func:`sample` as ``step=``. ``backend="eager"`` traces without compiling (tests on any device).
+    """
+
+    def __init__(self, model: VAR, mode: Optional[str] = "reduce-overhead", backend: str = "inductor") -> None:
+        self.model = model
+        options = {"mode": mode} if backend == "inductor" else {}
+        self.forward_scale = torch.compile(
+            model.forward_scale, backend=backend, fullgraph=True, dynamic=False, **options
+        )
+        self._states: dict[tuple[int, torch.dtype, torch.device], list[Any]] = {}
+        # one graph per scale, per batch size and per precision: above dynamo's default limit of 8
+        limit = 4 * len(model.patch_nums)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
+        torch._dynamo.config.accumulated_recompile_limit = max(
+            torch._dynamo.config.accumulated_recompile_limit, 4 * limit
+        )
+
+    def states(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[Any]:
+        key = (batch, dtype, device)
+        if key not in self._states:
+            self._states[key] = static_states(self.model, batch, dtype, device)
+        return self._states[key]
+
+
 def _labels(labels_B: Union[torch.Tensor, Sequence[int], int], device: torch.device) -> torch.Tensor:
     return torch.as_tensor(labels_B, dtype=torch.long, device=device).view(-1)
 
@@ -202,13 +256,15 @@ def generate(
     more_smooth: bool = False,
     teacher: Optional[Teacher] = None,
     precision: str = "fp32",
+    step: Optional[CompiledStep] = None,
 ) -> Iterator[ScaleStep]:
     """Sample scale by scale, yielding a :class:`ScaleStep` after each. Labels may include the null class.
 
     With ``cfg > 0`` the batch is doubled with the null class; with ``cfg == 0`` only the conditional
     half runs (the unconditional one would be weighted by 0). ``teacher`` forces tokens (editing).
     ``precision``: "fp32" (default, exact), "bf16", "fp16" or "auto" (:func:`resolve_precision`) autocast for
-    the transformer (see :func:`autocast`).
+    the transformer (see :func:`autocast`). ``step``: a :class:`CompiledStep` of ``model`` (static caches and
+    one compiled graph per scale) instead of the eager ``model.forward_scale`` with fresh caches.
     Call it with the model in eval mode: in training mode drop-path would perturb every scale.
     """
     device = model.lvl_1L.device
@@ -224,7 +280,14 @@ def generate(
     cond_BD = model.class_emb(labels_B)
     with autocast(device, precision):
         mods = model.block_modulations(cond_BD)
-    states = model.init_state(labels_B.shape[0])
+    if step is None:
+        forward_scale, states = model.forward_scale, model.init_state(labels_B.shape[0])
+    else:
+        if step.model is not model:
+            raise ValueError("step= was compiled for another model")
+        dtype = PRECISIONS[precision] or model.head.weight.dtype
+        forward_scale, states = step.forward_scale, step.states(labels_B.shape[0], dtype, device)
+        torch.compiler.cudagraph_mark_step_begin()  # a new call: the previous call's graph outputs are done
     codebook_VC = vae.quantize.embedding.weight
     P = model.patch_nums[-1]
     f_hat = torch.zeros(B, vae.c_vae, P, P, device=device)
@@ -232,7 +295,9 @@ def generate(
     for si, pn in enumerate(model.patch_nums):
         ratio = si / max(S - 1, 1)
         with autocast(device, precision):
-            logits_BlV = model.forward_scale(x_BlC, cond_BD, states, si, mods)
+            logits_BlV = forward_scale(x_BlC, cond_BD, states, si, mods)
+        if step is not None:  # a CUDA graph's output is overwritten by its next replay; the caller may keep it
+            logits_BlV = logits_BlV.clone()
         chosen_BlV = guide(logits_BlV, guidance_ratio(cfg, si, S)) if guided else logits_BlV
         chosen_BlV = filter_top_k_top_p(chosen_BlV, top_k, top_p)
         idx_Bl = draw(chosen_BlV, rng)
@@ -266,10 +331,11 @@ def sample_progressive(
     seed: Seed = 0,
     more_smooth: bool = False,
     precision: str = "fp32",
+    step: Optional[CompiledStep] = None,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`sample`, but yields the partial image ``[B, 3, H, W]`` in [0, 1] after every scale."""
-    for step in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision):
-        yield decode(vae, step.f_hat, precision)
+    for scale in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision, step=step):
+        yield decode(vae, scale.f_hat, precision)
 
 
 @torch.no_grad()
@@ -284,13 +350,15 @@ def sample(
     more_smooth: bool = False,
     return_tokens: bool = False,
     precision: str = "fp32",
+    step: Optional[CompiledStep] = None,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Class-conditional images ``[B, 3, H, W]`` in [0, 1] (and, with ``return_tokens``, the token indices
     of every scale, a list of ``[B, pn*pn]``). Seeding: see the module docstring.
     FID setting of the paper: ``cfg=1.5, top_k=900, top_p=0.96``. ``precision``: see :func:`autocast`.
+    ``step``: see :func:`generate` (the compiled GPU path).
     """
     idx_Bl: list[torch.Tensor] = []
-    for step in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision):
-        idx_Bl.append(step.idx_Bl)  # keep the tokens, not every scale's [2B, l, V] logits
-    imgs = decode(vae, step.f_hat, precision)
+    for scale in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision, step=step):
+        idx_Bl.append(scale.idx_Bl)  # keep the tokens, not every scale's [2B, l, V] logits
+    imgs = decode(vae, scale.f_hat, precision)
     return (imgs, idx_Bl) if return_tokens else imgs
