@@ -73,6 +73,33 @@ def timed_pair(fn_a: Callable[[], object], fn_b: Callable[[], object], device: t
     return sorted(times_a)[len(times_a) // 2], sorted(times_b)[len(times_b) // 2]
 
 
+def gemm_flops_per_s(
+    dtype: torch.dtype, device: torch.device, m: int = 2048, k: int = 1024, n: int = 4096, repeats: int = 3
+) -> float:
+    """The machine's matrix-multiply throughput in FLOP/s for `dtype`: the median of `repeats` timed
+    [m, k] @ [k, n] products after one warm-up, the yardstick of a workload's "share of the limit"."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    seconds = timed(lambda: a @ b, device, repeats=repeats, warmup=1)
+    return 2 * m * k * n / seconds
+
+
+def count_flops(fn: Callable[[], object]) -> float:
+    """Multiply-accumulate FLOPs (2 per MAC) of the matmuls, convolutions and attention that `fn` runs,
+    by torch's FlopCounterMode; the CPU attention kernel, missing from its table, is counted as on GPU."""
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    aten = torch.ops.aten
+    with FlopCounterMode(
+        display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    ) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
 def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

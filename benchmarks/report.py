@@ -20,11 +20,21 @@ BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
 def _line(kind: str, meta: dict, row: dict) -> str | None:
     where = f"{meta['device']}, {meta['date'][:10]}"
     if kind == "sample" and "ratio_vs_published" in row:
-        what = f"sampling d{meta.get('depth')} `{row['mechanism']}`, batch {row['batch']}, {row['precision']}"
+        precision = row["precision"]
+        if row.get("resolved", precision) != precision:
+            precision += f" (= {row['resolved']})"
+        compiled = f", compiled {row['compile']}" if row.get("compile", "none") != "none" else ""
+        what = f"sampling d{meta.get('depth')} `{row['mechanism']}`, batch {row['batch']}, {precision}{compiled}"
         value = (
             f"{row['images_per_s']:.3g} images/s; published code in the same run: "
             f"{row['published_images_per_s']:.3g} ({row['ratio_vs_published']:.2f}x)"
         )
+        if row.get("transformer_gemm_share") is not None:
+            limit = meta["gemm_gflops"][row["resolved"]]
+            value += (
+                f"; share of the {row['resolved']} GEMM limit ({limit:.0f} GFLOP/s): transformer "
+                f"{row['transformer_gemm_share']:.0%}, decoder {row['decoder_gemm_share']:.0%}"
+            )
     elif kind == "sample":
         what = f"sampling (quick, depth {meta.get('depth')}) `{row['mechanism']}`, batch {row['batch']}"
         value = f"{row['images_per_s']:.3g} images/s"

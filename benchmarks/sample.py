@@ -6,13 +6,20 @@ randomly initialised weights (throughput does not depend on the weights). With
 published `autoregressive_infer_cfg` samples with the *same* weights, batch and settings in the same
 run, and the table gains the ratio ours / published.
 
+Every result also carries the distance to the machine's limit: the fp32 and bf16 (and on GPU fp16)
+matrix-multiply throughput measured in the same run, and the share of it that the transformer and the
+VAE decoder each reach (their FLOPs, counted by torch's FlopCounterMode, over their time).
+
 Usage::
 
     python benchmarks/sample.py --quick --out benchmarks/results/            # CPU, < 1 minute
     python benchmarks/sample.py --depth 16 --batch-sizes 4 --mechanisms full \\
-        --precisions fp32,bf16 --compare-published ../VAR --out benchmarks/results/   # the CPU target
-    python benchmarks/sample.py --depth 16 --batch-sizes 1,16,64 --resolutions 256,512 \\
-        --precisions bf16 --compare-published ../VAR --out benchmarks/results/       # on a GPU
+        --precisions fp32,auto --repeats 3 --compare-published ../VAR --out benchmarks/results/  # the CPU target
+    python benchmarks/sample.py --depth 16 --batch-sizes 1,64 --mechanisms full --precisions fp32,auto \\
+        --compile none,reduce-overhead --repeats 5 --compare-published ../VAR --out benchmarks/results/  # GPU
+
+`--compile reduce-overhead` samples through `var.sample.CompiledStep` (static key/value caches, one
+compiled graph per scale, CUDA graphs); the one-off compile time of the process is reported as `compile_s`.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -27,10 +35,13 @@ import torch
 from _common import (
     MECHANISMS,
     attention_of,
+    count_flops,
+    gemm_flops_per_s,
     markdown_table,
     metadata,
     peak_mib,
     reset_peak,
+    sync,
     timed,
     timed_pair,
     write_results,
@@ -38,8 +49,9 @@ from _common import (
 
 from kernels import ENV_VAR
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
-from var import VAR, preset, sample
+from var import VAR, preset
 from var.checkpoint import official_mask_bias
+from var.sample import PRECISIONS, CompiledStep, decode, generate, resolve_precision
 
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
 SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (DESIGN.md section 8)
@@ -106,6 +118,48 @@ def published_sampler(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torc
     return run
 
 
+class Sampler:
+    """`var.sample.sample` split in its two parts, each timed: the transformer (`generate`, every scale)
+    and the VAE decode. `parts` holds (transformer s, decoder s) per call, the first being the warm-up."""
+
+    def __init__(self, model, vae, labels, precision: str, step, device: torch.device) -> None:
+        self.model, self.vae, self.labels, self.precision, self.step, self.device = (
+            model,
+            vae,
+            labels,
+            precision,
+            step,
+            device,
+        )
+        self.parts: list[tuple[float, float]] = []
+
+    def __call__(self) -> torch.Tensor:
+        t0 = time.perf_counter()
+        for scale in generate(
+            self.model, self.vae, self.labels, seed=0, precision=self.precision, step=self.step, **SETTING
+        ):
+            f_hat = scale.f_hat
+        sync(self.device)
+        t1 = time.perf_counter()
+        imgs = decode(self.vae, f_hat, self.precision)
+        sync(self.device)
+        self.parts.append((t1 - t0, time.perf_counter() - t1))
+        return imgs
+
+    def medians(self) -> tuple[float, float]:
+        steady = self.parts[1:] or self.parts
+        mid = len(steady) // 2
+        return sorted(p[0] for p in steady)[mid], sorted(p[1] for p in steady)[mid]
+
+
+def flops_per_image(model, vae, device: torch.device) -> tuple[float, float]:
+    """FLOPs of one image's transformer part (with guidance: two rows) and of its decode, counted eagerly."""
+    labels = torch.zeros(1, dtype=torch.long, device=device)
+    steps: list = []
+    transformer = count_flops(lambda: steps.extend(generate(model, vae, labels, seed=0, **SETTING)))
+    return transformer, count_flops(lambda: decode(vae, steps[-1].f_hat))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU-sized: depth 2, a narrow tokenizer, batch 1 and 4")
@@ -114,7 +168,13 @@ def main() -> None:
     p.add_argument("--resolutions", default="256")
     p.add_argument("--mechanisms", default=",".join(MECHANISMS))
     p.add_argument("--backends", default="triton,torch", help="triton is skipped where it cannot run (CPU)")
-    p.add_argument("--precisions", default="fp32", help="fp32, bf16, fp16 (autocast)")
+    p.add_argument("--precisions", default="fp32", help="fp32, bf16, fp16 (autocast), auto (bf16 where native)")
+    p.add_argument(
+        "--compile",
+        default="none",
+        help="none (eager), or torch.compile modes of the per-scale step with static caches: "
+        "reduce-overhead (CUDA graphs), default, max-autotune",
+    )
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--compare-published", metavar="DIR", type=Path, help="a checkout of the published VAR code")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,10 +184,18 @@ def main() -> None:
         args.depth, args.batch_sizes, args.resolutions = 2, "1,4", "256"
     device = torch.device(args.device)
     backends = [b for b in args.backends.split(",") if b == "torch" or device.type == "cuda"]
+    gemm_dtypes = {
+        "fp32": torch.float32,
+        "bf16": torch.bfloat16,
+        **({"fp16": torch.float16} if device.type == "cuda" else {}),
+    }
+    gemm = {name: gemm_flops_per_s(dtype, device) for name, dtype in gemm_dtypes.items()}
+    print("GEMM 2048x1024x4096 GFLOP/s:", {k: round(v / 1e9, 1) for k, v in gemm.items()}, flush=True)
     rows = []
     for res in map(int, args.resolutions.split(",")):
         for mech in args.mechanisms.split(","):
             model, vae = build(mech, args.depth, res, args.quick, device)
+            flops_t, flops_d = flops_per_image(model, vae, device)
             pub = (
                 published_sampler(args.compare_published, model, vae, device)
                 if (args.compare_published and mech == "full")
@@ -135,29 +203,42 @@ def main() -> None:
             )
             for backend in backends:
                 os.environ[ENV_VAR] = backend
-                for precision in args.precisions.split(","):
-                    for B in map(int, args.batch_sizes.split(",")):
-                        labels = torch.arange(B, device=device) % model.config.num_classes
-                        reset_peak(device)
-                        ours = partial(sample, model, vae, labels, seed=0, precision=precision, **SETTING)
-                        if pub is not None and backend == "torch":
-                            dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-                            t, t_pub = timed_pair(ours, partial(pub, labels, dtype), device, repeats=args.repeats)
-                        else:
-                            t, t_pub = timed(ours, device, repeats=args.repeats, warmup=1), None
-                        row = dict(
-                            resolution=res,
-                            mechanism=mech,
-                            backend=backend,
-                            precision=precision,
-                            batch=B,
-                            images_per_s=B / t,
-                            peak_mib=peak_mib(device),
-                        )
-                        if t_pub is not None:
-                            row.update(published_images_per_s=B / t_pub, ratio_vs_published=t_pub / t)
-                        rows.append(row)
-                        print(row, flush=True)
+                for mode in args.compile.split(","):
+                    step = None if mode == "none" else CompiledStep(model, mode=None if mode == "default" else mode)
+                    for precision in args.precisions.split(","):
+                        resolved = resolve_precision(precision, device)
+                        for B in map(int, args.batch_sizes.split(",")):
+                            labels = torch.arange(B, device=device) % model.config.num_classes
+                            reset_peak(device)
+                            ours = Sampler(model, vae, labels, precision, step, device)
+                            if pub is not None and backend == "torch":
+                                t, t_pub = timed_pair(
+                                    ours, partial(pub, labels, PRECISIONS[resolved]), device, repeats=args.repeats
+                                )
+                            else:
+                                t, t_pub = timed(ours, device, repeats=args.repeats, warmup=1), None
+                            t_transformer, t_decoder = ours.medians()
+                            limit = gemm.get(resolved)
+                            row = dict(
+                                resolution=res,
+                                mechanism=mech,
+                                backend=backend,
+                                compile=mode,
+                                precision=precision,
+                                resolved=resolved,
+                                batch=B,
+                                images_per_s=B / t,
+                                transformer_s=t_transformer,
+                                decoder_s=t_decoder,
+                                transformer_gemm_share=B * flops_t / t_transformer / limit if limit else None,
+                                decoder_gemm_share=B * flops_d / t_decoder / limit if limit else None,
+                                compile_s=sum(ours.parts[0]) - t if step is not None else None,
+                                peak_mib=peak_mib(device),
+                            )
+                            if t_pub is not None:
+                                row.update(published_images_per_s=B / t_pub, ratio_vs_published=t_pub / t)
+                            rows.append(row)
+                            print(row, flush=True)
             os.environ.pop(ENV_VAR, None)
             del model, vae
     meta = metadata(
@@ -165,22 +246,34 @@ def main() -> None:
         depth=args.depth,
         setting=SETTING,
         quick=args.quick,
-        note="random weights; throughput of the whole sampler incl. the VAE decode",
+        gemm_gflops={k: v / 1e9 for k, v in gemm.items()},
+        gflop_per_image={"transformer": flops_t / 1e9, "decoder": flops_d / 1e9},
+        note="random weights; throughput of the whole sampler incl. the VAE decode; *_gemm_share: the part's "
+        "FLOP/s over the GEMM FLOP/s of its resolved precision, measured in the same run",
     )
     cols = [
         "resolution",
         "mechanism",
         "backend",
+        "compile",
         "precision",
+        "resolved",
         "batch",
         "images_per_s",
+        "transformer_s",
+        "decoder_s",
+        "transformer_gemm_share",
+        "decoder_gemm_share",
+        "compile_s",
         "peak_mib",
         "published_images_per_s",
         "ratio_vs_published",
     ]
+    gemm_text = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in gemm.items())
     md = (
         f"# Sampling throughput\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
-        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; peak memory: "
+        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM 2048x1024x4096 GFLOP/s in the same run: "
+        f"{gemm_text}; peak memory: "
         f"{'CUDA peak allocated' if device.type == 'cuda' else 'process peak RSS (upper bound)'}\n\n"
         + markdown_table(rows, cols)
     )

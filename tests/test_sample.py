@@ -2,8 +2,18 @@ import pytest
 import torch
 from helpers import tiny_var
 
+from tokenizer.errors import UserError
 from var import VAR, generate, sample, sample_progressive
-from var.sample import filter_top_k_top_p, guidance_ratio, guide
+from var.sample import (
+    CompiledStep,
+    PrecisionError,
+    filter_top_k_top_p,
+    guidance_ratio,
+    guide,
+    native_bf16,
+    resolve_precision,
+    static_states,
+)
 
 
 @pytest.fixture
@@ -109,3 +119,104 @@ def test_mixed_precision_sampling(model, vae, precision):
     assert same > 0.5, f"{precision} greedy tokens agree with fp32 on only {same:.0%}"
     with pytest.raises(ValueError, match="precision must be one of"):
         sample(model, vae, labels, precision="int8")
+
+
+@pytest.mark.parametrize(
+    "caps, expected",
+    [
+        ({"avx2": True}, "fp32"),  # this project's 2-core AMD EPYC (Zen 2): no AVX-512 at all
+        ({"avx512_f": True, "avx512_vnni": True}, "fp32"),  # the Xeon of issue 20: bf16 emulated, 3.8x slower
+        ({"avx512_f": True, "avx512_bf16": True}, "bf16"),  # AMD EPYC Zen 4 / Intel Cooper Lake
+        ({"amx_tile": True, "amx_bf16": True}, "bf16"),  # Intel Sapphire Rapids
+    ],
+    ids=["avx2", "avx512-no-bf16", "avx512-bf16", "amx"],
+)
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, caps, expected):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert native_bf16("cpu") == (expected == "bf16")
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    for explicit in ("fp32", "bf16", "fp16"):  # an explicit choice is never second-guessed
+        assert resolve_precision(explicit, "cpu") == explicit
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_auto_precision_on_cuda_needs_compute_capability_8(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == expected
+
+
+def test_unknown_precision_is_a_user_error():
+    with pytest.raises(
+        PrecisionError, match=r"precision must be one of \['auto', 'bf16', 'fp16', 'fp32'\], got 'tf32'"
+    ):
+        resolve_precision("tf32", "cpu")
+    assert issubclass(PrecisionError, UserError)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["no-native-bf16", "native-bf16"])
+def test_auto_precision_samples_as_the_resolved_precision(monkeypatch, model, vae, native):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": native})
+    labels = torch.tensor([1, 4])
+    auto = sample(model, vae, labels, seed=0, precision="auto")
+    assert torch.equal(auto, sample(model, vae, labels, seed=0, precision="bf16" if native else "fp32"))
+    frames = list(sample_progressive(model, vae, labels, seed=0, precision="auto"))
+    assert torch.equal(frames[-1], auto)
+
+
+def test_a_scale_step_leaves_its_input_and_reuses_its_caches(model, vae):
+    """The in-place block step must not touch its input tokens, and the preallocated key/value caches can be
+    reused by a second call (each scale writes its positions before reading them)."""
+    labels = torch.tensor([1, 4, 10, 10])  # the conditional and null halves of two images
+    with torch.no_grad():
+        cond_BD = model.class_emb(labels)
+        x_BlC = model.first_scale_tokens(cond_BD)
+        x_copy = x_BlC.clone()
+        states = model.init_state(4)
+        first = model.forward_scale(x_BlC, cond_BD, states, 0)
+        assert torch.equal(x_BlC, x_copy)
+        k_buffer = states[0].k
+        assert k_buffer.shape[2] == model.L  # allocated once for every scale
+        x1_BlC = torch.randn(4, model.patch_nums[1] ** 2, model.config.width)
+        second = model.forward_scale(x1_BlC, cond_BD, states, 1)
+        # reuse: the same states give the same logits again, in the same buffers
+        assert torch.equal(model.forward_scale(x_BlC, cond_BD, states, 0), first)
+        assert torch.equal(model.forward_scale(x1_BlC, cond_BD, states, 1), second)
+        assert states[0].k is k_buffer
+
+
+@pytest.mark.parametrize("cfg", [0.0, 1.5], ids=["no_guidance", "guidance"])
+def test_compiled_step_with_static_caches_gives_the_eager_samples(model, vae, cfg):
+    """The GPU path's mechanism on CPU: dynamo traces every scale's step as one graph (fullgraph) over
+    static caches, and two calls through the same caches give the eager samples and logits exactly."""
+    torch._dynamo.reset()
+    step = CompiledStep(model, backend="eager")
+    labels = torch.tensor([1, 4, 7])
+    kwargs = dict(cfg=cfg, top_k=20, top_p=0.9, seed=3)
+    eager = list(generate(model, vae, labels, **kwargs))
+    for _ in range(2):
+        compiled = list(generate(model, vae, labels, step=step, **kwargs))
+        for e, c in zip(eager, compiled, strict=True):
+            assert torch.equal(e.idx_Bl, c.idx_Bl) and torch.equal(e.logits_BlV, c.logits_BlV)
+            assert torch.equal(e.f_hat, c.f_hat)
+    assert len(step._states) == 1  # the same static caches served both calls
+    assert torch.equal(sample(model, vae, labels, step=step, **kwargs), sample(model, vae, labels, **kwargs))
+    with pytest.raises(ValueError, match="another model"):
+        next(generate(tiny_var(seed=2), vae, labels, step=step))
+
+
+def test_static_states_refuse_a_state_rebuilt_at_every_scale():
+    model = tiny_var(seed=1, attention="external")
+    with pytest.raises(ValueError, match="block 0: the 'external' mechanism"):
+        static_states(model, 2, torch.float32, torch.device("cpu"))
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_matches_eager_on_cpu(model, vae):
+    """The compiled step (inductor, default mode: CUDA graphs need a GPU) samples the eager tokens."""
+    torch._dynamo.reset()
+    step = CompiledStep(model, mode=None)
+    labels = torch.tensor([1, 4])
+    ref, ref_idx = sample(model, vae, labels, top_k=1, top_p=0.0, seed=0, return_tokens=True)
+    imgs, idx = sample(model, vae, labels, top_k=1, top_p=0.0, seed=0, return_tokens=True, step=step)
+    assert [t.tolist() for t in idx] == [t.tolist() for t in ref_idx]
+    torch.testing.assert_close(imgs, ref, atol=1e-4, rtol=1e-4)

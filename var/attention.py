@@ -113,17 +113,32 @@ def build_mixer(
 
 @dataclass
 class KVCache:
-    """Sampling state of :class:`FullAttention`: keys and values of every scale seen so far, ``[B, H, l, D]``."""
+    """Sampling state of :class:`FullAttention`: the keys and values of the scales seen so far.
 
+    Two buffers ``[B, H, L, D]`` for the whole sequence, allocated once (by :meth:`allocate`, or at the
+    first :meth:`write`), so that a scale writes its keys once instead of re-concatenating the cache
+    at every scale. A token sits at its packed position: scale ``si`` writes ``[begin, end)`` and reads
+    ``[0, end)``, never a position it has not written earlier in the same call, so the buffers can be
+    reused from call to call (the static caches of the CUDA-graph path, :func:`var.sample.static_states`).
+    """
+
+    length: int  # L, the tokens of every scale
     k: Optional[torch.Tensor] = None
     v: Optional[torch.Tensor] = None
 
-    def append(self, k_BHlD: torch.Tensor, v_BHlD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k is None:
-            self.k, self.v = k_BHlD, v_BHlD
-        else:
-            self.k, self.v = torch.cat((self.k, k_BHlD), dim=2), torch.cat((self.v, v_BHlD), dim=2)
-        return self.k, self.v
+    def allocate(self, batch: int, heads: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.k = torch.empty(batch, heads, self.length, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+
+    def write(self, k_BHlD: torch.Tensor, v_BHlD: torch.Tensor, begin: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one scale's keys and values at ``[begin, begin + l)``; return every one up to there, ``[B, H, end, D]``."""
+        B, H, l, D = k_BHlD.shape
+        if self.k is None or self.k.shape[0] != B or self.k.dtype != k_BHlD.dtype:
+            self.allocate(B, H, D, k_BHlD.dtype, k_BHlD.device)
+        end = begin + l
+        self.k[:, :, begin:end] = k_BHlD
+        self.v[:, :, begin:end] = v_BHlD
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 @register_mixer("full")
@@ -164,7 +179,9 @@ class FullAttention(TokenMixer):
             scale_mul = self.scale_mul_1H11.clamp(max=self.MAX_SCALE_MUL).exp()
             # the fp32 temperature would promote q under autocast; keep q, k, v in one dtype for the kernels
             q = (F.normalize(q, dim=-1) * scale_mul).to(v.dtype)
-            k = F.normalize(k, dim=-1)
+            # the norm runs in fp32 under autocast; attention casts k to v's dtype anyway, so the
+            # sampling cache holds it in that dtype (known before the first step: static caches)
+            k = F.normalize(k, dim=-1).to(v.dtype)
         return q, k, v
 
     def _out(self, o_BHlD: torch.Tensor) -> torch.Tensor:
@@ -180,11 +197,11 @@ class FullAttention(TokenMixer):
         )
 
     def init_state(self, batch: int) -> KVCache:
-        return KVCache()
+        return KVCache(sum(pn * pn for pn in self.patch_nums))
 
     def step(self, x_BlC: torch.Tensor, state: KVCache, si: int) -> torch.Tensor:
         q, k, v = self._qkv(x_BlC)
-        k, v = state.append(k, v)
+        k, v = state.write(k, v, begin=sum(pn * pn for pn in self.patch_nums[:si]))
         # the new scale's queries see all cached scales and their own scale: no mask
         return self._out(F.scaled_dot_product_attention(q, k, v, scale=self.scale))
 

@@ -68,7 +68,7 @@ class NeighborhoodAttention(FullAttention):
 
     def step(self, x_BlC: torch.Tensor, state, si: int) -> torch.Tensor:
         q, k, v = self._qkv(x_BlC)
-        k, v = state.append(k, v)
+        k, v = state.write(k, v, begin=sum(pn * pn for pn in self.patch_nums[:si]))
         # The newest scale's queries against the cached keys of all scales, through the same windows.
         mask = self._step_mask(si, x_BlC.device)
         return self._out(

@@ -126,15 +126,24 @@ class AdaLNBlock(nn.Module):
             return (self.ada_gss + cond).unbind(2)
         return self.ada_lin(cond).view(-1, 1, 6, self.dim).unbind(2)
 
-    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor, state: Any = None, si: Optional[int] = None):
-        """Teacher forcing when ``si is None``; otherwise one scale ``si`` of sampling with the mixer's state
-        (which is ``None`` for mechanisms that keep none, such as lka and gspn)."""
+    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing over the whole packed sequence."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = self.modulation(cond)
-        h = self.ln(x_BLC) * (1 + scale1) + shift1
-        h = self.attn(h) if si is None else self.attn.step(h, state, si)
+        h = self.attn(self.ln(x_BLC) * (1 + scale1) + shift1)
         x_BLC = x_BLC + drop_path(h * gamma1, self.drop_path_p, self.training)
         h = self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2)
         return x_BLC + drop_path(h * gamma2, self.drop_path_p, self.training)
+
+    def step(self, x_BlC: torch.Tensor, mods: tuple[torch.Tensor, ...], state: Any, si: int) -> torch.Tensor:
+        """One scale ``si`` of sampling (no grad, eval mode) with the mixer's state (``None`` for mechanisms that
+        keep none, such as lka and gspn) and ``mods`` from :meth:`VAR.block_modulations`. The same operations
+        as :meth:`forward`, but in place where the published block is (``AdaLNSelfAttn.forward``): no new
+        tensor for the modulation and the gates, and the second residual added into the first's result."""
+        gamma1, gamma2, scale1p1, scale2p1, shift1, shift2 = mods
+        h = self.attn.step(self.ln(x_BlC).mul_(scale1p1).add_(shift1), state, si)
+        x_BlC = x_BlC + h.mul_(gamma1)  # a new tensor: the caller's input stays as it was
+        h = self.ffn(self.ln(x_BlC).mul_(scale2p1).add_(shift2))
+        return x_BlC.add_(h.mul_(gamma2))
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -309,9 +318,29 @@ class VAR(nn.Module):
         """Fresh sampling states, one per block."""
         return [block.attn.init_state(batch) for block in self.blocks]
 
-    def forward_scale(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, states: list[Any], si: int) -> torch.Tensor:
-        """Logits ``[B, pn*pn, V]`` of scale ``si`` from its input tokens; updates ``states`` in place."""
+    def block_modulations(self, cond_BD: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Every block's AdaLN vectors for sampling, ``(gamma1, gamma2, 1 + scale1, 1 + scale2, shift1, shift2)``,
+        each ``[B, 1, C]``: the class embedding is the same at every scale, so a sampling call computes them
+        once instead of once per scale (the published sampler runs every ``ada_lin`` at every scale)."""
         cond = self.block_cond(cond_BD)
-        for block, state in zip(self.blocks, states):
-            x_BlC = block(x_BlC, cond, state, si)
+        mods = []
+        for block in self.blocks:
+            gamma1, gamma2, scale1, scale2, shift1, shift2 = block.modulation(cond)
+            mods.append((gamma1, gamma2, scale1.add(1), scale2.add(1), shift1, shift2))
+        return mods
+
+    def forward_scale(
+        self,
+        x_BlC: torch.Tensor,
+        cond_BD: torch.Tensor,
+        states: list[Any],
+        si: int,
+        mods: Optional[list[tuple[torch.Tensor, ...]]] = None,
+    ) -> torch.Tensor:
+        """Logits ``[B, pn*pn, V]`` of scale ``si`` from its input tokens; updates ``states`` in place.
+        ``mods``: :meth:`block_modulations` of ``cond_BD``, computed here when not given."""
+        if mods is None:
+            mods = self.block_modulations(cond_BD)
+        for block, block_mods, state in zip(self.blocks, mods, states):
+            x_BlC = block.step(x_BlC, block_mods, state, si)
         return self.logits(x_BlC, cond_BD)
