@@ -51,7 +51,7 @@ from kernels import ENV_VAR
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
 from var import VAR, preset
 from var.checkpoint import official_mask_bias
-from var.sample import PRECISIONS, CompiledStep, decode, generate, resolve_precision
+from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_precision
 
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
 SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (DESIGN.md section 8)
@@ -213,7 +213,7 @@ def main() -> None:
                             ours = Sampler(model, vae, labels, precision, step, device)
                             if pub is not None and backend == "torch":
                                 t, t_pub = timed_pair(
-                                    ours, partial(pub, labels, PRECISIONS[resolved]), device, repeats=args.repeats
+                                    ours, partial(pub, labels, AUTOCAST_DTYPES[resolved]), device, repeats=args.repeats
                                 )
                             else:
                                 t, t_pub = timed(ours, device, repeats=args.repeats, warmup=1), None

@@ -17,6 +17,7 @@ from scaffold.errors import UserError
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
+from var.sample import resolve_precision
 from var.settings import SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
@@ -193,7 +194,9 @@ def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_v
     assert _sample(tmp_path, model_dir, out) == 0
     record = json.loads((out / "sampling.json").read_text())
     assert set(record) == {"model_sha256", "tokenizer_sha256", "settings", "model"}
-    assert record["settings"] == SamplingSettings(1.5, 0, 0.0).as_dict()
+    # the model's default precision "auto", recorded as what it resolved to on this machine
+    resolved = resolve_precision("auto", "cpu")
+    assert record["settings"] == SamplingSettings(1.5, 0, 0.0, precision=resolved).as_dict()
     before = _files(out)
     # another model re-exported into the same folder: same path, other weights
     export_model(tiny_var(seed=5, num_classes=10), tiny_vae, model_dir, sampling=SamplingSettings(1.5, 0, 0.0))
@@ -204,6 +207,19 @@ def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_v
     assert "other settings: the model's weights (SHA-256" in err and "tokenizer" not in err.split("; rerun")[0]
     assert f"to start afresh, use another --out or delete {out} and s.npz" in err
     assert _files(out) == before and not (out / "1" / "2.png").exists()
+
+
+def test_auto_precision_resolving_otherwise_on_resume_is_refused(tmp_path, model_dir, capsys, monkeypatch):
+    """A folder sampled where "auto" meant fp32, resumed where it means bf16 (a CPU with AVX512-BF16)."""
+    out = tmp_path / "s"
+    sampler = sys.modules["var.sample"]  # `var.sample` the attribute is the function
+    monkeypatch.setattr(sampler, "native_bf16", lambda device: False)
+    assert _sample(tmp_path, model_dir, out) == 0
+    monkeypatch.setattr(sampler, "native_bf16", lambda device: True)
+    capsys.readouterr()
+    assert _sample(tmp_path, model_dir, out, "--per-class", "3") == 2
+    assert "precision='fp32' (now 'bf16')" in capsys.readouterr().err
+    assert _sample(tmp_path, model_dir, out, "--per-class", "3", "--precision", "fp32") == 0
 
 
 def test_a_folder_from_before_the_record_is_refused(tmp_path, model_dir, capsys):

@@ -10,10 +10,10 @@ from scaffold.errors import UserError
 from var.settings import MAX_SEED, SamplingSettings, SettingsError, count
 
 
-def test_defaults_are_the_published_fid_setting_and_exact_precision():
+def test_defaults_are_the_published_fid_setting_and_auto_precision():
     s = SamplingSettings()
-    assert (s.cfg, s.top_k, s.top_p, s.more_smooth, s.seed, s.precision) == (1.5, 900, 0.96, False, 0, "fp32")
-    assert s.sample_kwargs() == dict(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, precision="fp32")
+    assert (s.cfg, s.top_k, s.top_p, s.more_smooth, s.seed, s.precision) == (1.5, 900, 0.96, False, 0, "auto")
+    assert s.sample_kwargs() == dict(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, precision="auto")
 
 
 def test_values_are_converted_to_their_types_never_rounded():

@@ -215,11 +215,16 @@ def generate_folder(
     """
     from tqdm import tqdm
 
+    from var.sample import resolve_precision
+
     per_class, batch_size = count(per_class, "--per-class"), count(batch_size, "--batch-size")
     bad = [c for c in classes if not 0 <= c < loaded.num_classes]
     if bad:
         raise SampleError(f"class ids {bad} are out of range 0..{loaded.num_classes - 1} for {loaded.name}")
     out = _check_out(out)
+    # "auto" is recorded as what it resolves to here: a resume on a machine where it resolves otherwise
+    # would mix bf16 and fp32 images, and is refused like any other change of settings.
+    settings = settings.replace(precision=resolve_precision(settings.precision, loaded.model.lvl_1L.device))
     _check_record(out, record(loaded, settings), rank)  # refuses a changed model, or records a new folder's
     if rank == 0:  # what a killed run left: .N.png.tmp-PID in the folder, .OUT.npz.tmp-PID beside it
         remove_stale_temporaries(out, recursive=True)
@@ -304,7 +309,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Gumbel-softmax smoothing, for visuals only (default: the model's)",
     )
     parser.add_argument(
-        "--precision", default=None, help=f"{', '.join(PRECISIONS)} (default: the model's, fp32: exact)"
+        "--precision",
+        default=None,
+        help=f"{', '.join(PRECISIONS)} (default: the model's; auto = bf16 where native, exact fp32 elsewhere)",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -25,12 +25,13 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from tokenizer.errors import UserError
+from scaffold.errors import UserError
 from var.attention import KVCache
 from var.model import VAR
+from var.settings import PRECISIONS
 
 __all__ = [
-    "PRECISIONS",
+    "AUTOCAST_DTYPES",
     "CompiledStep",
     "PrecisionError",
     "ScaleStep",
@@ -139,7 +140,7 @@ def gumbel_embed(
     return y_soft @ codebook_VC
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # "auto" resolves to one
 
 
 class PrecisionError(UserError, ValueError):
@@ -169,8 +170,8 @@ def resolve_precision(precision: str, device: Union[torch.device, str]) -> str:
     machine down. Anything else raises :class:`PrecisionError`."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
-    if precision not in PRECISIONS:
-        raise PrecisionError(f"precision must be one of {['auto', *sorted(PRECISIONS)]}, got {precision!r}")
+    if precision not in AUTOCAST_DTYPES:
+        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     return precision
 
 
@@ -179,7 +180,7 @@ def autocast(device: torch.device, precision: str):
     "fp16" (mixed precision for the transformer and the VAE decoder; logits and the quantizer stay fp32),
     or "auto" (:func:`resolve_precision`). The published sampling notebook runs under fp16 autocast on GPU;
     on a CPU with AVX512-BF16 or AMX, "bf16" is about twice as fast as fp32, and 3.8x slower without."""
-    dtype = PRECISIONS[resolve_precision(precision, device)]
+    dtype = AUTOCAST_DTYPES[resolve_precision(precision, device)]
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -285,7 +286,7 @@ def generate(
     else:
         if step.model is not model:
             raise ValueError("step= was compiled for another model")
-        dtype = PRECISIONS[precision] or model.head.weight.dtype
+        dtype = AUTOCAST_DTYPES[precision] or model.head.weight.dtype
         forward_scale, states = step.forward_scale, step.states(labels_B.shape[0], dtype, device)
         torch.compiler.cudagraph_mark_step_begin()  # a new call: the previous call's graph outputs are done
     codebook_VC = vae.quantize.embedding.weight

@@ -89,7 +89,9 @@ class SamplingSettings:
 
     The defaults are the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96; VAR README). ``seed`` is
     the global seed: `var sample` derives each image's seed from it (var.batch.image_seed), the web UI
-    gives image i ``seed + i``. ``precision``: one of :data:`PRECISIONS` (see var.sample.autocast).
+    gives image i ``seed + i``. ``precision``: one of :data:`PRECISIONS`; "auto" (the default) is bf16
+    where the device computes it natively and exact fp32 elsewhere (var.sample.resolve_precision), so it
+    never slows a machine down; `var.sample.sample()` itself defaults to "fp32".
     """
 
     cfg: float = 1.5
@@ -97,7 +99,7 @@ class SamplingSettings:
     top_p: float = 0.96
     more_smooth: bool = False
     seed: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()
