@@ -37,6 +37,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("tokenize", "var.tokenize", "encode a dataset once into a token cache for training the transformer"),
     Command("train", "var.train", "train the transformer from a token cache (Lightning; CPU, GPU, DDP/FSDP, nodes)"),
     Command("sample", "var.batch", "batch-generate N images per class as PNG folders and an ADM-format .npz"),
+    Command(
+        "edit",
+        "app.edit_command",
+        "regenerate a masked region of an image, with or without a class (the UI's Edit tab)",
+    ),
     Command("eval", "var.evaluate", "score samples: FID, IS, precision/recall (local Inception weights) or --digits"),
     Command("app", "app.serve", "serve the web UI: sample by class, watch scales refine, edit images (Gradio)"),
     Command("demo", "app.demo", "the whole pipeline on the bundled digits in minutes on a CPU, then the web UI"),

@@ -34,6 +34,7 @@ __all__ = [
     "parse_label",
     "request_settings",
     "shade",
+    "square_mask",
     "to_pil",
 ]
 
@@ -137,9 +138,16 @@ def mask_from_editor(editor: Mapping[str, Any] | None, size: int) -> tuple[Image
         painted = np.maximum(painted, np.asarray(alpha, dtype=np.float32) / 255)
     if not painted.any():
         raise InputError("paint the region to regenerate with the brush first")
-    mask = Image.fromarray((painted * 255).astype(np.uint8), mode="L").crop(_square_box(W, H))
+    return background, square_mask(painted, size)
+
+
+def square_mask(mask_HW: np.ndarray, size: int) -> torch.Tensor:
+    """A mask in [0, 1] over an image (1 = regenerate) cropped and resized exactly as :func:`center_square`
+    crops and resizes that image: ``[size, size]`` in [0, 1]."""
+    H, W = mask_HW.shape
+    mask = Image.fromarray((np.clip(mask_HW, 0, 1) * 255).round().astype(np.uint8), mode="L").crop(_square_box(W, H))
     mask = mask.resize((size, size), Image.Resampling.BOX)  # area average: edit() thresholds per token
-    return background, torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)
+    return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)
 
 
 def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:

@@ -40,7 +40,7 @@ from PIL import Image
 
 from scaffold.errors import UserError
 from scaffold.io import atomic_open, remove_stale_temporaries, write_atomic
-from var.settings import PRECISIONS, SamplingSettings, count
+from var.settings import SamplingSettings, add_sampling_arguments, count, given_settings
 
 __all__ = [
     "SampleError",
@@ -298,35 +298,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-class", default="50", help="images per class (default: 50)")
     parser.add_argument("--out", required=True, help="output folder; OUT.npz is written beside it")
     parser.add_argument("--batch-size", default="32", help="images per forward pass (default: 32)")
-    parser.add_argument("--seed", default=None, help="global seed, 0 to 2**32-1 (default: the model's, 0)")
-    parser.add_argument("--cfg", default=None, help="guidance, >= 0 (default: the model's)")
-    parser.add_argument("--top-k", default=None, help="top-k, 0 disables (default: the model's)")
-    parser.add_argument("--top-p", default=None, help="top-p in [0, 1], 0 or 1 disable (default: the model's)")
-    parser.add_argument(
-        "--more-smooth",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="Gumbel-softmax smoothing, for visuals only (default: the model's)",
-    )
-    parser.add_argument(
-        "--precision",
-        default=None,
-        help=f"{', '.join(PRECISIONS)} (default: the model's; auto = bf16 where native, exact fp32 elsewhere)",
-    )
+    add_sampling_arguments(parser, seed_help="global seed, 0 to 2**32-1 (default: the model's, 0)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda:LOCAL_RANK if available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def _given(args: argparse.Namespace) -> dict:
-    """The sampling settings given on the command line (None: the model's default)."""
-    return dict(
-        cfg=args.cfg,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        more_smooth=args.more_smooth,
-        seed=args.seed,
-        precision=args.precision,
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -336,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line alone decides is checked before loading a model that may take a
     # minute, and before anything is written: a refused request leaves no folder and no record.
     per_class, batch_size = count(args.per_class, "--per-class"), count(args.batch_size, "--batch-size")
-    SamplingSettings().replace(**_given(args))
+    SamplingSettings().replace(**given_settings(args))
     out = _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
@@ -351,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     loaded = load_model(args.model, device)
     classes = parse_classes(args.classes, loaded.num_classes)
-    settings = loaded.sampling.replace(**_given(args))
+    settings = loaded.sampling.replace(**given_settings(args))
     if rank == 0:
         print(f"{loaded.describe()}; {len(classes)} classes x {per_class} images -> {out}")
     generate_folder(

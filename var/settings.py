@@ -12,6 +12,7 @@ Values may arrive as text (a command-line flag, a web form) or as floats that ho
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -19,7 +20,17 @@ from typing import Any
 
 from scaffold.errors import UserError
 
-__all__ = ["MAX_SEED", "PRECISIONS", "SamplingSettings", "SettingsError", "count", "integer", "number"]
+__all__ = [
+    "MAX_SEED",
+    "PRECISIONS",
+    "SamplingSettings",
+    "SettingsError",
+    "add_sampling_arguments",
+    "count",
+    "given_settings",
+    "integer",
+    "number",
+]
 
 # "auto" lets the sampler pick per device (see var.sample); the others force an autocast dtype.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -136,3 +147,31 @@ class SamplingSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- command-line flags
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The sampling flags of `var sample` and `var edit`. Numbers are read as text and checked by
+    :class:`SamplingSettings` (the web UI's checks, ranges and messages); an unset flag is None, the model's."""
+    parser.add_argument("--seed", default=None, help=seed_help)
+    parser.add_argument("--cfg", default=None, help="guidance, >= 0 (default: the model's)")
+    parser.add_argument("--top-k", default=None, help="top-k, 0 disables (default: the model's)")
+    parser.add_argument("--top-p", default=None, help="top-p in [0, 1], 0 or 1 disable (default: the model's)")
+    parser.add_argument(
+        "--more-smooth",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Gumbel-softmax smoothing, for visuals only (default: the model's)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help=f"{', '.join(PRECISIONS)} (default: the model's; auto = bf16 where native, exact fp32 elsewhere)",
+    )
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given by :func:`add_sampling_arguments`' flags, for :meth:`SamplingSettings.replace`."""
+    return {name: getattr(args, name) for name in ("cfg", "top_k", "top_p", "more_smooth", "seed", "precision")}
