@@ -230,6 +230,7 @@ def stage_samples(opts: DemoOptions) -> dict:
         "accuracy": report.accuracy,
         "min_class_accuracy": report.min_class_accuracy,
         "per_class": report.per_class,
+        "per_class_counts": {c: list(kn) for c, kn in report.per_class_counts.items()},  # [right, samples]
         "frechet": report.frechet,
         "grid": str(path),
     }

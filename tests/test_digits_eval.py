@@ -23,7 +23,7 @@ def test_judge_recognises_real_digits_and_caches(cache):
     # wrong labels: accuracy collapses, and the report names every class
     wrong = judge_samples((val.images + 1) / 2, (val.labels + 1) % 10, judge)
     assert wrong.accuracy < 0.2 and set(wrong.per_class) == set(range(10))
-    assert "per class" in report.summary()
+    assert "right per class" in report.summary()
 
 
 def test_first_use_inside_judge_samples_trains_the_judge(tmp_path, monkeypatch):
@@ -48,3 +48,16 @@ def test_frechet_distance_of_shifted_gaussians():
     b = a + 2.0  # same covariance, mean moved by 2 in each of 4 dims: distance 16
     assert abs(frechet_distance(a, b) - 16.0) < 1e-6
     assert abs(frechet_distance(a, a)) < 1e-6
+
+
+def test_thresholds_compare_counts_not_rounded_floats():
+    """18 of 20 is 90%: the float32 mean of those votes, 0.8999999761581421, failed `>= 0.9` (issue 19)."""
+    from var.digits_eval import DigitsReport
+
+    assert torch.tensor([1.0] * 18 + [0.0] * 2).mean().item() < 0.9  # the float that failed
+    report = DigitsReport({0: (18, 20), 1: (20, 20)}, frechet=0.0)
+    assert report.every_class_at_least(0.9) and report.every_class_at_least("0.9")
+    assert not report.every_class_at_least(0.91)
+    assert not DigitsReport({0: (17, 20), 1: (20, 20)}, frechet=0.0).every_class_at_least(0.9)
+    assert report.num_samples == 40 and report.accuracy == 38 / 40 and report.min_class_accuracy == 0.9
+    assert "0:18/20" in report.summary()
