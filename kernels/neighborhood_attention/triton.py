@@ -61,14 +61,16 @@ def _table_tensors(
     return tiles_T3, side_S, begin_S
 
 
-def _config() -> dict[str, int]:
+def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes by heuristic (no autotune: several configs fail under the interpreter)."""
     if triton_interpret():
         return dict(BLOCK_R=4, BLOCK_C=4, BLOCK_N=16, num_warps=1, num_stages=1)
     # The union rectangle of a patch is (BLOCK_R + K - 1) x (BLOCK_C + K - 1) on the query's own
     # scale: small patches waste fewer keys per query, 32 queries keep tl.dot on tensor cores.
+    # IEEE fp32 dots at D = 128 spilled 1.1-1.5 KB per thread with 4 warps (compile check, issue 17).
     # A sweep on GPU is owed.
-    return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=4, num_stages=2)
+    wide_fp32 = dtype == torch.float32 and dot_precision(dtype) == "ieee" and _block_d(D) > 64
+    return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=8 if wide_fp32 else 4, num_stages=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ def _bwd_kernel(
 
 def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
     B, H, L, D = q_BHLD.shape
-    cfg = _config()
+    cfg = _config(D, q_BHLD.dtype)
     tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
     o_BHLD = torch.empty_like(q_BHLD)
     lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
@@ -293,7 +295,7 @@ def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
 
 def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kernel_size, scale):
     B, H, L, D = q_BHLD.shape
-    cfg = _config()
+    cfg = _config(D, q_BHLD.dtype)
     tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
     delta_BHL = attention_delta(o_BHLD, do_BHLD)
     dq_BHLD = torch.empty_like(q_BHLD)
