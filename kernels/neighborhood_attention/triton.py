@@ -38,7 +38,8 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import scale_boundaries
-from ..block_causal_attention.triton import LOG2E, _block_d, attention_delta
+from .._triton_helpers import LOG2E, dot_block
+from ..block_causal_attention.triton import attention_delta
 
 __all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
 
@@ -69,7 +70,7 @@ def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
     # scale: small patches waste fewer keys per query, 32 queries keep tl.dot on tensor cores.
     # IEEE fp32 dots at D = 128 spilled 1.1-1.5 KB per thread with 4 warps (compile check, issue 17).
     # A sweep on GPU is owed.
-    wide_fp32 = dtype == torch.float32 and dot_precision(dtype) == "ieee" and _block_d(D) > 64
+    wide_fp32 = dtype == torch.float32 and dot_precision(dtype) == "ieee" and dot_block(D) > 64
     return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=8 if wide_fp32 else 4, num_stages=2)
 
 
@@ -286,7 +287,7 @@ def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
         D,
         kernel_size,
         scale * LOG2E,
-        BLOCK_D=_block_d(D),
+        BLOCK_D=dot_block(D),
         PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
@@ -320,7 +321,7 @@ def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kern
         kernel_size,
         scale,
         scale * LOG2E,
-        BLOCK_D=_block_d(D),
+        BLOCK_D=dot_block(D),
         PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
