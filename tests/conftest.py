@@ -5,6 +5,9 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # Never reach for the network from the test suite; tests that exercise downloads monkeypatch them.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import collections
+import importlib
+
 import pytest
 import torch
 
@@ -17,3 +20,71 @@ TINY_VAE = dict(ch=32, ch_mult=(1, 1, 2, 2), z_channels=8, vocab_size=64, patch_
 def tiny_vae() -> MultiScaleVQVAE:
     torch.manual_seed(0)
     return MultiScaleVQVAE(VQVAEConfig(**TINY_VAE)).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel test fixtures (tests/test_kernels_*.py)
+
+# Tolerance of a Triton kernel against its PyTorch reference on the same inputs, per op family and
+# dtype. Attention: both sides accumulate in fp32; fp16 rounds P and dS to fp16 for tl.dot, as in
+# FlashAttention. Spatial ops and external attention: the references compute in fp32 and cast.
+KERNEL_TOLERANCE = {
+    ("attention", torch.float32): dict(atol=2e-5, rtol=1e-4),
+    ("attention", torch.float16): dict(atol=5e-3, rtol=1e-2),
+    ("misc", torch.float32): dict(atol=1e-4, rtol=1e-4),
+    ("misc", torch.float16): dict(atol=1e-2, rtol=1e-2),
+}
+
+
+@pytest.fixture
+def kernel_tolerance() -> dict:
+    """``kernel_tolerance[(family, dtype)]``: keyword arguments of ``torch.testing.assert_close``."""
+    return KERNEL_TOLERANCE
+
+
+@pytest.fixture
+def nan_poisoned_empty(monkeypatch):
+    """torch.empty / torch.empty_like return NaN-filled floating tensors while the test runs, so an
+    output element a kernel forgets to write fails the comparison."""
+    empty, empty_like = torch.empty, torch.empty_like
+
+    def poison(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
+
+
+class _LoggedKernel:
+    """Stands in for a @triton.jit kernel: ``kernel[grid](...)`` logs the name, then launches it."""
+
+    def __init__(self, kernel, name: str, log: list[str]):
+        self.kernel, self.name, self.log = kernel, name, log
+
+    def __getitem__(self, grid):
+        self.log.append(self.name)
+        return self.kernel[grid]
+
+
+class KernelLaunches(list):
+    """The names of the Triton kernels launched, in order; ``counts()`` tallies them."""
+
+    def counts(self) -> collections.Counter:
+        return collections.Counter(self)
+
+
+@pytest.fixture
+def kernel_launches(monkeypatch):
+    """``kernel_launches(*module_names)`` wraps every ``_*_kernel`` of those modules and returns the
+    shared :class:`KernelLaunches` log, proving which kernels ran, forward and backward."""
+    log = KernelLaunches()
+
+    def watch(*module_names: str) -> KernelLaunches:
+        for module_name in module_names:
+            module = importlib.import_module(module_name)
+            for name in dir(module):
+                if name.startswith("_") and name.endswith("_kernel"):
+                    monkeypatch.setattr(module, name, _LoggedKernel(getattr(module, name), name, log))
+        return log
+
+    return watch

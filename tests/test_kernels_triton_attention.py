@@ -10,10 +10,9 @@ bf16 is not tested here: ``tl.dot`` on bf16 is wrong in the interpreter; it is o
 
 from __future__ import annotations
 
-import collections
-
 import pytest
 import torch
+from conftest import KERNEL_TOLERANCE
 
 import kernels
 from kernels._scales import scale_boundaries
@@ -30,11 +29,6 @@ PATCH_NUMS = [
 ]
 HEAD_DIMS = [pytest.param(16, id="D16"), pytest.param(24, id="D24")]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
-# Kernel: fp32 accumulation, fp16 operands of tl.dot (P and dS rounded to fp16 as in FlashAttention).
-TOLERANCE = {
-    torch.float32: dict(atol=2e-5, rtol=1e-4),
-    torch.float16: dict(atol=5e-3, rtol=1e-2),
-}
 PN_256PX = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # L = 680
 
 
@@ -42,36 +36,6 @@ PN_256PX = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # L = 680
 def _interpreter(monkeypatch):
     monkeypatch.delenv("VAR_KERNEL_BACKEND", raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-
-
-@pytest.fixture
-def nan_poisoned_empty(monkeypatch):
-    """torch.empty / torch.empty_like return NaN-filled floating tensors while the test runs."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
-
-
-class _CountingKernel:
-    """Stands in for a @triton.jit kernel: counts ``kernel[grid](...)`` launches, then launches it."""
-
-    def __init__(self, kernel, name: str, counts: collections.Counter):
-        self.kernel, self.name, self.counts = kernel, name, counts
-
-    def __getitem__(self, grid):
-        self.counts[self.name] += 1
-        return self.kernel[grid]
-
-
-def _count_launches(monkeypatch, module, names: list[str]) -> collections.Counter:
-    counts: collections.Counter = collections.Counter()
-    for name in names:
-        monkeypatch.setattr(module, name, _CountingKernel(getattr(module, name), name, counts))
-    return counts
 
 
 def _qkv(patch_nums, D, dtype, B=1, H=2, seed=0) -> list[torch.Tensor]:
@@ -89,7 +53,8 @@ def _fwd_bwd(op, qkv, *args, backend):
 def _assert_matches(got, want, dtype):
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         assert g.dtype == w.dtype and g.shape == w.shape, name
-        torch.testing.assert_close(g, w, **TOLERANCE[dtype], msg=lambda m, name=name: f"{name}: {m}")
+        tol = KERNEL_TOLERANCE[("attention", dtype)]
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,11 +67,11 @@ BCA_KERNELS = ["_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("patch_nums", PATCH_NUMS)
-def test_block_causal_matches_reference(patch_nums, D, dtype, nan_poisoned_empty, monkeypatch):
-    counts = _count_launches(monkeypatch, bca_triton, BCA_KERNELS)
+def test_block_causal_matches_reference(patch_nums, D, dtype, nan_poisoned_empty, kernel_launches):
+    launches = kernel_launches(bca_triton.__name__)
     qkv = _qkv(patch_nums, D, dtype)
     got = _fwd_bwd(kernels.block_causal_attention, qkv, patch_nums, backend="triton")
-    assert counts == {name: 1 for name in BCA_KERNELS}
+    assert launches.counts() == {name: 1 for name in BCA_KERNELS}
     want = _fwd_bwd(kernels.block_causal_attention, qkv, patch_nums, backend="torch")
     _assert_matches(got, want, dtype)
 
@@ -161,11 +126,12 @@ NA_SLOW_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("patch_nums, kernel_size", NA_CASES + NA_SLOW_CASES)
-def test_neighborhood_matches_reference(patch_nums, kernel_size, D, dtype, nan_poisoned_empty, monkeypatch):
-    counts = _count_launches(monkeypatch, na_triton, NA_KERNELS)
+def test_neighborhood_matches_reference(patch_nums, kernel_size, D, dtype, nan_poisoned_empty, kernel_launches):
+    launches = kernel_launches(na_triton.__name__)
     qkv = _qkv(patch_nums, D, dtype)
     got = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="triton")
-    assert counts == {name: 1 for name in NA_KERNELS}
+    # delta (rowsum(dO * O)) is launched from block_causal_attention's module, shared by both ops.
+    assert launches.counts() == {name: 1 for name in NA_KERNELS}
     want = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="torch")
     _assert_matches(got, want, dtype)
 

@@ -14,18 +14,13 @@ import importlib
 
 import pytest
 import torch
+from conftest import KERNEL_TOLERANCE
 
 import kernels
 from kernels._tiles import tile_table
 
 pytest.importorskip("triton")
 
-TOL = {
-    # The references compute in fp32 and cast; the kernels accumulate in fp32 too, so fp32 agrees to
-    # rounding and fp16 to a few ulps of the fp16 output (tl.dot operands are fp16 in the kernels).
-    torch.float32: dict(atol=1e-4, rtol=1e-4),
-    torch.float16: dict(atol=1e-2, rtol=1e-2),
-}
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
 
 TRITON_MODULES = {
@@ -47,37 +42,13 @@ def _clean_env(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _nan_poisoned_empty(monkeypatch):
-    """Every floating tensor from torch.empty / torch.empty_like starts as NaN."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(t):
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(empty_like(*a, **k)))
-
-
-class _LaunchLog:
-    """Wraps a @triton.jit kernel so ``kernel[grid](...)`` records the kernel's name."""
-
-    def __init__(self, kernel, name: str, log: list[str]):
-        self.kernel, self.name, self.log = kernel, name, log
-
-    def __getitem__(self, grid):
-        self.log.append(self.name)
-        return self.kernel[grid]
+def _poisoned(nan_poisoned_empty):
+    """Every test here runs with NaN-filled torch.empty (tests/conftest.py)."""
 
 
 @pytest.fixture
-def launches(monkeypatch) -> list[str]:
-    log: list[str] = []
-    for module_name in TRITON_MODULES.values():
-        module = importlib.import_module(module_name)
-        for name in dir(module):
-            if name.startswith("_") and name.endswith("_kernel"):
-                monkeypatch.setattr(module, name, _LaunchLog(getattr(module, name), name, log))
-    return log
+def launches(kernel_launches) -> list[str]:
+    return kernel_launches(*TRITON_MODULES.values())
 
 
 def _rand(*shape, dtype, seed):
@@ -86,13 +57,14 @@ def _rand(*shape, dtype, seed):
 
 
 def _compare(fn, inputs: list[torch.Tensor], dtype, launches: list[str], fwd_kernels, bwd_kernels):
+    tol = KERNEL_TOLERANCE[("misc", dtype)]
     """Run ``fn(*inputs, backend=...)`` with both backends; compare outputs and all input gradients."""
     out_ref = fn(*inputs, backend="torch")
     assert launches == []
     out = fn(*inputs, backend="triton")
     assert sorted(set(launches)) == sorted(fwd_kernels), launches
     assert out.dtype == out_ref.dtype and out.shape == out_ref.shape
-    torch.testing.assert_close(out, out_ref, **TOL[dtype])
+    torch.testing.assert_close(out, out_ref, **tol)
     cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(7)).to(dtype)
     # materialize_grads: an input the reference ignores (the gates of a chunk=1 scan) gets zeros.
     grads_ref = torch.autograd.grad(out_ref, inputs, cotangent, allow_unused=True, materialize_grads=True)
@@ -101,7 +73,7 @@ def _compare(fn, inputs: list[torch.Tensor], dtype, launches: list[str], fwd_ker
     assert sorted(set(launches)) == sorted(bwd_kernels), launches
     for i, (g, g_ref) in enumerate(zip(grads, grads_ref)):
         assert g.dtype == g_ref.dtype, i
-        torch.testing.assert_close(g, g_ref, **TOL[dtype], msg=lambda m, i=i: f"gradient of input {i}: {m}")
+        torch.testing.assert_close(g, g_ref, **tol, msg=lambda m, i=i: f"gradient of input {i}: {m}")
 
 
 # ----------------------------------------------------------------------------------------------

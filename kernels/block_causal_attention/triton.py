@@ -40,10 +40,9 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import scale_boundaries
+from .._triton_helpers import LOG2E, dot_block
 
 __all__ = ["BlockCausalAttentionFunction", "block_causal_attention", "query_tiles", "visited_fraction"]
-
-LOG2E = 1.4426950408889634  # 1 / ln(2): the kernels work with exp2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
     if triton_interpret():
         # Small tiles keep the interpreter fast and exercise the multi-tile paths on tiny shapes.
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
-    block_d = _block_d(D)
+    block_d = dot_block(D)
     if dot_precision(dtype) == "ieee" and dtype == torch.float32:
         # IEEE fp32 dots run on the FMA units with operands replicated across threads: 64 x 64 tiles
         # spilled ~30 KB per thread in the dK/dV kernel. Narrow key tiles hold K, V, dK, dV in registers.
@@ -117,10 +116,6 @@ def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
         return dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1)
     # FlashAttention-2's forward defaults for D <= 128 on A100/H100-class GPUs; a sweep on GPU is owed.
     return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
-
-
-def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,7 +315,7 @@ def attention_delta(o_BHLD: torch.Tensor, do_BHLD: torch.Tensor) -> torch.Tensor
     delta_BHL = torch.empty((B, H, L), dtype=torch.float32, device=o_BHLD.device)
     block_m = 16 if triton_interpret() else 64
     _bwd_delta_kernel[(triton.cdiv(L, block_m), B * H)](
-        o_BHLD, do_BHLD, delta_BHL, L, D, BLOCK_M=block_m, BLOCK_D=_block_d(D)
+        o_BHLD, do_BHLD, delta_BHL, L, D, BLOCK_M=block_m, BLOCK_D=dot_block(D)
     )
     return delta_BHL
 
@@ -343,7 +338,7 @@ def _forward(
         L,
         D,
         scale * LOG2E,
-        BLOCK_D=_block_d(D),
+        BLOCK_D=dot_block(D),
         PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
@@ -365,7 +360,7 @@ def _backward(
     q_tiles_T3, k_first_N = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
     delta_BHL = attention_delta(o_BHLD, do_BHLD)
     dq_BHLD, dk_BHLD, dv_BHLD = (torch.empty_like(q_BHLD) for _ in range(3))
-    common = dict(BLOCK_D=_block_d(D), PRECISION=dot_precision(q_BHLD.dtype), **cfg)
+    common = dict(BLOCK_D=dot_block(D), PRECISION=dot_precision(q_BHLD.dtype), **cfg)
     _bwd_dkdv_kernel[(k_first_N.shape[0], B * H)](
         q_BHLD,
         k_BHLD,

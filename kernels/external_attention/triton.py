@@ -34,15 +34,12 @@ import triton.language as tl
 
 from .._precision import dot_precision
 from .._tiles import scale_offsets, tile_table
+from .._triton_helpers import dot_block
 from .reference import L1_EPS
 
-__all__ = ["external_attention"]
+__all__ = ["ExternalAttentionFunction", "external_attention"]
 
 BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on a real device.
-
-
-def _pad(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
 
 
 @triton.jit
@@ -290,10 +287,21 @@ def _bwd_kernel(
 def _meta(q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor) -> dict:
     return dict(
         BLOCK_T=BLOCK_T,
-        BLOCK_S=_pad(mem_k_HSD.shape[1]),
-        BLOCK_D=_pad(q_BHLD.shape[3]),
+        BLOCK_S=dot_block(mem_k_HSD.shape[1]),
+        BLOCK_D=dot_block(q_BHLD.shape[3]),
         PRECISION=dot_precision(q_BHLD.dtype),
     )
+
+
+def _bwd_launch(q_BHLD: torch.Tensor) -> dict:
+    """Warps and stages of the backward kernel, which holds dmem_k, dmem_v [S, D] fp32 all along.
+
+    IEEE fp32 dots at D = 128 spilled ~2.8 KB per thread and needed 173 KB of shared memory (over the
+    A100's 163 KB) with Triton's defaults (compile check, issue 17).
+    """
+    if q_BHLD.dtype == torch.float32 and dot_precision(q_BHLD.dtype) == "ieee" and dot_block(q_BHLD.shape[3]) > 64:
+        return dict(num_warps=8, num_stages=1)
+    return {}
 
 
 def _forward(q, mem_k, mem_v, patch_nums, scale):
@@ -334,12 +342,13 @@ def _backward(q, mem_k, mem_v, lse, d_out, patch_nums, scale):
         scale,
         L1_EPS,
         **_meta(q, mem_k),
+        **_bwd_launch(q),
     )
     # Second stage of the memory gradients: the sum over the batch (deterministic).
     return dq, dk_part.sum(0).to(mem_k.dtype), dv_part.sum(0).to(mem_v.dtype)
 
 
-class _ExternalAttention(torch.autograd.Function):
+class ExternalAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, mem_k, mem_v, patch_nums, scale):
         q, mem_k, mem_v = (t.contiguous() for t in (q, mem_k, mem_v))
@@ -359,4 +368,4 @@ def external_attention(
     q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor, mem_v_HSD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
 ) -> torch.Tensor:
     """Triton version of :func:`kernels.external_attention` (arguments already checked)."""
-    return _ExternalAttention.apply(q_BHLD, mem_k_HSD, mem_v_HSD, patch_nums, scale)
+    return ExternalAttentionFunction.apply(q_BHLD, mem_k_HSD, mem_v_HSD, patch_nums, scale)

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .reference import GATE_SUM_MIN
 
-__all__ = ["gspn_normalize_gates", "gspn_scan"]
+__all__ = ["GspnNormalizeGatesFunction", "GspnScanFunction", "gspn_normalize_gates", "gspn_scan"]
 
 BLOCK_GATES = 256  # pixels per program of the gate kernels. TODO(gpu): tune.
 
@@ -122,14 +122,45 @@ def _scan_bwd_kernel(x, lam, g, h, dy, dh, dx, dlam, dg, C, H, W, CHUNK, BLOCK_H
         tl.debug_barrier()  # the next (left) column reads this one's dh of neighbouring rows
 
 
-class _GspnScan(torch.autograd.Function):
+def _scan_forward(x, lam, g, chunk):
+    """The scan's hidden state ``h`` in fp32 ``[N, C, H, W]``, one program per (image, channel)."""
+    N, C, H, W = x.shape
+    h32 = torch.empty(N, C, H, W, dtype=torch.float32, device=x.device)
+    block_h = triton.next_power_of_2(H)
+    _scan_fwd_kernel[(N * C,)](x, lam, g, h32, C, H, W, chunk or W, BLOCK_H=block_h, num_warps=_num_warps(block_h))
+    return h32
+
+
+def _scan_backward(x, lam, g, h32, dy, chunk):
+    N, C, H, W = x.shape
+    dh32 = torch.empty_like(h32)
+    dx, dlam, dg = torch.empty_like(x), torch.empty_like(lam), torch.empty_like(g)
+    block_h = triton.next_power_of_2(H)
+    _scan_bwd_kernel[(N * C,)](
+        x,
+        lam,
+        g,
+        h32,
+        dy,
+        dh32,
+        dx,
+        dlam,
+        dg,
+        C,
+        H,
+        W,
+        chunk or W,
+        BLOCK_H=block_h,
+        num_warps=_num_warps(block_h),
+    )
+    return dx, dlam, dg
+
+
+class GspnScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lam, g, chunk):
         x, lam, g = (t.contiguous() for t in (x, lam, g))
-        N, C, H, W = x.shape
-        h32 = torch.empty(N, C, H, W, dtype=torch.float32, device=x.device)
-        block_h = triton.next_power_of_2(H)
-        _scan_fwd_kernel[(N * C,)](x, lam, g, h32, C, H, W, chunk or W, BLOCK_H=block_h, num_warps=_num_warps(block_h))
+        h32 = _scan_forward(x, lam, g, chunk)
         ctx.save_for_backward(x, lam, g, h32)
         ctx.chunk = chunk
         return h32.to(x.dtype)
@@ -137,34 +168,12 @@ class _GspnScan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, lam, g, h32 = ctx.saved_tensors
-        N, C, H, W = x.shape
-        dy = dy.contiguous()
-        dh32 = torch.empty_like(h32)
-        dx, dlam, dg = torch.empty_like(x), torch.empty_like(lam), torch.empty_like(g)
-        block_h = triton.next_power_of_2(H)
-        _scan_bwd_kernel[(N * C,)](
-            x,
-            lam,
-            g,
-            h32,
-            dy,
-            dh32,
-            dx,
-            dlam,
-            dg,
-            C,
-            H,
-            W,
-            ctx.chunk or W,
-            BLOCK_H=block_h,
-            num_warps=_num_warps(block_h),
-        )
-        return dx, dlam, dg, None
+        return (*_scan_backward(x, lam, g, h32, dy.contiguous(), ctx.chunk), None)
 
 
 def gspn_scan(x_NCHW: torch.Tensor, lam_NCHW: torch.Tensor, g_N3CHW: torch.Tensor, chunk: int | None) -> torch.Tensor:
     """Triton version of :func:`kernels.gspn_scan` (arguments already checked)."""
-    return _GspnScan.apply(x_NCHW, lam_NCHW, g_N3CHW, chunk)
+    return GspnScanFunction.apply(x_NCHW, lam_NCHW, g_N3CHW, chunk)
 
 
 @triton.jit
@@ -219,27 +228,35 @@ def _gates_bwd_kernel(g_raw, dg, dg_raw, CHW, H, W, eps, BLOCK: tl.constexpr):
     tl.store(p_raw + 2 * CHW, ((b_dg2 - b_dot) * b_rden * b_in2 * b_s2 * (1.0 - b_s2)).to(dtype), mask=m)
 
 
-class _GspnNormalizeGates(torch.autograd.Function):
+def _gates_forward(g_raw):
+    N, _, C, H, W = g_raw.shape
+    g = torch.empty_like(g_raw)
+    grid = (N, triton.cdiv(C * H * W, BLOCK_GATES))
+    _gates_fwd_kernel[grid](g_raw, g, C * H * W, H, W, GATE_SUM_MIN, BLOCK=BLOCK_GATES)
+    return g
+
+
+def _gates_backward(g_raw, dg):
+    N, _, C, H, W = g_raw.shape
+    dg_raw = torch.empty_like(g_raw)
+    grid = (N, triton.cdiv(C * H * W, BLOCK_GATES))
+    _gates_bwd_kernel[grid](g_raw, dg, dg_raw, C * H * W, H, W, GATE_SUM_MIN, BLOCK=BLOCK_GATES)
+    return dg_raw
+
+
+class GspnNormalizeGatesFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g_raw):
         g_raw = g_raw.contiguous()
-        N, _, C, H, W = g_raw.shape
-        g = torch.empty_like(g_raw)
-        grid = (N, triton.cdiv(C * H * W, BLOCK_GATES))
-        _gates_fwd_kernel[grid](g_raw, g, C * H * W, H, W, GATE_SUM_MIN, BLOCK=BLOCK_GATES)
         ctx.save_for_backward(g_raw)
-        return g
+        return _gates_forward(g_raw)
 
     @staticmethod
     def backward(ctx, dg):
         (g_raw,) = ctx.saved_tensors
-        N, _, C, H, W = g_raw.shape
-        dg_raw = torch.empty_like(g_raw)
-        grid = (N, triton.cdiv(C * H * W, BLOCK_GATES))
-        _gates_bwd_kernel[grid](g_raw, dg.contiguous(), dg_raw, C * H * W, H, W, GATE_SUM_MIN, BLOCK=BLOCK_GATES)
-        return dg_raw
+        return _gates_backward(g_raw, dg.contiguous())
 
 
 def gspn_normalize_gates(g_raw_N3CHW: torch.Tensor) -> torch.Tensor:
     """Triton version of :func:`kernels.gspn_normalize_gates` (arguments already checked)."""
-    return _GspnNormalizeGates.apply(g_raw_N3CHW)
+    return GspnNormalizeGatesFunction.apply(g_raw_N3CHW)

@@ -38,7 +38,8 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import scale_boundaries
-from ..block_causal_attention.triton import LOG2E, _block_d, attention_delta
+from .._triton_helpers import LOG2E, dot_block
+from ..block_causal_attention.triton import attention_delta
 
 __all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
 
@@ -61,14 +62,16 @@ def _table_tensors(
     return tiles_T3, side_S, begin_S
 
 
-def _config() -> dict[str, int]:
+def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes by heuristic (no autotune: several configs fail under the interpreter)."""
     if triton_interpret():
         return dict(BLOCK_R=4, BLOCK_C=4, BLOCK_N=16, num_warps=1, num_stages=1)
     # The union rectangle of a patch is (BLOCK_R + K - 1) x (BLOCK_C + K - 1) on the query's own
     # scale: small patches waste fewer keys per query, 32 queries keep tl.dot on tensor cores.
+    # IEEE fp32 dots at D = 128 spilled 1.1-1.5 KB per thread with 4 warps (compile check, issue 17).
     # A sweep on GPU is owed.
-    return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=4, num_stages=2)
+    wide_fp32 = dtype == torch.float32 and dot_precision(dtype) == "ieee" and dot_block(D) > 64
+    return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=8 if wide_fp32 else 4, num_stages=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,7 +270,7 @@ def _bwd_kernel(
 
 def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
     B, H, L, D = q_BHLD.shape
-    cfg = _config()
+    cfg = _config(D, q_BHLD.dtype)
     tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
     o_BHLD = torch.empty_like(q_BHLD)
     lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
@@ -284,7 +287,7 @@ def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
         D,
         kernel_size,
         scale * LOG2E,
-        BLOCK_D=_block_d(D),
+        BLOCK_D=dot_block(D),
         PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )
@@ -293,7 +296,7 @@ def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
 
 def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kernel_size, scale):
     B, H, L, D = q_BHLD.shape
-    cfg = _config()
+    cfg = _config(D, q_BHLD.dtype)
     tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
     delta_BHL = attention_delta(o_BHLD, do_BHLD)
     dq_BHLD = torch.empty_like(q_BHLD)
@@ -318,7 +321,7 @@ def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kern
         kernel_size,
         scale,
         scale * LOG2E,
-        BLOCK_D=_block_d(D),
+        BLOCK_D=dot_block(D),
         PRECISION=dot_precision(q_BHLD.dtype),
         **cfg,
     )

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .._tiles import tile_table
 
-__all__ = ["ragged_depthwise_conv2d"]
+__all__ = ["RaggedDepthwiseConv2dFunction", "ragged_depthwise_conv2d"]
 
 BLOCK_T = 32  # tokens per tile. TODO(gpu): tune BLOCK_T / BLOCK_C / num_warps on a real device.
 MAX_BLOCK_C = 64  # 64 channels of fp16 = 128 bytes per token row: one coalesced transaction
@@ -164,7 +164,35 @@ def _conv(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
     return y_BLC
 
 
-class _RaggedDepthwiseConv2d(torch.autograd.Function):
+def _weight_grad(x_BLC, dy_BLC, patch_nums, K, dilation, has_bias):
+    """dweight ``[C, K, K]`` and dbias ``[C]`` (None without a bias): fp32 partials per tile, summed here."""
+    B, L, C = x_BLC.shape
+    tiles = tile_table(patch_nums, BLOCK_T, x_BLC.device)
+    num_tiles = tiles.shape[0]
+    block_c = _block_c(C)
+    dw_part = torch.empty(num_tiles, K * K, C, dtype=torch.float32, device=x_BLC.device)
+    db_part = torch.empty(num_tiles, C, dtype=torch.float32, device=x_BLC.device) if has_bias else dw_part
+    grid = (num_tiles, triton.cdiv(C, block_c))
+    _wgrad_kernel[grid](
+        x_BLC,
+        dy_BLC,
+        dw_part,
+        db_part,
+        tiles,
+        B,
+        L,
+        C,
+        dilation,
+        K=K,
+        HAS_BIAS=has_bias,
+        BLOCK_T=BLOCK_T,
+        BLOCK_C=block_c,
+    )
+    # Second stage: the sum over tiles (deterministic).
+    return dw_part.sum(0).t().reshape(C, K, K), db_part.sum(0) if has_bias else None
+
+
+class RaggedDepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
         x_BLC, weight_Ckk = x_BLC.contiguous(), weight_Ckk.contiguous()
@@ -177,38 +205,15 @@ class _RaggedDepthwiseConv2d(torch.autograd.Function):
     def backward(ctx, dy_BLC):
         x_BLC, weight_Ckk = ctx.saved_tensors
         dy_BLC = dy_BLC.contiguous()
-        B, L, C = x_BLC.shape
-        K = weight_Ckk.shape[-1]
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
             # Adjoint of a symmetric-pad 'same' correlation = correlation with the flipped filter.
             dx = _conv(dy_BLC, ctx.patch_nums, weight_Ckk.flip(1, 2).contiguous(), None, ctx.dilation)
         if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
-            tiles = tile_table(ctx.patch_nums, BLOCK_T, x_BLC.device)
-            num_tiles = tiles.shape[0]
-            block_c = _block_c(C)
-            dw_part = torch.empty(num_tiles, K * K, C, dtype=torch.float32, device=x_BLC.device)
-            db_part = torch.empty(num_tiles, C, dtype=torch.float32, device=x_BLC.device) if ctx.has_bias else dw_part
-            grid = (num_tiles, triton.cdiv(C, block_c))
-            _wgrad_kernel[grid](
-                x_BLC,
-                dy_BLC,
-                dw_part,
-                db_part,
-                tiles,
-                B,
-                L,
-                C,
-                ctx.dilation,
-                K=K,
-                HAS_BIAS=ctx.has_bias,
-                BLOCK_T=BLOCK_T,
-                BLOCK_C=block_c,
-            )
-            # Second stage: the sum over tiles (deterministic).
-            dw = dw_part.sum(0).t().reshape(C, K, K).to(weight_Ckk.dtype)
-            if ctx.has_bias:
-                db = db_part.sum(0).to(weight_Ckk.dtype)
+            K = weight_Ckk.shape[-1]
+            dw, db = _weight_grad(x_BLC, dy_BLC, ctx.patch_nums, K, ctx.dilation, ctx.has_bias)
+            dw = dw.to(weight_Ckk.dtype)
+            db = None if db is None else db.to(weight_Ckk.dtype)
         return dx, None, dw, db, None
 
 
@@ -220,4 +225,4 @@ def ragged_depthwise_conv2d(
     dilation: int,
 ) -> torch.Tensor:
     """Triton version of :func:`kernels.ragged_depthwise_conv2d` (arguments already checked)."""
-    return _RaggedDepthwiseConv2d.apply(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
+    return RaggedDepthwiseConv2dFunction.apply(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
