@@ -189,8 +189,10 @@ def main() -> None:
         "bf16": torch.bfloat16,
         **({"fp16": torch.float16} if device.type == "cuda" else {}),
     }
-    gemm = {name: gemm_flops_per_s(dtype, device) for name, dtype in gemm_dtypes.items()}
-    print("GEMM 2048x1024x4096 GFLOP/s:", {k: round(v / 1e9, 1) for k, v in gemm.items()}, flush=True)
+    gemm, gemm_shape = {}, {}
+    for name, dtype in gemm_dtypes.items():
+        gemm[name], gemm_shape[name] = gemm_flops_per_s(dtype, device)
+        print(f"GEMM {name} {'x'.join(map(str, gemm_shape[name]))}: {gemm[name] / 1e9:.3g} GFLOP/s", flush=True)
     rows = []
     for res in map(int, args.resolutions.split(",")):
         for mech in args.mechanisms.split(","):
@@ -247,6 +249,7 @@ def main() -> None:
         setting=SETTING,
         quick=args.quick,
         gemm_gflops={k: v / 1e9 for k, v in gemm.items()},
+        gemm_shape={k: "x".join(map(str, v)) for k, v in gemm_shape.items()},
         gflop_per_image={"transformer": flops_t / 1e9, "decoder": flops_d / 1e9},
         note="random weights; throughput of the whole sampler incl. the VAE decode; *_gemm_share: the part's "
         "FLOP/s over the GEMM FLOP/s of its resolved precision, measured in the same run",
@@ -269,10 +272,10 @@ def main() -> None:
         "published_images_per_s",
         "ratio_vs_published",
     ]
-    gemm_text = ", ".join(f"{k} {v / 1e9:.0f}" for k, v in gemm.items())
+    gemm_text = ", ".join(f"{k} {v / 1e9:.3g} ({'x'.join(map(str, gemm_shape[k]))})" for k, v in gemm.items())
     md = (
         f"# Sampling throughput\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
-        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM 2048x1024x4096 GFLOP/s in the same run: "
+        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM GFLOP/s (m x k x n) in the same run: "
         f"{gemm_text}; peak memory: "
         f"{'CUDA peak allocated' if device.type == 'cuda' else 'process peak RSS (upper bound)'}\n\n"
         + markdown_table(rows, cols)

@@ -18,8 +18,11 @@ def test_count_flops_includes_the_cpu_attention_kernel():
     assert count_flops(lambda: torch.randn(4, 5) @ torch.randn(5, 6)) == 2 * 4 * 5 * 6
 
 
-def test_gemm_throughput_is_a_rate():
-    assert gemm_flops_per_s(torch.float32, torch.device("cpu"), m=64, k=32, n=16) > 0
+def test_gemm_throughput_shrinks_the_product_to_its_time_budget():
+    rate, shape = gemm_flops_per_s(torch.float32, torch.device("cpu"), m=512, k=512, n=512, repeats=1, budget_s=1e6)
+    assert rate > 0 and shape == (512, 512, 512)
+    rate, shape = gemm_flops_per_s(torch.float32, torch.device("cpu"), m=2048, k=2048, n=2048, budget_s=1e-6)
+    assert rate > 0 and shape == (256, 256, 256)  # halved down to the smallest product
 
 
 def test_readme_line_names_the_resolved_precision_and_both_gemm_shares():

@@ -227,8 +227,8 @@ class CompiledStep:
             model.forward_scale, backend=backend, fullgraph=True, dynamic=False, **options
         )
         self._states: dict[tuple[int, torch.dtype, torch.device], list[Any]] = {}
-        # one graph per scale, per batch size and per precision: above dynamo's default limit of 8
-        limit = 4 * len(model.patch_nums)
+        # one graph per scale, per batch size and per precision (room for 8 such pairs): dynamo allows 8 in all
+        limit = 8 * len(model.patch_nums)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
         torch._dynamo.config.accumulated_recompile_limit = max(
             torch._dynamo.config.accumulated_recompile_limit, 4 * limit
