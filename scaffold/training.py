@@ -369,13 +369,34 @@ def fit_and_checkpoint(
     if trainer.interrupted:
         # Lightning returns from fit on Ctrl-C, possibly mid-step: keep the last step checkpoint, export nothing.
         raise KeyboardInterrupt
-    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / LAST)
+    trainer.save_checkpoint(Path(out_dir) / "checkpoints" / LAST, weights_only=False)
+
+
+class _LightningChatter(logging.Filter):
+    """Drops Lightning's lines that say nothing about the run: advertising tips, accelerators this
+    project never uses, and the end-of-fit notice (the command says itself where its result went)."""
+
+    NOISE = ("💡 Tip:", "TPU available:", "HPU available:", "`Trainer.fit` stopped:")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+def quiet_lightning() -> None:
+    """Only the project's progress and real warnings on the console (issue 19): Lightning's chatter is
+    filtered where it is logged, and its use of a torch API that torch deprecated (not ours to fix) is
+    not reported on every run. Idempotent."""
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _LightningChatter) for f in chatter.filters):
+        chatter.addFilter(_LightningChatter())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:
     """The Trainer of a run: step checkpoints (`StepCheckpoint`) written by `AtomicCheckpointIO`, a CSV log
     in out_dir/logs, no sanity validation, and batches sharded by `StepBatchSampler`; `kwargs` add or override."""
     tc = cfg.trainer
+    quiet_lightning()
     # The frozen tokenizer, the perceptual net and the EMA copy stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     args = dict(

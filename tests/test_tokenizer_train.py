@@ -379,3 +379,15 @@ def test_truncated_last_ckpt_and_a_full_disk(tmp_path, capsys, caplog, monkeypat
     assert lines[0].startswith(f"var train-tokenizer: error: disk full while writing {folder / 'step0000005.ckpt'} (")
     assert lines[0].endswith(" free): free some space and rerun")
     assert last.read_bytes() == before and not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_console_holds_only_the_run_s_own_lines(tmp_path, capfd, recwarn):
+    """Issue 19: no advertising tips, no TPU line, no torch deprecation raised inside Lightning, no
+    `weights_only` notice - only what the project itself says (and Lightning's device line)."""
+    assert main(["train-tokenizer", *TINY, f"out_dir={tmp_path}", "max_steps=1", "batch_size=4"]) == 0
+    out, err = capfd.readouterr()
+    text = out + err
+    for noise in ("Tip:", "TPU available", "weights_only", "LeafSpec", "`Trainer.fit` stopped"):
+        assert noise not in text, text
+    assert f"tokenizer written to {tmp_path / 'tokenizer'}" in out
+    assert not [w for w in recwarn if "LeafSpec" in str(w.message)]
