@@ -34,9 +34,9 @@ class Command:
 # In the order a user meets them: tokenizer, transformer, sampling, evaluation, UI, the demo.
 COMMANDS: tuple[Command, ...] = (
     Command("train-tokenizer", "tokenizer.train", "train the multi-scale VQ tokenizer (Lightning; CPU, GPU, DDP)"),
-    Command("tokenize", "var.tokenize", "encode a dataset once into a token cache for training the transformer"),
+    Command("tokenize", "var.token_cache", "encode a dataset once into a token cache for training the transformer"),
     Command("train", "var.train", "train the transformer from a token cache (Lightning; CPU, GPU, DDP/FSDP, nodes)"),
-    Command("sample", "var.batch", "batch-generate N images per class as PNG folders and an ADM-format .npz"),
+    Command("sample", "var.batch_sample", "batch-generate N images per class as PNG folders and an ADM-format .npz"),
     Command(
         "edit",
         "app.edit_command",

@@ -120,7 +120,7 @@ def stage_tokens(opts: DemoOptions) -> Path:
     if done.is_file():
         return cache
     from scaffold import load_config
-    from var.tokenize import TokenizeConfig, tokenize
+    from var.token_cache import TokenizeConfig, tokenize
 
     cfg = load_config(
         TokenizeConfig,

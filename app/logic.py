@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from scaffold.errors import UserError
+from tokenizer.data import to_rgb
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample
@@ -112,7 +113,7 @@ def _square_box(w: int, h: int) -> tuple[int, int, int, int]:
 def center_square(img: Image.Image, size: int) -> torch.Tensor:
     """Center-crop to a square, resize to ``size``: ``[3, size, size]`` in [0, 1]. Any input size."""
     _check_upload(img)
-    img = img.convert("RGB").crop(_square_box(*img.size)).resize((size, size), Image.Resampling.LANCZOS)
+    img = to_rgb(img).crop(_square_box(*img.size)).resize((size, size), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)  # [3, size, size]
 
 

@@ -50,7 +50,7 @@ from _common import (
 from kernels import ENV_VAR
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
 from var import VAR, preset
-from var.checkpoint import official_mask_bias
+from var.official import official_mask_bias
 from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_precision
 
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}

@@ -389,7 +389,9 @@ def quiet_lightning() -> None:
     chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _LightningChatter) for f in chatter.filters):
         chatter.addFilter(_LightningChatter())
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:

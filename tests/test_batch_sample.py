@@ -11,11 +11,11 @@ from conftest import TINY_VAE
 from helpers import tiny_var
 from PIL import Image
 
-import var.batch as batch
+import var.batch_sample as batch
 from app.cli import main
 from scaffold.errors import UserError
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
-from var.batch import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
+from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
 from var.sample import resolve_precision
 from var.settings import SamplingSettings

@@ -38,12 +38,12 @@ def test_console_script_installed():
 
 
 def _failing_sample(monkeypatch, err: BaseException):
-    import var.batch
+    import var.batch_sample
 
     def run(args):
         raise err
 
-    monkeypatch.setattr(var.batch, "run", run)
+    monkeypatch.setattr(var.batch_sample, "run", run)
     return ["sample", "--model", "m", "--out", "o"]
 
 

@@ -90,7 +90,7 @@ def test_exported_files_have_ordinary_permissions(tmp_path, tiny_vae):
 
 def test_a_tokenizer_file_is_not_taken_for_a_transformer(tmp_path, tiny_vae):
     from scaffold import save_state_dict
-    from var.checkpoint import load_official_var
+    from var.official import load_official_var
 
     path = tmp_path / "vae_ch160v4096z32.pth"
     save_state_dict(tiny_vae.state_dict(), path)
@@ -107,8 +107,8 @@ def test_a_tokenizer_file_is_not_taken_for_a_transformer(tmp_path, tiny_vae):
 def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch):
     """`--model /path/var_d16.pth`: the depth is read from the file, the tokenizer taken from beside it.
     (The real d16 is 1.2 GB; its loading is load_official_var's, tested in test_var_parity.)"""
-    import var.checkpoint
     import var.export
+    import var.official
     from scaffold import save_state_dict
 
     model = tiny_var()
@@ -122,7 +122,7 @@ def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch)
         calls["vae"] = path
         return tiny_vae
 
-    monkeypatch.setattr(var.checkpoint, "load_official_var", fake_var)
+    monkeypatch.setattr(var.official, "load_official_var", fake_var)
     monkeypatch.setattr(var.export, "load_official_vae", fake_vae)
     weights = tmp_path / "var_d16.pth"
     save_state_dict({"blocks.0.w": torch.zeros(1), "blocks.15.w": torch.zeros(1)}, weights)

@@ -14,7 +14,7 @@ from app.cli import main
 from scaffold import load_config
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var import VAR, VARConfig, load_model, sample
-from var.tokenize import TokenCacheError, TokenizeConfig, tokenize
+from var.token_cache import TokenCacheError, TokenizeConfig, tokenize
 from var.train import TrainingError, VARData, VARTrainConfig, VARTraining, build_trainer, param_groups, train_var
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def tiny_config(tmp_path, cache, *overrides) -> VARTrainConfig:
 
 def fit(cfg: VARTrainConfig, ckpt_path=None, crash_at=None) -> tuple[VARTraining, list[float]]:
     """Fit and return the module with its per-step losses; `crash_at` kills the run at that step."""
-    from var.tokenize import load_vae
+    from var.token_cache import load_vae
     from var.train import resolve_tokenizer
 
     torch.manual_seed(cfg.seed)

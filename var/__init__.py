@@ -1,10 +1,10 @@
 """The VAR transformer, its sampler and zero-shot editing."""
 
 from var.attention import MIXERS, TokenMixer, register_mixer
-from var.checkpoint import load_official_var
 from var.edit import edit
 from var.export import LoadedModel, SamplingDefaults, export_model, load_model
 from var.model import PRESETS, VAR, VARConfig, preset
+from var.official import load_official_var
 from var.sample import generate, sample, sample_progressive
 from var.settings import SamplingSettings
 

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from scaffold.errors import UserError
+from tokenizer.data import DatasetError, read_rgb
 
 __all__ = [
     "INCEPTION_ENV",
@@ -121,11 +121,10 @@ class InceptionFeatures:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as err:
-        raise EvalError(f"cannot read the image {path}: {err}") from None
+    try:  # 16-bit and palette images scaled, not clipped; every decoder error (a decompression bomb too)
+        return np.asarray(read_rgb(path))
+    except DatasetError as err:
+        raise EvalError(str(err)) from None
 
 
 def load_images(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:

@@ -175,7 +175,7 @@ def _published_depth(state_dict: dict[str, torch.Tensor], path: Path) -> int:
     """The depth of a published-layout VAR checkpoint: its number of blocks."""
     blocks = {int(m[1]) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
     if not blocks:
-        from var.checkpoint import describe_foreign_checkpoint
+        from var.official import describe_foreign_checkpoint
 
         raise CheckpointError(f"{path} is not a VAR transformer checkpoint{describe_foreign_checkpoint(state_dict)}")
     return max(blocks) + 1
@@ -184,7 +184,7 @@ def _published_depth(state_dict: dict[str, torch.Tensor], path: Path) -> int:
 def _load_published_file(path: Path, vae_file: Path | None = None) -> LoadedModel:
     """A published checkpoint file (var_d16.pth ...) and the published tokenizer: `vae_file`, else the
     file beside `path`, else the hub's."""
-    from var.checkpoint import load_official_var
+    from var.official import load_official_var
 
     from .imagenet import IMAGENET_CLASSES
 

@@ -2,7 +2,7 @@
 
 Architecture, parameter names and initialisation follow the published ``models/var.py`` and
 ``models/basic_var.py`` (FoundationVision/VAR), so the published checkpoints load strictly
-(:func:`var.checkpoint.load_official_var`). The attention sublayer is any registered
+(:func:`var.official.load_official_var`). The attention sublayer is any registered
 :class:`var.attention.TokenMixer`, chosen per block by ``VARConfig.attention``.
 """
 

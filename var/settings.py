@@ -99,7 +99,7 @@ class SamplingSettings:
     """What a sampled image depends on besides its class: the one home of these defaults.
 
     The defaults are the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96; VAR README). ``seed`` is
-    the global seed: `var sample` derives each image's seed from it (var.batch.image_seed), the web UI
+    the global seed: `var sample` derives each image's seed from it (var.batch_sample.image_seed), the web UI
     gives image i ``seed + i``. ``precision``: one of :data:`PRECISIONS`; "auto" (the default) is bf16
     where the device computes it natively and exact fp32 elsewhere (var.sample.resolve_precision), so it
     never slows a machine down; `var.sample.sample()` itself defaults to "fp32".

@@ -45,7 +45,7 @@ from var.export import SamplingDefaults, export_model
 from var.model import VAR, VARConfig
 from var.optim import NO_DECAY_KEYS, OptimConfig, lr_factor, param_groups
 from var.sample import sample
-from var.tokenize import TokenCache, TokenCacheError, load_vae, tokenizer_identity
+from var.token_cache import TokenCache, TokenCacheError, load_vae, tokenizer_identity
 
 __all__ = [
     "NO_DECAY_KEYS",

@@ -10,7 +10,7 @@ from PIL import Image
 from app.cli import main
 from scaffold import load_config
 from tokenizer import DigitsDataset, export_tokenizer
-from var.tokenize import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
+from var.token_cache import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
 
 
 @pytest.fixture(autouse=True)
