@@ -37,7 +37,11 @@ def scale_boundaries(patch_nums: Sequence[int]) -> list[tuple[int, int]]:
 
 
 def token_scale_ids(patch_nums: Sequence[int], device: torch.device | str | None = None) -> torch.Tensor:
-    """Scale index of every token, a LongTensor ``[L]`` (the published VAR code's ``lvl_1L``)."""
+    """Scale index of every token, a LongTensor ``[L]`` (the published VAR code's ``lvl_1L``).
+
+    The one token-layout helper of the project: the kernels and the model (``var.attention.scale_ids``)
+    both use it."""
     pns = normalize_patch_nums(patch_nums)
     sizes_S = torch.tensor([p * p for p in pns], device=device)
-    return torch.repeat_interleave(torch.arange(len(pns), device=device), sizes_S)  # [L]
+    # output_size: the length is known on the host, so no device sync (CUDA graphs, torch.compile).
+    return torch.repeat_interleave(torch.arange(len(pns), device=device), sizes_S, output_size=sum(p * p for p in pns))

@@ -42,11 +42,7 @@ __all__ = [
 ]
 
 
-def scale_ids(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
-    """Scale index of every token of the packed sequence: LongTensor ``[L]``."""
-    counts = [pn * pn for pn in patch_nums]
-    ids = torch.arange(len(patch_nums), device=device)
-    return torch.repeat_interleave(ids, torch.tensor(counts, device=device), output_size=sum(counts))
+scale_ids = kernels.token_scale_ids  # scale index of every token, LongTensor [L]: one helper for kernels and model
 
 
 def block_causal_mask(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:

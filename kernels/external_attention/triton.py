@@ -296,10 +296,10 @@ def _meta(q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor) -> dict:
 def _bwd_launch(q_BHLD: torch.Tensor) -> dict:
     """Warps and stages of the backward kernel, which holds dmem_k, dmem_v [S, D] fp32 all along.
 
-    IEEE fp32 dots at D = 128 spilled ~2.8 KB per thread and needed 173 KB of shared memory (over the
-    A100's 163 KB) with Triton's defaults (compile check, issue 17).
+    fp32 inputs at D = 128 with Triton's defaults: IEEE dots spilled ~2.8 KB per thread, and both
+    IEEE and TF32 needed 165-173 KB of shared memory, over the A100's 163 KB (compile check, issue 17).
     """
-    if q_BHLD.dtype == torch.float32 and dot_precision(q_BHLD.dtype) == "ieee" and dot_block(q_BHLD.shape[3]) > 64:
+    if q_BHLD.dtype == torch.float32 and dot_block(q_BHLD.shape[3]) > 64:
         return dict(num_warps=8, num_stages=1)
     return {}
 
