@@ -5,14 +5,15 @@ On a machine with a CUDA GPU, from the repository root::
     python benchmarks/gpu_check.py --published ../VAR          # ~8 minutes on one H100-class GPU
 
 Steps, each with its own time budget (a step past its budget is stopped and recorded as such, and
-the next one starts, so the whole run stays within the sum of the budgets, 470 s):
+the next one starts, so the whole run stays within the sum of the budgets, 460 s):
 
 1. ``TRITON_INTERPRET=0 pytest -m gpu``: every op forward and backward compiled on CUDA in fp32
-   (IEEE and TF32), fp16 and bf16 against a float64 reference, and the mechanism modules (180 s);
-2. ``benchmarks/attention.py``: the fused attention kernels against masked SDPA and FlexAttention (100 s);
+   (IEEE and TF32), fp16 and bf16 against a float64 reference, and the mechanism modules (150 s);
+2. ``benchmarks/attention.py``: the fused attention kernels against masked SDPA and FlexAttention (90 s);
 3. ``benchmarks/spatial.py``: ragged depthwise conv against the per-scale cuDNN loop, GSPN scan (70 s);
-4. ``benchmarks/sample.py``: d16 sampling at batch 1 and 64 in bf16 against the published sampler
-   of the checkout given with ``--published`` (120 s).
+4. ``benchmarks/sample.py``: d16 sampling at batch 1 and 64 in bf16, eager and with the per-scale step
+   captured by CUDA graphs (``--compile reduce-overhead``: static key/value caches, one graph per
+   scale), against the published sampler of the checkout given with ``--published`` (150 s).
 
 The benchmarks write their JSON and Markdown under ``--out`` (default ``benchmarks/results/``);
 this script adds ``gpu-check-<device>-<date>.json`` with the device, the date, the versions and, per
@@ -42,17 +43,18 @@ def steps(published: Path, out: Path, junit: Path) -> list[tuple[str, list[str],
         (
             "pytest -m gpu",
             [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"],
-            180,
+            150,
         ),
-        ("attention benchmark", [py, "benchmarks/attention.py", "--out", str(out)], 100),
+        ("attention benchmark", [py, "benchmarks/attention.py", "--out", str(out)], 90),
         ("spatial benchmark", [py, "benchmarks/spatial.py", "--out", str(out)], 70),
         (
             "d16 sampling vs published",
             [
                 *(py, "benchmarks/sample.py", "--depth", "16", "--batch-sizes", "1,64", "--mechanisms", "full"),
-                *("--precisions", "bf16", "--compare-published", str(published), "--out", str(out)),
+                *("--precisions", "bf16", "--compile", "none,reduce-overhead", "--backends", "torch"),
+                *("--compare-published", str(published), "--out", str(out)),
             ],
-            120,
+            150,
         ),
     ]
 
