@@ -12,13 +12,7 @@ from scaffold import load_config
 from tokenizer import DigitsDataset, export_tokenizer
 from var.token_cache import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -56,14 +56,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads spin against other processes and a
-    tiny training step gets 10-20x slower (measured: 1.1 s vs 19 s for the four-step test below)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(tmp_path, *overrides: str) -> TokenizerTrainConfig:
