@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from scaffold.errors import UserError
-from scaffold.io import atomic_path, write_atomic
+from scaffold.io import atomic_path, remove_stale_temporaries, write_atomic
 
 __all__ = ["add_arguments", "run", "run_demo"]
 
@@ -243,6 +243,7 @@ def run_demo(opts: DemoOptions) -> dict:
     if opts.mechanism not in MIXERS:
         raise DemoError(f"unknown mechanism {opts.mechanism!r}; choose one of {', '.join(sorted(MIXERS))}")
     opts.workdir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(opts.workdir)  # a `.model.tmp-PID` copy that a killed demo left (_publish)
     t0 = time.time()
     tok = stage_tokenizer(opts)
     _say(

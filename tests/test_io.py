@@ -91,3 +91,14 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path):
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale[:2])
     assert remove_stale_temporaries(tmp_path, recursive=True) == [stale[2]]
     assert all(p.exists() for p in [*keep, mine])
+
+
+def test_stale_folder_copies_are_removed(tmp_path):
+    """A folder copied into place under a temporary name (the demo's exports) by a process since killed."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".model.tmp-{int(dead.stdout)}"
+    (stale / "tokenizer").mkdir(parents=True)
+    (stale / "tokenizer" / "model.safetensors").write_bytes(b"partial")
+    (tmp_path / "model").mkdir()
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and (tmp_path / "model").is_dir()
