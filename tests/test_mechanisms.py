@@ -137,14 +137,15 @@ def test_bad_mechanism_options():
 
 @pytest.mark.parametrize("preset", ["full", "neighborhood", "external", "lka", "gspn", "hybrid"])
 def test_var_presets_build(preset):
-    """configs/var/d16_<mechanism>.yaml: training configs whose `model:` section builds a VAR (at depth 2 here)."""
+    """configs/var/d16.yaml and its d16_<mechanism>.yaml overlays: their `model:` builds a VAR (at depth 2 here)."""
     from pathlib import Path
 
     from scaffold import load_config
     from var.train import VARTrainConfig
 
-    path = Path(__file__).parents[1] / "configs" / "var" / f"d16_{preset}.yaml"
-    cfg = load_config(VARTrainConfig, path).model
+    folder = Path(__file__).parents[1] / "configs" / "var"
+    files = [folder / "d16.yaml"] + ([] if preset == "full" else [folder / f"d16_{preset}.yaml"])
+    cfg = load_config(VARTrainConfig, files).model
     names = cfg.block_attention()
     assert len(names) == 16 and set(names) <= set(NAMES)
     if preset == "hybrid":
