@@ -114,6 +114,10 @@ class TrainerConfig:
                 close = difflib.get_close_matches(key, _trainer_arguments(), n=1)
                 hint = f"; did you mean 'trainer.{close[0]}'?" if close else ""
                 raise ValueError(f"trainer.{key} is not an argument of lightning.Trainer{hint}")
+        # The batches a step takes: StepBatchSampler's resume position and the lr's global batch count them.
+        accumulate = self.extra.get("accumulate_grad_batches", 1)
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
 
 
 @functools.cache

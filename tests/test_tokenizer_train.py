@@ -334,6 +334,9 @@ def test_bad_inputs_are_one_clear_message(tmp_path, capsys):
         tiny_config(tmp_path, "resume=/no/such.ckpt").resume_path()
     assert main(["train-tokenizer", *TINY, "data.image_size=32"]) == 2
     assert "data.image_size=32 but the model takes 16 px" in capsys.readouterr().err
+    # A Lightning argument that does not fit the module: the tokenizer steps its optimizers itself.
+    with pytest.raises(TrainingError, match=r"refused the run's settings: Automatic gradient accumulation is not"):
+        train_tokenizer(tiny_config(tmp_path, "trainer.accumulate_grad_batches=2"), logger=False)
 
 
 def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
