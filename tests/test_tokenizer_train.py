@@ -311,9 +311,13 @@ def test_cli_config_typo_is_one_line_naming_the_key(capsys):
 
 
 def test_presets_load():
-    for name in ("digits", "vae_f16_256"):
-        cfg = load_config(TokenizerTrainConfig, PRESETS / f"{name}.yaml")
+    shipped = sorted(PRESETS.glob("*.yaml"))
+    assert {p.stem for p in shipped} == {"digits", "vae_f16_256"}
+    for path in shipped:
+        cfg = load_config(TokenizerTrainConfig, path)
         assert cfg.data.image_size == cfg.model.image_size
+        with torch.device("meta"):  # the model builds (no memory on the meta device)
+            assert MultiScaleVQVAE(cfg.model).quantize.vocab_size == cfg.model.vocab_size
     big = load_config(TokenizerTrainConfig, PRESETS / "vae_f16_256.yaml")
     assert (big.model.ch, big.model.vocab_size, big.model.z_channels) == (160, 4096, 32)
     assert big.model.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) and big.precision == "bf16-mixed"
