@@ -258,5 +258,5 @@ def add_config_arguments(parser) -> None:
         help="YAML file merged over the defaults; repeat it to merge several in order (a base, then overlays)",
     )
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="overrides merged last, e.g. trainer.max_steps=100"
+        "overrides", nargs="*", metavar="key=value", help="overrides merged last, e.g. max_steps=100 trainer.devices=2"
     )
