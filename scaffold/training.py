@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
-import importlib
 import inspect
 import io
 import logging
@@ -37,7 +36,6 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
@@ -48,9 +46,9 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .errors import UserError
 from .io import atomic_path, remove_stale_temporaries, write_atomic
+from .loggers import LOGGERS, make_logger
 
 __all__ = [
-    "LOGGERS",
     "PRECISIONS",
     "AtomicCheckpointIO",
     "RunConfig",
@@ -61,7 +59,6 @@ __all__ = [
     "ema_update",
     "find_resume_checkpoint",
     "fit_and_checkpoint",
-    "make_logger",
     "make_trainer",
     "ordered_loader",
     "parse_devices",
@@ -123,9 +120,6 @@ class TrainerConfig:
 @functools.cache
 def _trainer_arguments() -> tuple[str, ...]:
     return tuple(name for name in inspect.signature(L.Trainer.__init__).parameters if name != "self")
-
-
-LOGGERS = ("csv", "tensorboard", "wandb", "none")
 
 
 @dataclass
@@ -464,42 +458,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
-
-
-# The packages a logger runs on (the first importable one is used; the first is pip's name for it).
-_LOGGER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
-
-
-def make_logger(kind: str, out_dir: str | os.PathLike) -> Logger | bool:
-    """The run's metrics logger, writing under out_dir: `kind` is one of LOGGERS ("none": False, no logger).
-
-    TensorBoard and W&B are optional packages: without them this is a ConfigError naming `logger` and the
-    package to install. W&B takes its project from WANDB_PROJECT (default "nextscale") and names the run
-    after out_dir; WANDB_MODE=offline keeps it on disk.
-    """
-    if kind == "csv":
-        return CSVLogger(out_dir, name="logs")
-    if kind == "none":
-        return False
-    if kind not in _LOGGER_PACKAGES:
-        raise ConfigError(f"logger must be one of {', '.join(LOGGERS)}; got {kind!r}")
-    if not any(_importable(package) for package in _LOGGER_PACKAGES[kind]):
-        package = _LOGGER_PACKAGES[kind][0]
-        raise ConfigError(f"logger={kind} needs the {package} package: pip install {package} (or logger=csv)")
-    from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-
-    if kind == "tensorboard":
-        return TensorBoardLogger(out_dir, name="logs")
-    project = os.environ.get("WANDB_PROJECT", "nextscale")
-    return WandbLogger(name=Path(out_dir).resolve().name, save_dir=out_dir, project=project)
-
-
-def _importable(package: str) -> bool:
-    try:
-        importlib.import_module(package)
-    except ImportError:
-        return False
-    return True
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:

@@ -21,13 +21,13 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from scaffold import CheckpointError, ConfigError, DiskFullError, load_config
+from scaffold.loggers import make_logger
 from scaffold.training import (
     AtomicCheckpointIO,
     RunConfig,
     StepCheckpoint,
     TrainingError,
     find_resume_checkpoint,
-    make_logger,
     make_trainer,
     prepare_run_folder,
     probe_checkpoint,
