@@ -370,6 +370,19 @@ def test_gspn_scan_float32_is_the_columnwise_scan(chunk):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # summed in another order
 
 
+def test_gspn_scan_reads_gates_broadcast_over_channels_as_per_channel_gates():
+    # GSPN shares its gates over a head's channels: an expanded (stride 0) g is read without a copy,
+    # and must give what the same gates written out per channel give, gradients included.
+    N, C, H, W = 2, 3, 4, 5
+    x, lam = _rand(N, C, H, W, seed=0), _rand(N, C, H, W, seed=1)
+    g_N31HW = kernels.gspn_normalize_gates(_rand(N, 3, 1, H, W, seed=2, requires_grad=False)).requires_grad_()
+    _assert_same_fwd_bwd(
+        lambda x, lam, g: kernels.gspn_scan(x, lam, g.expand(N, 3, C, H, W), chunk=3),
+        lambda x, lam, g: kernels.gspn_scan(x, lam, g.expand(N, 3, C, H, W).contiguous(), chunk=3),
+        [x, lam, g_N31HW],
+    )
+
+
 @pytest.mark.parametrize("H", [1, 2, 4], ids=lambda H: f"H={H}")
 def test_gspn_normalize_gates_matches_naive(H):
     g_raw = _rand(2, 3, 2, H, 3, seed=0)

@@ -277,8 +277,9 @@ class _GSPNPacking:
                 token[:p, row0 : row0 + p, d] = oriented[d][0].T  # [column, row]
             first_row[row0], last_row[row0 + p - 1] = True, True
             row0 += p
-        self.token_WRD = token.to(device)
-        self.direction_WRD = torch.arange(nd).expand(self.width, self.rows, nd).to(device)
+        # rows to gather, in the packed order [W, R, nd]: a token's row, or its (token, direction) row
+        self.token_cells = token.flatten().to(device)
+        self.token_direction_cells = (token * nd + torch.arange(nd)).flatten().to(device)
         # g0 reads row r-1, g2 row r+1: another scale's row on a scale's first / last row
         other = torch.zeros(self.width, self.rows, 3, dtype=torch.bool)
         other[:, first_row, 0], other[:, last_row, 2] = True, True
@@ -289,8 +290,8 @@ class _GSPNPacking:
         for d in range(nd):
             real = flat[:, d] < L
             cell[d, flat[real, d]] = torch.arange(flat.shape[0])[real]
-        self.cell_DL = cell.to(device)
-        self.direction_DL = torch.arange(nd)[:, None].expand(nd, L).to(device)
+        # [nd, L] -> row of [W * R * nd] packed cells
+        self.direction_tokens = (cell * nd + torch.arange(nd)[:, None]).flatten().to(device)
 
     @classmethod
     def get(cls, patch_nums: tuple[int, ...], device: torch.device) -> _GSPNPacking:
@@ -373,34 +374,39 @@ class GSPNMixer(TokenMixer):
         G, nd, hd = self.num_heads, self.DIRECTIONS, self.head_dim
         pack = _GSPNPacking.get(patch_nums, x_BLC.device)
         W, R, N = pack.width, pack.rows, nd * B
-        # Token-major [L + 1, B, ...] with a zero token at L for the padding cells, then one gather
+        # Token-major [L + 1, B, ...] with a zero token at L for the padding cells, then one row gather
         # into the packed maps [W, R, nd, B, ...]: the scan's own memory order, with N = (nd, B).
         v_LBC = F.pad(self.proj_in(x_BLC).transpose(0, 1), (0, 0, 0, 0, 0, 1))
-        v_WRDBC = v_LBC[pack.token_WRD]
-        gates_LBD5G = F.pad(self.gate_proj(x_BLC).transpose(0, 1), (0, 0, 0, 0, 0, 1)).view(L + 1, B, nd, 5, G)
-        gates_WRDB5G = gates_LBD5G[pack.token_WRD, :, pack.direction_WRD]
+        v_WRDBC = v_LBC.view(L + 1, B * C).index_select(0, pack.token_cells).view(W, R, nd, B, C)
+        gates_LBD5G = F.pad(self.gate_proj(x_BLC).transpose(0, 1), (0, 0, 0, 0, 0, 1)).view(L + 1, B, nd, 5 * G)
+        gates_LDB5G = gates_LBD5G.transpose(1, 2).reshape((L + 1) * nd, B * 5 * G)  # row: (token, direction)
+        gates_WRDB5G = gates_LDB5G.index_select(0, pack.token_direction_cells).view(W, R, nd, B, 5, G)
         g_raw_WRDB3G = gates_WRDB5G[..., :3, :].masked_fill(pack.other_scale_WR3[:, :, None, None, :, None], -math.inf)
         g_raw_N3GRW = g_raw_WRDB3G.reshape(W, R, N, 3, G).permute(2, 3, 4, 1, 0)
         g_N3GRW = kernels.gspn_normalize_gates(g_raw_N3GRW, backend=self.backend)
-        # One gate per head -> one per channel, written in the scan's order [W, 3, R, N, C].
-        g_W3RNC = g_N3GRW.permute(4, 1, 3, 0, 2)[..., None].expand(W, 3, R, N, G, hd).reshape(W, 3, R, N, C)
-        lam_WRNC = torch.sigmoid(gates_WRDB5G[..., 3, :])[..., None].expand(W, R, nd, B, G, hd).reshape(W, R, N, C)
-        v_WRNC = v_WRDBC.reshape(W, R, N, C)
+        # The scan sees the heads as batch entries, N' = (nd, B, G), and a head's channels as its channels,
+        # so that a head's gates and input weights are one value broadcast over them (stride 0).
+        NG = N * G
+        g_W3RN1 = g_N3GRW.permute(4, 1, 3, 0, 2).reshape(W, 3, R, NG, 1)
+        lam_WRN1 = torch.sigmoid(gates_WRDB5G[..., 3, :]).reshape(W, R, NG, 1)
         h = kernels.gspn_scan(
-            v_WRNC.permute(2, 3, 1, 0),
-            lam_WRNC.permute(2, 3, 1, 0),
-            g_W3RNC.permute(3, 1, 4, 2, 0),
+            v_WRDBC.view(W, R, NG, hd).permute(2, 3, 1, 0),
+            lam_WRN1.expand(W, R, NG, hd).permute(2, 3, 1, 0),
+            g_W3RN1.expand(W, 3, R, NG, hd).permute(3, 1, 4, 2, 0),
             chunk=self.chunk,
             backend=self.backend,
         )
-        h_WRDBGh = h.permute(3, 2, 0, 1).reshape(W, R, nd, B, G, hd)
+        h_WRDBGh = h.permute(3, 2, 0, 1).view(W, R, nd, B, G, hd)
         u_WRDBGh = gates_WRDB5G[..., 4, :, None]
         d_DGh = self.skip_d.to(h.dtype).view(nd, G, hd)
         y_WRDBC = (u_WRDBGh * h_WRDBGh + d_DGh[:, None] * v_WRDBC.view(W, R, nd, B, G, hd)).view(W, R, nd, B, C)
         # Back to the tokens, one direction at a time, merged in the order of the per-scale layout.
-        y_DLBC = y_WRDBC.view(W * R, nd, B, C)[pack.cell_DL, pack.direction_DL]
-        w = self.merge_w.to(y_DLBC.dtype)
-        y_LBC = sum(w[d] * y_DLBC[d] for d in range(nd))
+        y_DLBC = y_WRDBC.view(W * R * nd, B * C).index_select(0, pack.direction_tokens).view(nd, L, B, C)
+        w_DC = self.merge_w.to(y_DLBC.dtype)
+        y_per_direction = (w_DC[:, None, None] * y_DLBC).unbind(0)
+        y_LBC = y_per_direction[0]
+        for y_d in y_per_direction[1:]:
+            y_LBC = y_LBC + y_d
         return self.proj(y_LBC.transpose(0, 1))  # [B, L, C]
 
     def _mix(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:

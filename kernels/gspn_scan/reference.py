@@ -33,7 +33,9 @@ def _scan_columns(inject_WHNC: torch.Tensor, g_W3HNC: torch.Tensor, restart_W: l
     and H + 1 of the buffer stay 0: they are the rows outside the map that rows 0 and H - 1 read.
     """
     W, H, N, C = inject_WHNC.shape
-    h_buf = inject_WHNC.new_zeros(W, H + 2, N, C)
+    h_buf = inject_WHNC.new_empty(W, H + 2, N, C)
+    h_buf[:, 0] = 0
+    h_buf[:, H + 1] = 0
     for c in range(W):
         h_HNC = h_buf[c, 1 : H + 1]
         if restart_W[c]:
@@ -92,10 +94,12 @@ class _GSPNScan(torch.autograd.Function):
         a_WHNC = _adjoint_columns(dh_WHNC, g_W3HNC, restart_W)
         d_g = None
         if ctx.needs_input_grad[1]:
-            d_g = torch.empty_like(g_W3HNC)
+            d_g = a_WHNC.new_empty(g_W3HNC.shape)  # per channel, also where g is one gate broadcast
             for k in range(3):  # gate k of column c reads row r - 1 + k of column c - 1
                 torch.mul(a_WHNC[1:], h_buf[:-1, k : k + H], out=d_g[1:, k])
-            d_g[[c for c in range(W) if restart_W[c]]] = 0  # column 0 among them
+            for c in range(W):
+                if restart_W[c]:  # column 0 among them
+                    d_g[c].zero_()
         return a_WHNC, d_g, None
 
 
@@ -104,9 +108,13 @@ def gspn_scan(x_NCHW: torch.Tensor, lam_NCHW: torch.Tensor, g_N3CHW: torch.Tenso
     x, lam, g = (t.to(acc_dtype) for t in (x_NCHW, lam_NCHW, g_N3CHW))
     W = x.shape[-1]
     restart_W = [c == 0 or (chunk is not None and c % chunk == 0) for c in range(W)]
-    # Column-major copies (no copy when the caller's memory is already in this order).
+    # Column-major copies (no copy when the caller's memory is already in this order). Gates that
+    # are one value broadcast over the channels (stride 0, as GSPN's gates per head) are read as
+    # they are: a per-channel copy would be 3 N C H W floats written and read back for nothing.
     inject_WHNC = (lam * x).permute(3, 2, 0, 1).contiguous()
-    g_W3HNC = g.permute(4, 1, 3, 0, 2).contiguous()
+    g_W3HNC = g.permute(4, 1, 3, 0, 2)
+    if g.stride(2) != 0 or g.shape[2] == 1:
+        g_W3HNC = g_W3HNC.contiguous()
     h_WHNC = _GSPNScan.apply(inject_WHNC, g_W3HNC, restart_W)
     return h_WHNC.permute(2, 3, 1, 0).to(x_NCHW.dtype)  # [N, C, H, W]
 
