@@ -12,9 +12,10 @@ With ``chunk``, the scan restarts (``h = lam * x``) at every column ``c % chunk 
 The reference loops over columns in a column-major copy (``[W, H, N, C]``, each column contiguous)
 and has a hand-written backward: autograd through the loop would record a dozen nodes per column,
 and the backward of each column slice fills a zero tensor the size of the whole map, which made the
-scan the slowest part of a CPU training step at the digits' sizes. The backward is the same scan
-run from the last column to the first (see :class:`_GSPNScan`); the forward adds the same products
-in the same order as the formula above, so it is exact to the rounding of each step.
+scan the slowest part of a CPU training step at the digits' sizes. The backward is the adjoint
+recurrence, run from the last column to the first (see :class:`_GSPNScan`). The forward adds the
+same products in the same order as the formula above: bit for bit the column-by-column scan.
+Gates broadcast over the channels (stride 0) are read in place, not copied per channel.
 """
 
 from __future__ import annotations
