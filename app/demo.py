@@ -211,7 +211,7 @@ def stage_samples(opts: DemoOptions) -> dict:
     seeds = [opts.seed * 1_000_003 + i for i in range(len(labels))]
     _say(f"4/4 sampling {len(labels)} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
     t0 = time.time()
-    imgs = sample(m.model, m.vae, labels, seed=seeds, **s.sample_kwargs())
+    imgs = sample(m.model, m.vae, labels, s, seed=seeds)
     seconds = time.time() - t0
     report = judge_samples(imgs, labels)
     grid = imgs.view(C, n, *imgs.shape[1:])[:, : opts.grid_per_class]  # [C, G, 3, H, W]

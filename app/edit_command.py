@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     label = parse_class(args.label, loaded.class_names)
     size = loaded.vae.image_size
     image_3HW, mask_HW = center_square(image, size), square_mask(mask, size)
-    result = edit(loaded.model, loaded.vae, image_3HW, mask_HW, label, seed=[settings.seed], **settings.sample_kwargs())
+    result = edit(loaded.model, loaded.vae, image_3HW, mask_HW, label, settings, seed=[settings.seed])
     write_atomic(out, lambda f: to_pil(result)[0].save(f, format="PNG"))
     what = "in-painted" if label == loaded.num_classes else f"edited as class {label} ({loaded.class_names[label]})"
     share = float((mask_HW > 0.5).float().mean())

@@ -1,8 +1,10 @@
 """The web UI's logic with no Gradio in it: argument checks, label parsing, image and mask preparation,
 :func:`generate_images` / :func:`generate_progressive` (sampling) and :func:`edit_image` (editing).
 
-Sampling settings are checked by :class:`var.settings.SamplingSettings`, the same check (ranges and
-words) as `var sample`'s; a setting left ``None`` takes the model's default. Every refusal is a
+Sampling settings follow :mod:`var.sample`'s rule with the model's defaults as the base: ``settings``
+(default ``loaded.sampling``) with keyword changes of its fields, a change left ``None`` keeping the
+value; they are checked by :class:`var.settings.SamplingSettings`, the same check (ranges and words) as
+`var sample`'s. The settings' ``seed`` gives image i the seed ``seed + i``. Every refusal is a
 ``UserError`` (:class:`InputError` for the UI's own checks) whose message is shown to the user as it is.
 """
 
@@ -20,7 +22,7 @@ from tokenizer.data import to_rgb
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample
-from var.settings import MAX_SEED, SamplingSettings, count, integer
+from var.settings import MAX_SEED, SamplingSettings, count, integer, merge_settings
 
 __all__ = [
     "MAX_IMAGES",
@@ -73,18 +75,11 @@ def parse_label(value: Any, num_classes: int, allow_null: bool = False) -> int:
     return label
 
 
-def request_settings(
-    defaults: SamplingSettings,
-    num_images: Any = 1,
-    seed: Any = None,
-    cfg: Any = None,
-    top_k: Any = None,
-    top_p: Any = None,
-    more_smooth: Any = None,
-) -> tuple[int, SamplingSettings]:
-    """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's) with the given values."""
+def request_settings(defaults: SamplingSettings, num_images: Any = 1, **changes: Any) -> tuple[int, SamplingSettings]:
+    """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's) with the given
+    ``changes`` of its fields (text, numbers; ``None`` keeps the default)."""
     n = count(num_images, "number of images", 1, MAX_IMAGES)
-    return n, defaults.replace(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+    return n, merge_settings(defaults, changes)
 
 
 # ----------------------------------------------------------------------------- images
@@ -162,71 +157,57 @@ def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:
 
 
 def _request(
-    loaded: LoadedModel, label: Any, num_images: Any, seed: Any, cfg: Any, top_k: Any, top_p: Any, more_smooth: Any
+    loaded: LoadedModel, label: Any, num_images: Any, settings: SamplingSettings | None, changes: dict[str, Any]
 ) -> tuple[list[int], list[int], SamplingSettings]:
     """Checked ``(labels, per-image seeds, settings)`` of a generate request: image i gets ``seed + i``."""
     label = parse_label(label, loaded.num_classes)
-    n, settings = request_settings(loaded.sampling, num_images, seed, cfg, top_k, top_p, more_smooth)
-    return [label] * n, [settings.seed + i for i in range(n)], settings
+    n, s = request_settings(settings if settings is not None else loaded.sampling, num_images, **changes)
+    return [label] * n, [s.seed + i for i in range(n)], s
 
 
 def generate_progressive(
-    loaded: LoadedModel,
-    label: int,
-    num_images: int = 1,
-    seed: int | None = None,
-    cfg: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    more_smooth: bool | None = None,
+    loaded: LoadedModel, label: Any, num_images: Any = 1, settings: SamplingSettings | None = None, **changes: Any
 ) -> Iterator[tuple[int, list[Image.Image]]]:
     """``(scale index, images)`` after every scale; the last images equal :func:`generate_images`'s.
 
     Image i is seeded with ``seed + i`` on its own generator, so it depends only on its class and
     seed, never on how many images were asked for (see the seeding rule in :mod:`var.sample`).
-    A setting left ``None`` is the model's default.
+    ``settings`` and ``changes``: the module docstring's rule (default: the model's settings).
     """
-    labels, seeds, s = _request(loaded, label, num_images, seed, cfg, top_k, top_p, more_smooth)
-    for step in generate(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()):
+    labels, seeds, s = _request(loaded, label, num_images, settings, changes)
+    for step in generate(loaded.model, loaded.vae, labels, s, seed=seeds):
         yield step.si, to_pil(decode(loaded.vae, step.f_hat, s.precision))
 
 
 def generate_images(
-    loaded: LoadedModel,
-    label: int,
-    num_images: int = 1,
-    seed: int | None = None,
-    cfg: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    more_smooth: bool | None = None,
+    loaded: LoadedModel, label: Any, num_images: Any = 1, settings: SamplingSettings | None = None, **changes: Any
 ) -> list[Image.Image]:
-    """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments."""
-    labels, seeds, s = _request(loaded, label, num_images, seed, cfg, top_k, top_p, more_smooth)
-    return to_pil(sample(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()))
+    """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments;
+    ``settings`` and ``changes`` as in :func:`generate_progressive`."""
+    labels, seeds, s = _request(loaded, label, num_images, settings, changes)
+    return to_pil(sample(loaded.model, loaded.vae, labels, s, seed=seeds))
 
 
 def edit_image(
     loaded: LoadedModel,
     image: Image.Image | torch.Tensor,
     mask: torch.Tensor,
-    label: int,
-    seed: int | None = None,
-    cfg: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    more_smooth: bool | None = None,
+    label: Any,
+    settings: SamplingSettings | None = None,
+    *,
     return_tokens: bool = False,
+    **changes: Any,
 ) -> Image.Image | tuple[Image.Image, list[torch.Tensor]]:
     """Regenerate the masked part of ``image`` as class ``label`` (``num_classes`` = no class: in-painting).
 
     ``image``: a PIL image of any size (center-cropped and resized to the model's resolution) or a
     ``[3, H, W]`` tensor in [0, 1] already at it. ``mask``: ``[h, w]`` in [0, 1], 1 = regenerate.
-    ``return_tokens`` also returns the tokens of every scale (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
-    A setting left ``None`` is the model's default.
+    ``settings`` and ``changes``: the module docstring's rule (default: the model's settings); the image
+    is drawn with the settings' seed. ``return_tokens`` also returns the tokens of every scale
+    (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
     """
     label = parse_label(label, loaded.num_classes, allow_null=True)
-    _, s = request_settings(loaded.sampling, 1, seed, cfg, top_k, top_p, more_smooth)
+    _, s = request_settings(settings if settings is not None else loaded.sampling, 1, **changes)
     size = loaded.vae.image_size
     image_3HW = center_square(image, size) if isinstance(image, Image.Image) else image
     if tuple(image_3HW.shape) != (3, size, size):
@@ -234,7 +215,5 @@ def edit_image(
     mask = torch.as_tensor(mask, dtype=torch.float32)
     if mask.ndim != 2:
         raise InputError(f"the mask must be 2-D, got shape {tuple(mask.shape)}")
-    out, idx = edit(
-        loaded.model, loaded.vae, image_3HW, mask, label, seed=[s.seed], return_tokens=True, **s.sample_kwargs()
-    )
+    out, idx = edit(loaded.model, loaded.vae, image_3HW, mask, label, s, seed=[s.seed], return_tokens=True)
     return (to_pil(out)[0], idx) if return_tokens else to_pil(out)[0]

@@ -135,26 +135,28 @@ def build_demo(models: Sequence[LoadedModel]):
         m = get(model)
         label = parse_label(label, m.num_classes)
         S = len(m.model.patch_nums)
-        seed_ = request_settings(m.sampling, num_images, seed, cfg, top_k, top_p, more_smooth)[1].seed
+        n, settings = request_settings(
+            m.sampling, num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+        )
         caption = m.class_names[label]
-        for si, images in generate_progressive(m, label, num_images, seed, cfg, top_k, top_p, more_smooth):
+        for si, images in generate_progressive(m, label, n, settings):
             pn = m.model.patch_nums[si]
             status = f"scale {si + 1}/{S} ({pn}x{pn} tokens)" + (" - done" if si + 1 == S else "")
-            yield [(im, f"{label}: {caption} · seed {seed_ + i}") for i, im in enumerate(images)], status
+            yield [(im, f"{label}: {caption} · seed {settings.seed + i}") for i, im in enumerate(images)], status
 
     def api_generate(label, num_images, seed, cfg, top_k, top_p, model):
         m = get(model)
         label = parse_label(label, m.num_classes)
-        seed = request_settings(m.sampling, num_images, seed, cfg, top_k, top_p)[1].seed
-        images = generate_images(m, label, num_images, seed, cfg, top_k, top_p)
-        return [(im, f"{label}: {m.class_names[label]} · seed {seed + i}") for i, im in enumerate(images)]
+        n, settings = request_settings(m.sampling, num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
+        images = generate_images(m, label, n, settings)
+        return [(im, f"{label}: {m.class_names[label]} · seed {settings.seed + i}") for i, im in enumerate(images)]
 
     def on_edit(model, editor, label, seed, cfg, top_k, top_p, more_smooth):
         m = get(model)
         background, mask = mask_from_editor(editor, m.vae.image_size)
         image = center_square(background, m.vae.image_size)
-        out = edit_image(m, image, mask, label, seed, cfg, top_k, top_p, more_smooth)
-        return shade(image, mask), out
+        settings = m.sampling.replace(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        return shade(image, mask), edit_image(m, image, mask, label, settings)
 
     s = first.sampling
     choices = class_choices(first.class_names)

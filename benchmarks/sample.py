@@ -52,9 +52,12 @@ from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConf
 from var import VAR, preset
 from var.official import official_mask_bias
 from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_precision
+from var.settings import SamplingSettings
 
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
-SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (DESIGN.md section 8)
+SETTINGS = SamplingSettings()  # the published FID setting (DESIGN.md section 8), seed 0, fp32
+# the same as the published sampler's arguments, and as recorded with the results
+SETTING = dict(cfg=SETTINGS.cfg, top_k=SETTINGS.top_k, top_p=SETTINGS.top_p)
 
 
 def build(
@@ -122,12 +125,12 @@ class Sampler:
     """`var.sample.sample` split in its two parts, each timed: the transformer (`generate`, every scale)
     and the VAE decode. `parts` holds (transformer s, decoder s) per call, the first being the warm-up."""
 
-    def __init__(self, model, vae, labels, precision: str, step, device: torch.device) -> None:
-        self.model, self.vae, self.labels, self.precision, self.step, self.device = (
+    def __init__(self, model, vae, labels, settings: SamplingSettings, step, device: torch.device) -> None:
+        self.model, self.vae, self.labels, self.settings, self.step, self.device = (
             model,
             vae,
             labels,
-            precision,
+            settings,
             step,
             device,
         )
@@ -135,13 +138,11 @@ class Sampler:
 
     def __call__(self) -> torch.Tensor:
         t0 = time.perf_counter()
-        for scale in generate(
-            self.model, self.vae, self.labels, seed=0, precision=self.precision, step=self.step, **SETTING
-        ):
+        for scale in generate(self.model, self.vae, self.labels, self.settings, step=self.step):
             f_hat = scale.f_hat
         sync(self.device)
         t1 = time.perf_counter()
-        imgs = decode(self.vae, f_hat, self.precision)
+        imgs = decode(self.vae, f_hat, self.settings.precision)
         sync(self.device)
         self.parts.append((t1 - t0, time.perf_counter() - t1))
         return imgs
@@ -156,8 +157,8 @@ def flops_per_image(model, vae, device: torch.device) -> tuple[float, float]:
     """FLOPs of one image's transformer part (with guidance: two rows) and of its decode, counted eagerly."""
     labels = torch.zeros(1, dtype=torch.long, device=device)
     steps: list = []
-    transformer = count_flops(lambda: steps.extend(generate(model, vae, labels, seed=0, **SETTING)))
-    return transformer, count_flops(lambda: decode(vae, steps[-1].f_hat))
+    transformer = count_flops(lambda: steps.extend(generate(model, vae, labels, SETTINGS)))
+    return transformer, count_flops(lambda: decode(vae, steps[-1].f_hat, SETTINGS.precision))
 
 
 def main() -> None:
@@ -212,7 +213,8 @@ def main() -> None:
                         for B in map(int, args.batch_sizes.split(",")):
                             labels = torch.arange(B, device=device) % model.config.num_classes
                             reset_peak(device)
-                            ours = Sampler(model, vae, labels, precision, step, device)
+                            settings = SETTINGS.replace(precision=precision)
+                            ours = Sampler(model, vae, labels, settings=settings, step=step, device=device)
                             if pub is not None and backend == "torch":
                                 t, t_pub = timed_pair(
                                     ours, partial(pub, labels, AUTOCAST_DTYPES[resolved]), device, repeats=args.repeats

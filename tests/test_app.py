@@ -26,11 +26,13 @@ from app.logic import (
     mask_from_editor,
     parse_label,
     request_settings,
+    to_pil,
 )
 from scaffold.errors import UserError
 from var.edit import keep_masks
 from var.export import export_model, load_model
-from var.settings import SamplingSettings
+from var.sample import sample
+from var.settings import MODEL_DEFAULTS, SamplingSettings
 
 # gradio's queue calls a pandas API that pandas 3 deprecates; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -73,6 +75,23 @@ def test_streaming_one_update_per_scale_last_is_final(models):
     # image i depends on its seed only (seed + i), not on how many were asked for
     one = generate_images(m, **{**GOOD, "num_images": 1, "seed": 1})
     np.testing.assert_array_equal(np.asarray(one[0]), np.asarray(final[1]))
+
+
+def test_the_ui_samples_with_the_model_s_settings_auto_precision(models, monkeypatch):
+    """The UI's defaults are the model's: precision "auto", here resolved to bf16 (a CPU with AVX512-BF16)."""
+    m = models[0]
+    assert m.sampling == MODEL_DEFAULTS
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    got = np.asarray(generate_images(m, 3, 1, seed=4)[0])
+    bf16 = sample(m.model, m.vae, [3], MODEL_DEFAULTS.replace(precision="bf16"), seed=[4])
+    fp32 = sample(m.model, m.vae, [3], seed=[4])
+    for want, same in ((bf16, True), (fp32, False)):
+        assert np.array_equal(got, np.asarray(to_pil(want)[0])) == same
+    # a settings object is the same request as its fields given one by one
+    s = SamplingSettings(cfg=1.0, top_k=10, top_p=0.9, seed=4)
+    by_object = generate_images(m, 3, 1, s)[0]
+    by_field = generate_images(m, 3, 1, cfg=1.0, top_k=10, top_p=0.9, seed=4, precision="fp32")[0]
+    np.testing.assert_array_equal(np.asarray(by_object), np.asarray(by_field))
 
 
 def test_labels_and_choices():

@@ -18,16 +18,17 @@ from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
 from var.sample import resolve_precision
-from var.settings import SamplingSettings
+from var.settings import MODEL_DEFAULTS, SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
 SETTINGS = SamplingSettings(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, seed=0)
+# top_k 0 / top_p 0: the tiny model's 64-token vocabulary is sampled in full, so images differ per seed
+MODEL_SETTINGS = MODEL_DEFAULTS.replace(top_k=0, top_p=0.0)
 
 
 @pytest.fixture
 def model_dir(tmp_path, tiny_vae):
-    # top_k 0 / top_p 0: the tiny model's 64-token vocabulary is sampled in full, so images differ per seed
-    return export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m", sampling=SamplingSettings(1.5, 0, 0.0))
+    return export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m", sampling=MODEL_SETTINGS)
 
 
 def _files(out):
@@ -113,7 +114,9 @@ def test_ranks_share_the_work(tmp_path, model_dir):
     single, shared = tmp_path / "single", tmp_path / "shared"
     generate_folder(loaded, single, CLASSES, PER_CLASS, SETTINGS, batch_size=4, progress=False)
     counts = [
-        generate_folder(loaded, shared, CLASSES, PER_CLASS, SETTINGS, 2, rank=r, world_size=2, progress=False)
+        generate_folder(
+            loaded, shared, CLASSES, PER_CLASS, SETTINGS, batch_size=2, rank=r, world_size=2, progress=False
+        )
         for r in range(2)
     ]
     assert counts == [5, 4] and _files(shared) == _files(single)
@@ -196,10 +199,10 @@ def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_v
     assert set(record) == {"model_sha256", "tokenizer_sha256", "settings", "model"}
     # the model's default precision "auto", recorded as what it resolved to on this machine
     resolved = resolve_precision("auto", "cpu")
-    assert record["settings"] == SamplingSettings(1.5, 0, 0.0, precision=resolved).as_dict()
+    assert record["settings"] == MODEL_SETTINGS.replace(precision=resolved).as_dict()
     before = _files(out)
     # another model re-exported into the same folder: same path, other weights
-    export_model(tiny_var(seed=5, num_classes=10), tiny_vae, model_dir, sampling=SamplingSettings(1.5, 0, 0.0))
+    export_model(tiny_var(seed=5, num_classes=10), tiny_vae, model_dir, sampling=MODEL_SETTINGS)
     capsys.readouterr()
     assert _sample(tmp_path, model_dir, out, "--per-class", "3") == 2
     err = capsys.readouterr().err.strip()

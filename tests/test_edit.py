@@ -2,7 +2,7 @@ import pytest
 import torch
 from helpers import tiny_var
 
-from var import VAR, edit
+from var import VAR, SamplingSettings, edit
 from var.edit import keep_masks
 
 
@@ -49,3 +49,13 @@ def test_empty_mask_reconstructs_and_full_mask_samples(model, tiny_vae):
     torch.testing.assert_close(out, tiny_vae.idx_to_img(gt).add(1).mul(0.5), atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         edit(model, tiny_vae, image * 2 - 1, torch.zeros(32, 32), label=1)
+
+
+def test_settings_object_and_keyword_changes_are_one_rule(model, tiny_vae):
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(3))
+    mask = torch.zeros(32, 32)
+    mask[:, 16:] = 1  # the right half
+    s = SamplingSettings(cfg=2.0, top_k=5, seed=3)
+    out = edit(model, tiny_vae, image, mask, 1, s)
+    assert torch.equal(out, edit(model, tiny_vae, image, mask, 1, cfg=2.0, top_k=5, seed=3))
+    assert not torch.equal(out, edit(model, tiny_vae, image, mask, 1, s, seed=4))  # the call's seed wins

@@ -46,8 +46,7 @@ def test_box_edit_is_the_edit_function_on_the_cropped_image_and_mask(model_dir, 
     mask = np.zeros((48, 64), dtype=np.float32)
     mask[0:24, 8:40] = 1
     x, m = center_square(image, 32), square_mask(mask, 32)
-    s = loaded.sampling
-    want = edit(loaded.model, loaded.vae, x, m, 3, seed=[7], **s.sample_kwargs())[0]
+    want = edit(loaded.model, loaded.vae, x, m, 3, loaded.sampling, seed=[7])[0]
     assert torch.allclose(got, want, atol=1 / 255 + 1e-6)  # a PNG holds 8 bits
 
 

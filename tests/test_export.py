@@ -7,7 +7,7 @@ from helpers import L_TINY, tiny_var
 from scaffold import CheckpointError
 from var import sample
 from var.export import export_model, file_sha256, load_model
-from var.settings import SamplingSettings
+from var.settings import MODEL_DEFAULTS, SamplingSettings
 
 
 def test_export_then_load_gives_the_same_model(tmp_path, tiny_vae):
@@ -24,6 +24,39 @@ def test_export_then_load_gives_the_same_model(tmp_path, tiny_vae):
     b = sample(model, tiny_vae, labels, cfg=1.0, top_k=5, top_p=0.9, seed=0)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert "attention: lka, full" in loaded.describe() and "10 classes" in loaded.describe()
+
+
+def test_sampling_defaults_round_trip_and_are_checked_on_load(tmp_path, tiny_vae):
+    from omegaconf import OmegaConf
+
+    mine = SamplingSettings(cfg=2.5, top_k=7, top_p=0.5, more_smooth=True, seed=9, precision="bf16")
+    out = export_model(tiny_var(), tiny_vae, tmp_path / "m", sampling=mine)
+    assert OmegaConf.to_container(OmegaConf.load(out / "config.yaml").sampling) == mine.as_dict()
+    assert load_model(out).sampling == mine
+    # no sampling given: the model defaults (precision "auto"), as a published model's
+    plain = export_model(tiny_var(), tiny_vae, tmp_path / "plain")
+    assert load_model(plain).sampling == MODEL_DEFAULTS and MODEL_DEFAULTS.precision == "auto"
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("  precision: bf16\n", ""))  # a setting the file lacks
+    assert load_model(out).sampling == mine.replace(precision="auto")
+    for old, new, message in [
+        ("top_k: 7", "top_k: -3", "key 'sampling.top_k': top-k must be >= 0 (0 keeps every token), got -3"),
+        ("top_k: 7", "topk: 7", "key 'sampling.topk': unknown sampling setting 'topk'; the settings are cfg, top_k"),
+        ("top_p: 0.5", "top_p: null", "key 'sampling.top_p': sampling setting 'top_p' has no value (null)"),
+        ("more_smooth: true", "more_smooth: maybe", "key 'sampling.more_smooth': more_smooth must be true or false"),
+    ]:
+        (out / "config.yaml").write_text(text.replace(old, new))
+        with pytest.raises(CheckpointError) as err:
+            load_model(out)
+        assert str(err.value).startswith(f"{out / 'config.yaml'}: {message}")
+
+
+def test_training_exports_the_model_defaults_unless_told_otherwise():
+    from scaffold.config import load_config
+    from var.train import VARTrainConfig
+
+    assert load_config(VARTrainConfig).sampling == MODEL_DEFAULTS
+    assert load_config(VARTrainConfig, overrides=["sampling.top_k=5"]).sampling == MODEL_DEFAULTS.replace(top_k=5)
 
 
 def test_state_dict_override_is_what_gets_exported(tmp_path, tiny_vae):

@@ -3,7 +3,7 @@ import torch
 from helpers import tiny_var
 
 from scaffold.errors import UserError
-from var import VAR, generate, sample, sample_progressive
+from var import VAR, SamplingSettings, generate, sample, sample_progressive
 from var.sample import (
     CompiledStep,
     PrecisionError,
@@ -14,6 +14,7 @@ from var.sample import (
     resolve_precision,
     static_states,
 )
+from var.settings import SettingsError
 
 
 @pytest.fixture
@@ -103,9 +104,46 @@ def test_progressive_ends_with_the_sample(model, vae):
     assert torch.equal(frames[-1], sample(model, vae, [1, 2], seed=4))
 
 
-def test_greedy_is_deterministic_without_seed(model, vae):
-    a = sample(model, vae, [1, 2], top_k=1, seed=None)
-    assert torch.equal(a, sample(model, vae, [1, 2], top_k=1, seed=None))
+def test_settings_object_and_keyword_changes_are_one_rule(model, vae):
+    """``sample(..., cfg=2.0)`` is ``sample(..., SamplingSettings(cfg=2.0))``; ``seed`` defaults to the settings'."""
+    labels = [1, 2]
+    s = SamplingSettings(cfg=2.0, top_k=5, seed=3)
+    want = sample(model, vae, labels, s)
+    assert torch.equal(want, sample(model, vae, labels, cfg=2.0, top_k=5, seed=3))
+    assert torch.equal(want, sample(model, vae, labels, SamplingSettings(cfg=2.0), top_k=5, seed=3))
+    assert torch.equal(want, sample(model, vae, labels, s.replace(seed=0), seed=3))  # the call's seed wins
+    frames = list(sample_progressive(model, vae, labels, s))
+    assert torch.equal(frames[-1], want)
+    assert torch.equal(
+        next(generate(model, vae, labels, s)).idx_Bl, next(generate(model, vae, labels, **s.as_dict())).idx_Bl
+    )
+    with pytest.raises(SettingsError, match="unknown setting 'topk'"):
+        sample(model, vae, labels, topk=5)
+    with pytest.raises(TypeError, match="settings must be a SamplingSettings, got float"):
+        sample(model, vae, labels, 1.5)  # the old positional cfg
+
+
+@pytest.mark.parametrize(
+    "change",
+    [dict(cfg=0.0), dict(top_k=1), dict(top_p=0.2), dict(more_smooth=True), dict(seed=1), dict(precision="bf16")],
+    ids=lambda c: next(iter(c)),
+)
+def test_every_setting_changes_the_images(model, vae, change):
+    labels = [1, 2]
+    base, base_idx = sample(model, vae, labels, return_tokens=True)
+    other, other_idx = sample(model, vae, labels, return_tokens=True, **change)
+    assert not torch.equal(base, other)
+    if "more_smooth" not in change and "precision" not in change:  # these two may keep the tokens
+        assert any(not torch.equal(a, b) for a, b in zip(base_idx, other_idx))
+
+
+def test_the_default_call_is_exact_fp32_even_where_auto_is_bf16(monkeypatch, model, vae):
+    """issue 20: the library's default sample() is the published sampler's fp32; "auto" is what models carry."""
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})  # "auto" would be bf16
+    labels = [1, 2]
+    default = sample(model, vae, labels)
+    assert torch.equal(default, sample(model, vae, labels, precision="fp32"))
+    assert not torch.equal(default, sample(model, vae, labels, precision="auto"))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

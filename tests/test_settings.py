@@ -1,19 +1,23 @@
-"""var/settings.py: the one check of sampling settings shared by `var sample`, the web UI and config files."""
+"""var/settings.py: the one check of sampling settings shared by `var sample`, the web UI and config files,
+and the one rule by which the sampling functions take them."""
 
 import dataclasses
 import math
+import re
 
 import pytest
 
 from scaffold.config import load_config
 from scaffold.errors import UserError
-from var.settings import MAX_SEED, SamplingSettings, SettingsError, count
+from var.settings import MAX_SEED, MODEL_DEFAULTS, SamplingSettings, SettingsError, count, merge_settings
 
 
-def test_defaults_are_the_published_fid_setting_and_auto_precision():
+def test_defaults_are_the_published_fid_setting_exact_and_a_model_s_are_auto():
     s = SamplingSettings()
-    assert (s.cfg, s.top_k, s.top_p, s.more_smooth, s.seed, s.precision) == (1.5, 900, 0.96, False, 0, "auto")
-    assert s.sample_kwargs() == dict(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, precision="auto")
+    assert s.as_dict() == dict(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0, precision="fp32")
+    assert s.replace(precision="auto") == MODEL_DEFAULTS  # the one difference, written once
+    with pytest.raises(TypeError):
+        SamplingSettings(1.5, 900)  # by name only: SamplingSettings(cfg=1.5, top_k=900)
 
 
 def test_values_are_converted_to_their_types_never_rounded():
@@ -50,6 +54,7 @@ def test_bad_values_are_refused_with_one_line(field, value, message):
     with pytest.raises(SettingsError) as err:
         SamplingSettings(**{field: value})
     assert str(err.value) == message and isinstance(err.value, UserError)
+    assert err.value.field == field
 
 
 def test_replace_checks_and_none_keeps_the_value():
@@ -59,6 +64,36 @@ def test_replace_checks_and_none_keeps_the_value():
         s.replace(top_k=-1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.cfg = 2.0  # type: ignore[misc]
+    with pytest.raises(
+        SettingsError, match="unknown setting 'topk'; the settings are cfg, top_k, top_p, more_smooth, seed, precision"
+    ) as err:
+        s.replace(topk=5)
+    assert err.value.field == "topk"
+
+
+def test_merge_is_the_default_settings_with_the_changes():
+    assert merge_settings(None, {}) == SamplingSettings()
+    assert merge_settings(None, {"cfg": 2.0, "top_k": None}) == SamplingSettings(cfg=2.0)
+    assert merge_settings(MODEL_DEFAULTS, {"top_p": "0.5"}) == SamplingSettings(top_p=0.5, precision="auto")
+    with pytest.raises(TypeError, match="settings must be a SamplingSettings, got float: give settings by name"):
+        merge_settings(1.5, {})  # type: ignore[arg-type]
+
+
+def test_as_dict_round_trips_and_from_dict_names_the_field():
+    s = SamplingSettings(cfg=3.0, top_k=7, top_p=0.5, more_smooth=True, seed=9, precision="bf16")
+    assert SamplingSettings.from_dict(s.as_dict()) == s
+    assert SamplingSettings.from_dict({"cfg": 2}, defaults=MODEL_DEFAULTS) == MODEL_DEFAULTS.replace(cfg=2.0)
+    for values, field, message in [
+        ({"top_k": -1}, "top_k", "top-k must be >= 0"),
+        ({"top_k": None}, "top_k", "sampling setting 'top_k' has no value (null)"),
+        ({"guidance": 2.0}, "guidance", "unknown sampling setting 'guidance'; the settings are cfg, top_k"),
+        ({"precision": "fp64"}, "precision", "precision must be one of auto, fp32, bf16, fp16, got 'fp64'"),
+    ]:
+        with pytest.raises(SettingsError, match=re.escape(message)) as err:
+            SamplingSettings.from_dict(values)
+        assert err.value.field == field
+    with pytest.raises(SettingsError, match="must be a mapping of setting names to values, got 'fast'"):
+        SamplingSettings.from_dict("fast")
 
 
 def test_counts_are_integers_in_range():

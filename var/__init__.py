@@ -2,18 +2,18 @@
 
 from var.attention import MIXERS, TokenMixer, register_mixer
 from var.edit import edit
-from var.export import LoadedModel, SamplingDefaults, export_model, load_model
+from var.export import LoadedModel, export_model, load_model
 from var.model import PRESETS, VAR, VARConfig, preset
 from var.official import load_official_var
 from var.sample import generate, sample, sample_progressive
-from var.settings import SamplingSettings
+from var.settings import MODEL_DEFAULTS, SamplingSettings
 
 __all__ = [
     "MIXERS",
+    "MODEL_DEFAULTS",
     "PRESETS",
     "VAR",
     "LoadedModel",
-    "SamplingDefaults",
     "SamplingSettings",
     "TokenMixer",
     "VARConfig",

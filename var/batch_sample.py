@@ -183,7 +183,7 @@ def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) 
     labels = torch.tensor([c for c, _ in jobs], device=device)
     seeds = [image_seed(s.seed, c, i) for c, i in jobs]
     idx_Bl: list[torch.Tensor] = []  # keep each scale's tokens, not its [2B, l, V] logits
-    for step in generate(loaded.model, loaded.vae, labels, seed=seeds, **s.sample_kwargs()):
+    for step in generate(loaded.model, loaded.vae, labels, s, seed=seeds):
         idx_Bl.append(step.idx_Bl)
     vae = loaded.vae
     # Tokens are identical whatever the batch, but a batched decoder's float sums are not: decoding each
@@ -204,6 +204,7 @@ def generate_folder(
     classes: Sequence[int],
     per_class: int,
     settings: SamplingSettings,
+    *,
     batch_size: int = 32,
     rank: int = 0,
     world_size: int = 1,
@@ -310,7 +311,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line alone decides is checked before loading a model that may take a
     # minute, and before anything is written: a refused request leaves no folder and no record.
     per_class, batch_size = count(args.per_class, "--per-class"), count(args.batch_size, "--batch-size")
-    SamplingSettings().replace(**given_settings(args))
+    SamplingSettings().replace(**given_settings(args))  # the flags alone, checked
     out = _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
@@ -334,9 +335,9 @@ def run(args: argparse.Namespace) -> int:
         classes,
         per_class,
         settings,
-        batch_size,
-        rank,
-        world_size,
+        batch_size=batch_size,
+        rank=rank,
+        world_size=world_size,
         progress=rank == 0 and not args.no_progress,
     )
     if rank == 0:

@@ -10,13 +10,14 @@ where it is kept), it is resized to each scale by area averaging (the notebook: 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
 from var.model import VAR
 from var.sample import Seed, Teacher, decode, generate
+from var.settings import SamplingSettings, merge_settings
 
 __all__ = ["edit", "keep_masks"]
 
@@ -38,13 +39,11 @@ def edit(
     image: torch.Tensor,
     mask: torch.Tensor,
     label: Union[int, Sequence[int], torch.Tensor],
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    seed: Seed = 0,
-    more_smooth: bool = False,
+    settings: Optional[SamplingSettings] = None,
+    *,
+    seed: Seed = None,
     return_tokens: bool = False,
-    precision: str = "fp32",
+    **changes: Any,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Regenerate the masked part of ``image`` for class ``label``; returns images ``[B, 3, H, W]`` in [0, 1].
 
@@ -52,10 +51,11 @@ def edit(
     ``torchvision.transforms.ToTensor`` gives), at the VAE's resolution.
     ``mask``: ``[H, W]`` (every image) or ``[B, H, W]``, any resolution (pixels or a token grid);
     1 = regenerate, 0 = keep. ``label``: the class of the result, an int for all images or one per image;
-    the null class (``num_classes``) gives plain in-painting. Sampling arguments and seeding as in
-    :func:`var.sample.sample`; ``return_tokens`` also returns the token indices of every scale;
-    ``precision`` as in :func:`var.sample.autocast`.
+    the null class (``num_classes``) gives plain in-painting. ``settings`` with keyword ``changes`` of its
+    fields, and ``seed``: as in :func:`var.sample.sample` (the rules of :mod:`var.sample`);
+    ``return_tokens`` also returns the token indices of every scale.
     """
+    s = merge_settings(settings, changes)
     if image.ndim == 3:
         image = image[None]
     B = image.shape[0]
@@ -71,7 +71,7 @@ def edit(
     idx_Bl = vae.img_to_idx(image.to(device) * 2 - 1)
     teacher = Teacher(idx_Bl, [k.to(device) for k in keep_masks(mask.to(device), model.patch_nums)])
     tokens: list[torch.Tensor] = []
-    for step in generate(model, vae, labels_B.to(device), cfg, top_k, top_p, seed, more_smooth, teacher, precision):
+    for step in generate(model, vae, labels_B.to(device), s, seed=seed, teacher=teacher):
         tokens.append(step.idx_Bl)
-    imgs = decode(vae, step.f_hat, precision)
+    imgs = decode(vae, step.f_hat, s.precision)
     return (imgs, tokens) if return_tokens else imgs

@@ -3,12 +3,14 @@
 Layout of an exported folder (everything written atomically, scaffold.io)::
 
     DIR/model.safetensors      the transformer's weights (EMA weights when training kept them)
-    DIR/config.yaml            {model: VARConfig, class_names: [...], sampling: SamplingSettings,
+    DIR/config.yaml            {model: VARConfig, class_names: [...], sampling: SamplingSettings.as_dict(),
                                 tokenizer_sha256: the SHA-256 of tokenizer/model.safetensors}
     DIR/tokenizer/             the tokenizer it was trained with (tokenizer.export_tokenizer layout)
 
 Loading checks that `tokenizer/` still holds the tokenizer the model was exported with (a tokenizer of
-the same architecture but other weights would decode the model's tokens into garbage).
+the same architecture but other weights would decode the model's tokens into garbage), and reads the
+model's sampling defaults with `SamplingSettings.from_dict`: a setting the file lacks is
+`var.settings.MODEL_DEFAULTS`, a bad or unknown one an error naming the file and the key.
 
 `load_model("d16")` (d20, d24, d30) takes the published VAR weights and the published tokenizer from
 the Hugging Face hub (downloaded once, cached by huggingface_hub) with ImageNet's class names;
@@ -26,6 +28,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -43,13 +46,12 @@ from scaffold import (
 from tokenizer import MultiScaleVQVAE, export_tokenizer, load_official_vae, load_tokenizer
 from tokenizer.official import OFFICIAL_VAE_FILE
 from var.model import VAR, VARConfig
-from var.settings import SamplingSettings, SettingsError
+from var.settings import MODEL_DEFAULTS, SamplingSettings, SettingsError
 
 __all__ = [
     "PUBLISHED",
     "ExportConfig",
     "LoadedModel",
-    "SamplingDefaults",
     "export_model",
     "file_sha256",
     "load_model",
@@ -58,9 +60,6 @@ __all__ = [
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.yaml", "tokenizer"
 PUBLISHED = ("d16", "d20", "d24", "d30")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-# The name the training config (var/train.py) and older code use for a model's sampling defaults.
-SamplingDefaults = SamplingSettings
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -76,7 +75,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 class ExportConfig:
     model: VARConfig = field(default_factory=VARConfig)
     class_names: list[str] = field(default_factory=list)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    # SamplingSettings.as_dict(): kept a plain mapping here so that loading checks it by SamplingSettings'
+    # own rule (SamplingSettings.from_dict), with the messages of `var sample` and the web UI
+    sampling: dict[str, Any] = field(default_factory=MODEL_DEFAULTS.as_dict)
     tokenizer_sha256: str = ""  # of tokenizer/model.safetensors; empty in folders exported before it was recorded
 
 
@@ -85,7 +86,7 @@ class LoadedModel:
     model: VAR
     vae: MultiScaleVQVAE
     class_names: list[str]
-    sampling: SamplingSettings
+    sampling: SamplingSettings  # the model's defaults: what `var sample`, `var edit` and the web UI start from
     name: str  # the folder, file or published name it came from
     weights_file: Path | None = None  # the files its weights were read from: what `identity` hashes
     tokenizer_file: Path | None = None
@@ -135,7 +136,8 @@ def export_model(
     sampling: SamplingSettings | None = None,
     state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the folder described in the module docstring; `state_dict` overrides the model's (EMA weights)."""
+    """Write the folder described in the module docstring; `state_dict` overrides the model's (EMA weights).
+    ``sampling``: the model's sampling defaults (default :data:`var.settings.MODEL_DEFAULTS`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(class_names) if class_names is not None else [str(i) for i in range(model.config.num_classes)]
@@ -146,7 +148,7 @@ def export_model(
     cfg = ExportConfig(
         model=model.config,
         class_names=names,
-        sampling=sampling or SamplingSettings(),
+        sampling=(sampling if sampling is not None else MODEL_DEFAULTS).as_dict(),
         tokenizer_sha256=file_sha256(out / TOKENIZER / WEIGHTS),
     )
     write_atomic(out / CONFIG, OmegaConf.to_yaml(config_to_dict(cfg)))
@@ -203,7 +205,7 @@ def _load_published_file(path: Path, vae_file: Path | None = None) -> LoadedMode
                 f"https://huggingface.co/FoundationVision/var in {path.parent}"
             ) from err
     vae = load_official_vae(str(vae_file))
-    return LoadedModel(model, vae, list(IMAGENET_CLASSES), SamplingSettings(), str(path), path, vae_file)
+    return LoadedModel(model, vae, list(IMAGENET_CLASSES), MODEL_DEFAULTS, str(path), path, vae_file)
 
 
 def _load_published_name(name: str) -> LoadedModel:
@@ -220,10 +222,12 @@ def _load_published_name(name: str) -> LoadedModel:
 def _load_folder(folder: Path) -> LoadedModel:
     if not (folder / CONFIG).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG}: it is not an exported model (see `var train`)")
+    cfg = load_config(ExportConfig, folder / CONFIG)
     try:
-        cfg = load_config(ExportConfig, folder / CONFIG)
+        sampling = SamplingSettings.from_dict(cfg.sampling, defaults=MODEL_DEFAULTS)
     except SettingsError as err:
-        raise CheckpointError(f"{folder / CONFIG}: sampling: {err}") from None
+        key = f"sampling.{err.field}" if err.field else "sampling"
+        raise CheckpointError(f"{folder / CONFIG}: key '{key}': {err}") from None
     if not (folder / TOKENIZER).is_dir():
         raise CheckpointError(f"{folder} has no {TOKENIZER}/ folder: the tokenizer must be exported with the model")
     vae = load_tokenizer(folder / TOKENIZER)
@@ -241,7 +245,7 @@ def _load_folder(folder: Path) -> LoadedModel:
     names = cfg.class_names or [str(i) for i in range(cfg.model.num_classes)]
     if len(names) != cfg.model.num_classes:
         raise CheckpointError(f"{folder / CONFIG}: {len(names)} class names for num_classes={cfg.model.num_classes}")
-    return LoadedModel(model, vae, names, cfg.sampling, str(folder), folder / WEIGHTS, tokenizer_file)
+    return LoadedModel(model, vae, names, sampling, str(folder), folder / WEIGHTS, tokenizer_file)
 
 
 def load_model(source: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:

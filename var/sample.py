@@ -5,6 +5,13 @@ schedule), :func:`filter_top_k_top_p`, :func:`draw` and :func:`gumbel_embed` (to
 :func:`generate`, the loop that yields every scale. :func:`sample` and :func:`sample_progressive`
 are the public entry points.
 
+Settings rule. Every sampling function takes ``settings``, a :class:`~var.settings.SamplingSettings`
+(default ``SamplingSettings()``: the paper's FID setting in exact fp32), and keyword changes of its
+fields, applied over it by :meth:`~var.settings.SamplingSettings.replace` (:func:`~var.settings.merge_settings`;
+as Hugging Face's ``generate`` applies keyword arguments over its ``GenerationConfig``):
+``sample(model, vae, labels, cfg=2.0, top_k=1)`` is ``sample(model, vae, labels, SamplingSettings(cfg=2.0, top_k=1))``.
+What is not a setting - the labels, the seeding of this call, a teacher, a compiled step - is an argument of its own.
+
 Seeding rule. ``seed`` is an ``int``, a sequence of ints (one per image) or ``None``:
 
 - ``int``: one ``torch.Generator`` for the whole batch, drawn row by row as the published
@@ -12,7 +19,7 @@ Seeding rule. ``seed`` is an ``int``, a sequence of ints (one per image) or ``No
   then depends on its position in the batch and on the batch size.
 - sequence: one generator per image, seeded with its own seed, so an image depends only on its
   label and seed, never on the rest of the batch (for the batch CLI and resumable runs).
-- ``None``: the global RNG (not reproducible).
+- ``None`` (the default): the settings' ``seed``, as an ``int``.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch.nn.functional as F
 from scaffold.errors import UserError
 from var.attention import KVCache
 from var.model import VAR
-from var.settings import PRECISIONS
+from var.settings import PRECISIONS, SamplingSettings, merge_settings
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -52,7 +59,7 @@ __all__ = [
     "static_states",
 ]
 
-Seed = Union[int, Sequence[int], None]
+Seed = Union[int, Sequence[int], None]  # None: the settings' seed
 
 
 @dataclass
@@ -104,10 +111,9 @@ def filter_top_k_top_p(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 
 
 
 def make_generators(
-    seed: Seed, batch: int, device: torch.device
-) -> Union[torch.Generator, list[torch.Generator], None]:
-    if seed is None:
-        return None
+    seed: Union[int, Sequence[int]], batch: int, device: torch.device
+) -> Union[torch.Generator, list[torch.Generator]]:
+    """One generator for the batch (an int seed), or one per image (a sequence of ``batch`` seeds)."""
     if isinstance(seed, numbers.Integral):
         return torch.Generator(device).manual_seed(int(seed))
     seeds = list(seed)
@@ -184,7 +190,7 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
-def decode(vae, f_hat: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+def decode(vae, f_hat: torch.Tensor, precision: str) -> torch.Tensor:
     """f_hat -> images [B, 3, H, W] in [0, 1] (fp32), the decoder under the `precision` autocast."""
     with autocast(f_hat.device, precision):
         return vae.fhat_to_img(f_hat).float().add(1).mul(0.5)
@@ -250,32 +256,31 @@ def generate(
     model: VAR,
     vae,
     labels_B: Union[torch.Tensor, Sequence[int]],
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    seed: Seed = 0,
-    more_smooth: bool = False,
+    settings: Optional[SamplingSettings] = None,
+    *,
+    seed: Seed = None,
     teacher: Optional[Teacher] = None,
-    precision: str = "fp32",
     step: Optional[CompiledStep] = None,
+    **changes: Any,
 ) -> Iterator[ScaleStep]:
     """Sample scale by scale, yielding a :class:`ScaleStep` after each. Labels may include the null class.
 
+    ``settings`` and ``changes``: the settings rule, ``seed``: the seeding rule (module docstring).
     With ``cfg > 0`` the batch is doubled with the null class; with ``cfg == 0`` only the conditional
-    half runs (the unconditional one would be weighted by 0). ``teacher`` forces tokens (editing).
-    ``precision``: "fp32" (default, exact), "bf16", "fp16" or "auto" (:func:`resolve_precision`) autocast for
-    the transformer (see :func:`autocast`). ``step``: a :class:`CompiledStep` of ``model`` (static caches and
+    half runs (the unconditional one would be weighted by 0). ``precision``: see :func:`autocast`.
+    ``teacher`` forces tokens (editing). ``step``: a :class:`CompiledStep` of ``model`` (static caches and
     one compiled graph per scale) instead of the eager ``model.forward_scale`` with fresh caches.
     Call it with the model in eval mode: in training mode drop-path would perturb every scale.
     """
+    s = merge_settings(settings, changes)
     device = model.lvl_1L.device
-    precision = resolve_precision(precision, device)
+    precision = resolve_precision(s.precision, device)
     labels_B = _labels(labels_B, device)
     B, S = labels_B.shape[0], len(model.patch_nums)
     if tuple(vae.patch_nums) != model.patch_nums:
         raise ValueError(f"VAE patch_nums {tuple(vae.patch_nums)} != model patch_nums {model.patch_nums}")
-    rng = make_generators(seed, B, device)
-    guided = cfg != 0
+    rng = make_generators(s.seed if seed is None else seed, B, device)
+    guided = s.cfg != 0
     if guided:
         labels_B = torch.cat((labels_B, torch.full_like(labels_B, model.config.num_classes)))
     cond_BD = model.class_emb(labels_B)
@@ -299,13 +304,13 @@ def generate(
             logits_BlV = forward_scale(x_BlC, cond_BD, states, si, mods)
         if step is not None:  # a CUDA graph's output is overwritten by its next replay; the caller may keep it
             logits_BlV = logits_BlV.clone()
-        chosen_BlV = guide(logits_BlV, guidance_ratio(cfg, si, S)) if guided else logits_BlV
-        chosen_BlV = filter_top_k_top_p(chosen_BlV, top_k, top_p)
+        chosen_BlV = guide(logits_BlV, guidance_ratio(s.cfg, si, S)) if guided else logits_BlV
+        chosen_BlV = filter_top_k_top_p(chosen_BlV, s.top_k, s.top_p)
         idx_Bl = draw(chosen_BlV, rng)
         if teacher is not None:
             keep_Bl = teacher.keep_Bl[si]
             idx_Bl = torch.where(keep_Bl, teacher.idx_Bl[si], idx_Bl)
-        if more_smooth:  # visuals only; published: on the filtered logits, tau as in MaskGIT, sharper at finer scales
+        if s.more_smooth:  # visuals only; published: on the filtered logits, tau as in MaskGIT, sharper at finer scales
             tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
             h_BlC = gumbel_embed(chosen_BlV * (1 + ratio), tau, codebook_VC, rng)
             if teacher is not None:
@@ -325,41 +330,41 @@ def generate(
 def sample_progressive(
     model: VAR,
     vae,
-    labels_B,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    seed: Seed = 0,
-    more_smooth: bool = False,
-    precision: str = "fp32",
+    labels_B: Union[torch.Tensor, Sequence[int]],
+    settings: Optional[SamplingSettings] = None,
+    *,
+    seed: Seed = None,
     step: Optional[CompiledStep] = None,
+    **changes: Any,
 ) -> Iterator[torch.Tensor]:
     """Like :func:`sample`, but yields the partial image ``[B, 3, H, W]`` in [0, 1] after every scale."""
-    for scale in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision, step=step):
-        yield decode(vae, scale.f_hat, precision)
+    s = merge_settings(settings, changes)
+    for scale in generate(model, vae, labels_B, s, seed=seed, step=step):
+        yield decode(vae, scale.f_hat, s.precision)
 
 
 @torch.no_grad()
 def sample(
     model: VAR,
     vae,
-    labels_B,
-    cfg: float = 1.5,
-    top_k: int = 900,
-    top_p: float = 0.96,
-    seed: Seed = 0,
-    more_smooth: bool = False,
+    labels_B: Union[torch.Tensor, Sequence[int]],
+    settings: Optional[SamplingSettings] = None,
+    *,
+    seed: Seed = None,
     return_tokens: bool = False,
-    precision: str = "fp32",
     step: Optional[CompiledStep] = None,
+    **changes: Any,
 ) -> Union[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
     """Class-conditional images ``[B, 3, H, W]`` in [0, 1] (and, with ``return_tokens``, the token indices
-    of every scale, a list of ``[B, pn*pn]``). Seeding: see the module docstring.
-    FID setting of the paper: ``cfg=1.5, top_k=900, top_p=0.96``. ``precision``: see :func:`autocast`.
-    ``step``: see :func:`generate` (the compiled GPU path).
+    of every scale, a list of ``[B, pn*pn]``).
+
+    ``settings`` (default ``SamplingSettings()``: cfg 1.5, top-k 900, top-p 0.96, exact fp32) with keyword
+    ``changes`` of its fields, e.g. ``sample(model, vae, labels, top_k=1)``; ``seed``: an int, one per
+    image, or ``None`` for the settings' seed. Both rules: the module docstring. ``step``: see :func:`generate`.
     """
+    s = merge_settings(settings, changes)
     idx_Bl: list[torch.Tensor] = []
-    for scale in generate(model, vae, labels_B, cfg, top_k, top_p, seed, more_smooth, precision=precision, step=step):
+    for scale in generate(model, vae, labels_B, s, seed=seed, step=step):
         idx_Bl.append(scale.idx_Bl)  # keep the tokens, not every scale's [2B, l, V] logits
-    imgs = decode(vae, scale.f_hat, precision)
+    imgs = decode(vae, scale.f_hat, s.precision)
     return (imgs, idx_Bl) if return_tokens else imgs

@@ -1,10 +1,23 @@
 """Sampling settings: one typed, frozen object with its defaults and its one validation.
 
-`var sample`, the web UI and an exported model's defaults (config.yaml's ``sampling:``) all hold a
-:class:`SamplingSettings`; building one checks and normalises every field, so the command line, the
-web page, the web API and a config file accept the same ranges and refuse with the same words
-(``top-k must be >= 0 ...``). Call sites turn it into the keyword arguments of
-:func:`var.sample.sample` / :func:`var.edit.edit` with :meth:`SamplingSettings.sample_kwargs`.
+:func:`var.sample.sample`, :func:`~var.sample.sample_progressive`, :func:`~var.sample.generate`,
+:func:`var.edit.edit`, `var sample`, `var edit`, the web UI and an exported model's defaults
+(config.yaml's ``sampling:``) all take a :class:`SamplingSettings` (as Hugging Face's ``generate`` takes
+a ``GenerationConfig``); building one checks and normalises every field, so the command line, the web
+page, the web API and a config file accept the same ranges and refuse with the same words
+(``top-k must be >= 0 ...``).
+
+The defaults are written once, in the class. Two sets are in use, and :data:`MODEL_DEFAULTS` is the
+only place where they differ:
+
+- ``SamplingSettings()``: what a library call such as ``sample(model, vae, labels)`` uses: the paper's
+  FID setting in exact fp32, the published sampler's arithmetic (parity, reproducible on any device).
+- :data:`MODEL_DEFAULTS`: the same with precision "auto" (bf16 where the device computes it natively,
+  exact fp32 elsewhere): what a published model carries and what training exports with a model unless
+  its config says otherwise, hence what `var sample`, `var edit` and the web UI use by default.
+
+The sampling functions follow one rule (:func:`merge_settings`): ``settings`` (default
+``SamplingSettings()``) with keyword changes of its fields applied by :meth:`SamplingSettings.replace`.
 
 Values may arrive as text (a command-line flag, a web form) or as floats that hold integers (a JSON
 ``2.0``): they are converted, but never rounded: ``2.5`` images or a top-k of ``2.5`` are refused.
@@ -15,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +36,7 @@ from scaffold.errors import UserError
 
 __all__ = [
     "MAX_SEED",
+    "MODEL_DEFAULTS",
     "PRECISIONS",
     "SamplingSettings",
     "SettingsError",
@@ -29,6 +44,7 @@ __all__ = [
     "count",
     "given_settings",
     "integer",
+    "merge_settings",
     "number",
 ]
 
@@ -38,21 +54,29 @@ MAX_SEED = 2**32 - 1  # what a web form's number field and every device's genera
 
 
 class SettingsError(UserError, ValueError):
-    """A sampling setting out of range or of the wrong type; the message names the setting and the value."""
+    """A sampling setting out of range or of the wrong type; the message names the setting and the value.
+
+    ``field``: the :class:`SamplingSettings` field at fault (``"top_k"``), when the error is about one.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
-def integer(value: Any, what: str) -> int:
-    """`value` as an int: an int, a float holding an integer (2.0) or such text ("2", " 2.0 "); else an error."""
+def integer(value: Any, what: str, field: str | None = None) -> int:
+    """`value` as an int: an int, a float holding an integer (2.0) or such text ("2", " 2.0 "); else an error
+    naming `what` (and carrying `field`, see :class:`SettingsError`)."""
     if isinstance(value, bool) or value is None:
-        raise SettingsError(f"{what} must be an integer, got {value!r}")
+        raise SettingsError(f"{what} must be an integer, got {value!r}", field)
     if isinstance(value, int):
         return value
     try:
         as_float = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{what} must be an integer, got {value!r}") from None
+        raise SettingsError(f"{what} must be an integer, got {value!r}", field) from None
     if not as_float.is_integer():  # also NaN and inf
-        raise SettingsError(f"{what} must be an integer, got {value!r}")
+        raise SettingsError(f"{what} must be an integer, got {value!r}", field)
     if isinstance(value, str):  # "12345678901234567890" would lose digits through a float
         try:
             return int(value.strip())
@@ -61,16 +85,16 @@ def integer(value: Any, what: str) -> int:
     return int(as_float)
 
 
-def number(value: Any, what: str) -> float:
+def number(value: Any, what: str, field: str | None = None) -> float:
     """`value` as a finite float (text accepted); NaN and infinities are refused."""
     if isinstance(value, bool) or value is None:
-        raise SettingsError(f"{what} must be a number, got {value!r}")
+        raise SettingsError(f"{what} must be a number, got {value!r}", field)
     try:
         x = float(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
-        raise SettingsError(f"{what} must be a number, got {value!r}") from None
+        raise SettingsError(f"{what} must be a number, got {value!r}", field) from None
     if not math.isfinite(x):
-        raise SettingsError(f"{what} must be finite, got {value!r}")
+        raise SettingsError(f"{what} must be finite, got {value!r}", field)
     return x
 
 
@@ -84,25 +108,28 @@ def count(value: Any, what: str, low: int = 1, high: int | None = None) -> int:
     return n
 
 
-def _flag(value: Any, what: str) -> bool:
+def _flag(value: Any, what: str, field: str | None = None) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise SettingsError(f"{what} must be true or false, got {value!r}")
+    raise SettingsError(f"{what} must be true or false, got {value!r}", field)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
-    """What a sampled image depends on besides its class: the one home of these defaults.
+    """What a sampled image depends on besides its class and its seeding: the one home of these defaults.
 
-    The defaults are the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96; VAR README). ``seed`` is
-    the global seed: `var sample` derives each image's seed from it (var.batch_sample.image_seed), the web UI
-    gives image i ``seed + i``. ``precision``: one of :data:`PRECISIONS`; "auto" (the default) is bf16
-    where the device computes it natively and exact fp32 elsewhere (var.sample.resolve_precision), so it
-    never slows a machine down; `var.sample.sample()` itself defaults to "fp32".
+    The defaults are the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96; VAR README) in exact fp32.
+    ``cfg``: classifier-free guidance, >= 0 (0 turns it off); ``top_k``: >= 0 (0 keeps every token);
+    ``top_p``: in [0, 1] (0 or 1 keep every token); ``more_smooth``: Gumbel-softmax embeddings, for
+    visuals only. ``seed``: the global seed, 0 to :data:`MAX_SEED`: the sampling functions seed one
+    generator for the batch with it unless given per-call seeds, `var sample` derives each image's seed
+    from it (var.batch_sample.image_seed), the web UI gives image i ``seed + i``. ``precision``: one of
+    :data:`PRECISIONS` (var.sample.autocast); "fp32" reproduces the published sampler exactly,
+    "auto" is bf16 where the device computes it natively and fp32 elsewhere (:data:`MODEL_DEFAULTS`).
     """
 
     cfg: float = 1.5
@@ -110,43 +137,87 @@ class SamplingSettings:
     top_p: float = 0.96
     more_smooth: bool = False
     seed: int = 0
-    precision: str = "auto"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Check every field and store it in its canonical type (a frozen object is set once, here)."""
-        g = number(self.cfg, "guidance (cfg)")
+        g = number(self.cfg, "guidance (cfg)", "cfg")
         if g < 0:
-            raise SettingsError(f"guidance (cfg) must be >= 0, got {g}")
-        k = integer(self.top_k, "top-k")
+            raise SettingsError(f"guidance (cfg) must be >= 0, got {g}", "cfg")
+        k = integer(self.top_k, "top-k", "top_k")
         if k < 0:
-            raise SettingsError(f"top-k must be >= 0 (0 keeps every token), got {k}")
-        p = number(self.top_p, "top-p")
+            raise SettingsError(f"top-k must be >= 0 (0 keeps every token), got {k}", "top_k")
+        p = number(self.top_p, "top-p", "top_p")
         if not 0 <= p <= 1:  # 0 or 1 keep every token (0 is the published sampler's "off")
-            raise SettingsError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}")
-        s = integer(self.seed, "seed")
+            raise SettingsError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}", "top_p")
+        s = integer(self.seed, "seed", "seed")
         if not 0 <= s <= MAX_SEED:
-            raise SettingsError(f"seed must be between 0 and {MAX_SEED}, got {s}")
+            raise SettingsError(f"seed must be between 0 and {MAX_SEED}, got {s}", "seed")
         if self.precision not in PRECISIONS:
-            raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise SettingsError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision"
+            )
         for name, value in (("cfg", g), ("top_k", k), ("top_p", p), ("seed", s)):
             object.__setattr__(self, name, value)
-        object.__setattr__(self, "more_smooth", _flag(self.more_smooth, "more_smooth"))
+        object.__setattr__(self, "more_smooth", _flag(self.more_smooth, "more_smooth", "more_smooth"))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
 
     def replace(self, **changes: Any) -> SamplingSettings:
-        """A copy with `changes` applied; a change of ``None`` keeps the current value (an unset flag)."""
+        """A checked copy with `changes` applied; a change of ``None`` keeps the current value (an unset
+        flag, an empty form field). A name that is not a field is a :class:`SettingsError`."""
+        _check_names(changes, "setting")
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
-    def sample_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of var.sample.sample/generate and var.edit.edit (all but the seed)."""
-        return dict(
-            cfg=self.cfg, top_k=self.top_k, top_p=self.top_p, more_smooth=self.more_smooth, precision=self.precision
-        )
-
     def as_dict(self) -> dict[str, Any]:
+        """Every field by name, plain Python values (JSON and YAML): what a model folder and a sampling
+        folder record, and what :meth:`from_dict` reads back."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Any, defaults: SamplingSettings | None = None) -> SamplingSettings:
+        """Settings from a mapping of field names to values (as :meth:`as_dict` writes; a file's
+        ``sampling:``): a field it lacks keeps ``defaults`` (default ``SamplingSettings()``); an unknown
+        name, a ``None`` or a bad value is a :class:`SettingsError` naming the field."""
+        if not isinstance(values, Mapping):
+            raise SettingsError(f"sampling settings must be a mapping of setting names to values, got {values!r}")
+        _check_names(values, "sampling setting")
+        for name, value in values.items():
+            if value is None:
+                raise SettingsError(f"sampling setting {name!r} has no value (null)", str(name))
+        return dataclasses.replace(defaults if defaults is not None else cls(), **values)
+
+
+def _check_names(names: Mapping[str, Any], what: str) -> None:
+    known = SamplingSettings.field_names()
+    for name in names:
+        if name not in known:
+            raise SettingsError(f"unknown {what} {name!r}; the settings are {', '.join(known)}", str(name))
+
+
+MODEL_DEFAULTS = SamplingSettings(precision="auto")
+"""The sampling defaults a model carries: ``SamplingSettings()`` with precision "auto". A published
+model has them, training exports them with a model unless its config's ``sampling:`` says otherwise,
+and `var sample`, `var edit` and the web UI start from the model's (see the module docstring)."""
+
+
+def merge_settings(settings: SamplingSettings | None, changes: Mapping[str, Any]) -> SamplingSettings:
+    """The one rule of every sampling function: ``settings`` (``None``: ``SamplingSettings()``) with the
+    keyword ``changes`` of its fields applied by :meth:`SamplingSettings.replace` (``None`` keeps a value).
+    ``sample(model, vae, labels, cfg=2.0)`` is therefore ``sample(model, vae, labels, SamplingSettings(cfg=2.0))``."""
+    if settings is None:
+        settings = SamplingSettings()
+    elif not isinstance(settings, SamplingSettings):
+        raise TypeError(
+            f"settings must be a SamplingSettings, got {type(settings).__name__}: give settings by name, "
+            "e.g. sample(model, vae, labels, cfg=1.5, top_k=900)"
+        )
+    return settings.replace(**changes) if changes else settings
 
 
 # ----------------------------------------------------------------------------- command-line flags
@@ -173,5 +244,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> N
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given by :func:`add_sampling_arguments`' flags, for :meth:`SamplingSettings.replace`."""
-    return {name: getattr(args, name) for name in ("cfg", "top_k", "top_p", "more_smooth", "seed", "precision")}
+    """The settings given by :func:`add_sampling_arguments`' flags (None where unset), for
+    :meth:`SamplingSettings.replace`."""
+    return {name: getattr(args, name) for name in SamplingSettings.field_names()}

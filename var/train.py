@@ -42,10 +42,11 @@ from scaffold.training import (
 )
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
 from tokenizer.data import class_names as dataset_class_names
-from var.export import SamplingDefaults, export_model
+from var.export import export_model
 from var.model import VAR, VARConfig
 from var.optim import NO_DECAY_KEYS, OptimConfig, lr_factor, param_groups
 from var.sample import sample
+from var.settings import MODEL_DEFAULTS, SamplingSettings
 from var.token_cache import TokenCache, TokenCacheError, load_vae, tokenizer_identity
 
 __all__ = [
@@ -98,7 +99,7 @@ class VARTrainConfig(RunConfig):
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     samples: SampleLogConfig = field(default_factory=SampleLogConfig)
-    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)  # exported with the model
+    sampling: SamplingSettings = field(default=MODEL_DEFAULTS)  # the model's defaults, exported with it
     out_dir: str = "runs/var"
     batch_size: int = 32  # per device
     ema_decay: float = 0.9999  # 0 turns the EMA off (then the live weights are sampled and exported)
