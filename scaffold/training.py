@@ -25,18 +25,18 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .checkpoint import CheckpointError
@@ -52,7 +52,6 @@ __all__ = [
     "StepCheckpoint",
     "TrainerConfig",
     "TrainingError",
-    "ema_update",
     "find_resume_checkpoint",
     "fit_and_checkpoint",
     "make_trainer",
@@ -64,6 +63,7 @@ __all__ = [
     "save_grid_rows",
     "start_run",
     "step_batch_loader",
+    "throughput_monitor",
 ]
 
 log = logging.getLogger(__name__)
@@ -189,21 +189,31 @@ def ordered_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
 
 
 # ------------------------------------------------------------------------------------------ module
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
     """Images [rows, cols, 3, H, W] in [0, 1] as one PNG (row r of the grid = img[r]), written atomically."""
     rows = [torch.cat(list(r.detach().float().cpu().clamp(0, 1)), dim=2) for r in img_RCB3HW]  # [3, H, C*W] each
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [R*H, C*W, 3]
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
+
+
+# -------------------------------------------------------------------------------------- throughput
+def _samples(batch) -> int:
+    return len(batch[1])  # both stages' batches are (inputs, labels)
+
+
+def _tokens(tokens_per_sample: int, batch) -> int:
+    return len(batch[1]) * tokens_per_sample
+
+
+def throughput_monitor(cfg: RunConfig, tokens_per_sample: int = 0) -> ThroughputMonitor:
+    """Lightning's `ThroughputMonitor`, measured over the last `log_every_n_steps` batches and logged at the
+    logging steps by rank 0: `train/device/samples_per_sec` (per device), with `tokens_per_sample`
+    `train/device/items_per_sec` (tokens per second per device), on several devices also `train/samples_per_sec`
+    and `train/items_per_sec` (all devices), besides the running totals `train/samples`, `train/batches`,
+    `train/lengths` (tokens) and `train/time` (seconds); the same under `validate/` for a validation loop."""
+    length_fn = partial(_tokens, tokens_per_sample) if tokens_per_sample else None
+    return ThroughputMonitor(batch_size_fn=_samples, length_fn=length_fn, window_size=max(2, cfg.log_every_n_steps))
 
 
 # ------------------------------------------------------------------------------------- checkpoints

@@ -113,7 +113,7 @@ def test_per_block_mix_and_logged_metrics(tmp_path, cache):
     for key in ("train/loss_mean", "train/loss_tail", "train/acc_mean", "train/acc_tail", "train/lr"):
         assert key in logged
     assert {f"scale/loss_{si}" for si in range(4)} | {f"scale/acc_{si}" for si in range(4)} <= set(logged)
-    assert "train/tokens_per_s" in logged and "train/grad_norm" in logged
+    assert "train/device/items_per_sec" in logged and "train/grad_norm" in logged  # tokens/s (ThroughputMonitor)
     assert (tmp_path / "samples" / "step0000004.png").is_file()
     assert load_model(tmp_path / "model").model.config.block_attention() == ["lka", "full"]
 
@@ -145,7 +145,7 @@ def test_export_load_and_sample(tmp_path, cache):
     assert loaded.class_names == [str(d) for d in range(10)]
     assert (loaded.sampling.cfg, loaded.sampling.top_k) == (2.0, 5)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    ema = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.")}
+    ema = {k[11:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
     for k, v in loaded.model.state_dict().items():
         torch.testing.assert_close(v, ema[k], rtol=0, atol=0, msg=k)  # the EMA weights are exported
     img = sample(loaded.model, loaded.vae, [0, 7], cfg=2.0, top_k=5, top_p=0.0, seed=0)

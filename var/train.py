@@ -14,9 +14,7 @@ The model knows nothing of this file (STYLE.md point 3).
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,17 +25,18 @@ from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
 from scaffold.config import add_config_arguments
+from scaffold.ema import EMA
 from scaffold.training import (
     RunConfig,
     TrainerConfig,
     TrainingError,
-    ema_update,
     fit_and_checkpoint,
     make_trainer,
     run_training,
     save_grid_rows,
     start_run,
     step_batch_loader,
+    throughput_monitor,
 )
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
 from tokenizer.data import class_names as dataset_class_names
@@ -188,24 +187,25 @@ def check_cache(cache: TokenCache, model: VARConfig, vae: MultiScaleVQVAE) -> No
 class VARTraining(L.LightningModule):
     """The transformer (`var`), its EMA copy and the frozen tokenizer (`vae`, kept out of checkpoints)."""
 
+    flops_per_batch = None  # not measured: the ThroughputMonitor logs rates, no FLOPs or MFU
+
     def __init__(self, cfg: VARTrainConfig, vae: MultiScaleVQVAE, class_names: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
         self.var = VAR(cfg.model)
         self.var.init_weights(init_adaln_gamma=cfg.init_adaln_gamma)
-        self.ema = copy.deepcopy(self.var).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
+        # Update n averages with min(ema_decay, n / (10 + n)): short runs still average.
+        self.ema = EMA(self.var, cfg.ema_decay, warmup=10).eval() if cfg.ema_decay > 0 else None
         self.vae = vae.requires_grad_(False).eval()
         self.class_names = list(class_names or [str(i) for i in range(cfg.model.num_classes)])
         self.split_sizes = [pn * pn for pn in cfg.model.patch_nums]
-        # Not a registered submodule: the compiled wrapper shares the parameters of `var`.
-        object.__setattr__(self, "_forward", torch.compile(self.var) if cfg.compile else self.var)
-        self._tokens_since_log = 0
-        self._time_of_log: float | None = None
+        if cfg.compile:  # after the EMA copy: it compiles `var`'s calls in place, its state dict keeps its keys
+            self.var.compile()
 
     @property
     def eval_model(self) -> VAR:
         """The weights that are sampled and exported: the EMA when there is one."""
-        return self.ema if self.ema is not None else self.var
+        return self.ema.module if self.ema is not None else self.var
 
     # ---------------------------------------------------------------------------------- optimizers
     def peak_lr(self) -> float:
@@ -245,7 +245,7 @@ class VARTraining(L.LightningModule):
         B, Ltok = idx_BL.shape
         with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
             x_BLCv = self.vae.idx_to_var_input(list(idx_BL.split(self.split_sizes, dim=1)))
-        logits_BLV = self._forward(label_B, x_BLCv)
+        logits_BLV = self.var(label_B, x_BLCv)
         V = logits_BLV.shape[-1]
         loss_BL = F.cross_entropy(
             logits_BLV.float().view(-1, V),
@@ -255,7 +255,6 @@ class VARTraining(L.LightningModule):
         ).view(B, Ltok)
         loss = loss_BL.mean()  # uniform weight per token (published loss_weight = 1/L)
         self._check_finite(loss, step)
-        self._tokens_since_log += B * Ltok * self.trainer.world_size
         if (step + 1) % cfg.log_every_n_steps == 0:
             self._log_scales(loss_BL.detach(), logits_BLV.detach(), idx_BL, B)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=B)
@@ -285,10 +284,6 @@ class VARTraining(L.LightningModule):
             logs[f"scale/loss_{si}"] = l_Bl.mean()
             logs[f"scale/acc_{si}"] = h_Bl.mean() * 100
         logs["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        now = time.perf_counter()
-        if self._time_of_log is not None:
-            logs["train/tokens_per_s"] = torch.tensor(self._tokens_since_log / max(now - self._time_of_log, 1e-9))
-        self._time_of_log, self._tokens_since_log = now, 0
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=B, sync_dist=False)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -296,9 +291,7 @@ class VARTraining(L.LightningModule):
         # Here rather than in on_train_batch_end: the step checkpoint callback runs before that hook, and
         # a checkpoint must hold the EMA of the weights it holds.
         if self.ema is not None:
-            n = self.global_step + 1
-            # Warm-up of the decay (TF ExponentialMovingAverage's num_updates rule): short runs still average.
-            ema_update(self.ema, self.var, min(self.cfg.ema_decay, n / (10 + n)))
+            self.ema.update_parameters(self.var)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step  # optimizer steps done, this one included
@@ -354,7 +347,8 @@ def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
     """`scaffold.training.make_trainer` with gradient clipping, no validation loop and a rich progress bar."""
     bar = _progress_bar() if cfg.trainer.progress_bar else []
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
-    return make_trainer(cfg, callbacks=bar, **{**clip, **overrides})
+    tokens = throughput_monitor(cfg, tokens_per_sample=sum(pn * pn for pn in cfg.model.patch_nums))
+    return make_trainer(cfg, callbacks=[*bar, tokens], **{**clip, **overrides})
 
 
 def resolve_tokenizer(cfg: VARTrainConfig) -> str:
