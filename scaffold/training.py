@@ -402,6 +402,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    # `throughput_monitor` logs rates; the trainings measure no FLOPs (so no MFU) and need not be told so.
+    warnings.filterwarnings(
+        "ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`"
+    )
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:

@@ -175,15 +175,12 @@ class TokenizerData(L.LightningDataModule):
 class TokenizerTraining(L.LightningModule):
     """VQ-VAE generator + PatchGAN discriminator under manual optimization."""
 
-    flops_per_batch = None  # not measured: the ThroughputMonitor logs rates, no FLOPs or MFU
-
     def __init__(self, cfg: TokenizerTrainConfig):
         super().__init__()
         self.automatic_optimization = False
         self.cfg = cfg
         self.vae = MultiScaleVQVAE(cfg.model)
-        # Warm-up 9: update n averages with min(ema_decay, n / (9 + n)) (TF ExponentialMovingAverage's rule).
-        self.ema = EMA(self.vae, cfg.ema_decay, warmup=9) if cfg.ema_decay > 0 else None
+        self.ema = EMA(self.vae, cfg.ema_decay, warmup=9) if cfg.ema_decay > 0 else None  # TF's decay warm-up
         lc = cfg.loss
         self.disc = PatchDiscriminator(ndf=lc.disc_ch, n_layers=lc.disc_layers) if lc.adversarial > 0 else None
         self.perceptual = load_perceptual(lc.perceptual_weights) if lc.perceptual > 0 else None
@@ -192,10 +189,8 @@ class TokenizerTraining(L.LightningModule):
             q.num_scales, q.vocab_size, q.c_vae, window=cfg.codebook.window, pool_size=cfg.codebook.pool_size
         )
         self._val_hits_SV: torch.Tensor | None = None
-        # Held-out means over images (synchronised across ranks): per-image PSNR (dB) and SSIM (11x11
-        # Gaussian window, sigma 1.5) on images in [0, 1]. torchmetrics keeps their state out of state_dict.
-        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # the mean of per-image PSNRs
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)  # 11x11 Gaussian window, sigma 1.5
 
     @property
     def eval_model(self) -> MultiScaleVQVAE:
@@ -336,10 +331,9 @@ class TokenizerTraining(L.LightningModule):
         idx_Bl = model.img_to_idx(img)
         rec = model.idx_to_img(idx_Bl)
         x, y = (rec.float() + 1) / 2, (img.float() + 1) / 2
-        self.val_psnr(x, y)
-        self.val_ssim(x, y)
-        self.log("val/psnr", self.val_psnr, prog_bar=True)
-        self.log("val/ssim", self.val_ssim)
+        self.val_psnr.update(x, y)
+        self.val_ssim.update(x, y)
+        self.log_dict({"val/psnr": self.val_psnr, "val/ssim": self.val_ssim}, prog_bar=True)  # epoch means
         for si, idx in enumerate(idx_Bl):
             self._val_hits_SV[si] += torch.bincount(idx.flatten(), minlength=model.vocab_size)[: model.vocab_size]
         if batch_idx == 0 and self.trainer.is_global_zero:

@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
+from scaffold.checkpoint import check_keys
 from scaffold.config import add_config_arguments
 from scaffold.ema import EMA
+from scaffold.sharding import clip_gradients, fsdp_strategy, full_state_dict, full_weights
 from scaffold.training import (
     RunConfig,
     TrainerConfig,
@@ -106,9 +108,6 @@ class VARTrainConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        if "fsdp" in self.trainer.strategy and self.ema_decay > 0:
-            # The EMA copy would be sharded differently from the live weights; not supported yet.
-            raise ValueError("trainer.strategy=fsdp needs ema_decay=0 (an EMA of sharded weights is not supported)")
         self.model.block_attention()  # a per-block list of the wrong length fails here, naming depth
 
 
@@ -187,8 +186,6 @@ def check_cache(cache: TokenCache, model: VARConfig, vae: MultiScaleVQVAE) -> No
 class VARTraining(L.LightningModule):
     """The transformer (`var`), its EMA copy and the frozen tokenizer (`vae`, kept out of checkpoints)."""
 
-    flops_per_batch = None  # not measured: the ThroughputMonitor logs rates, no FLOPs or MFU
-
     def __init__(self, cfg: VARTrainConfig, vae: MultiScaleVQVAE, class_names: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
@@ -199,6 +196,9 @@ class VARTraining(L.LightningModule):
         self.vae = vae.requires_grad_(False).eval()
         self.class_names = list(class_names or [str(i) for i in range(cfg.model.num_classes)])
         self.split_sizes = [pn * pn for pn in cfg.model.patch_nums]
+        # Grouped before a strategy wraps the model: FSDP flattens the parameters (same objects, 1-D shards).
+        self.param_groups = param_groups(self.var, cfg.optim.weight_decay)[0]
+        self.checkpoint_keys = [k for k in self.state_dict() if not k.startswith("vae.")]
         if cfg.compile:  # after the EMA copy: it compiles `var`'s calls in place, its state dict keeps its keys
             self.var.compile()
 
@@ -215,9 +215,8 @@ class VARTraining(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups, _, _ = param_groups(self.var, o.weight_decay)
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        opt = torch.optim.AdamW(groups, lr=self.peak_lr(), betas=(o.beta1, o.beta2), **fused)
+        opt = torch.optim.AdamW(self.param_groups, lr=self.peak_lr(), betas=(o.beta1, o.beta2), **fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, self.cfg.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -227,6 +226,9 @@ class VARTraining(L.LightningModule):
             norms = grad_norm(self.var, norm_type=2)
             if "grad_2.0_norm_total" in norms:
                 self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP too
 
     # ------------------------------------------------------------------------------------ training
     def _tokens(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,8 +298,10 @@ class VARTraining(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step  # optimizer steps done, this one included
         sc = self.cfg.samples
-        if sc.every_n_steps > 0 and step % sc.every_n_steps == 0 and self.trainer.is_global_zero:
-            self.save_samples(Path(self.cfg.out_dir) / "samples" / f"step{step:07d}.png")
+        if sc.every_n_steps > 0 and step % sc.every_n_steps == 0:
+            with full_weights(self, self.eval_model):  # FSDP: gathered on every rank
+                if self.trainer.is_global_zero:
+                    self.save_samples(Path(self.cfg.out_dir) / "samples" / f"step{step:07d}.png")
 
     @torch.no_grad()
     def save_samples(self, path: Path) -> None:
@@ -319,8 +323,11 @@ class VARTraining(L.LightningModule):
         # The tokenizer is frozen and loaded from its own folder: not copied into every checkpoint.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vae.")}
 
+    strict_loading = False  # the tokenizer's weights are not in the checkpoint; all others must be (below)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].update({f"vae.{k}": v for k, v in self.vae.state_dict().items()})
+        if "state_dict" in checkpoint:  # Lightning's FSDP has loaded the weights (non-strictly) and dropped it
+            check_keys(self.checkpoint_keys, checkpoint["state_dict"], "the resumed checkpoint does not fit the model")
 
     def train(self, mode: bool = True):
         # Lightning puts the whole module in train mode; the tokenizer and the EMA copy are never trained.
@@ -344,11 +351,13 @@ def _progress_bar():
 
 
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
-    """`scaffold.training.make_trainer` with gradient clipping, no validation loop and a rich progress bar."""
+    """`scaffold.training.make_trainer` with gradient clipping, no validation loop, a rich progress bar, the
+    tokens/s (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
     bar = _progress_bar() if cfg.trainer.progress_bar else []
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
     tokens = throughput_monitor(cfg, tokens_per_sample=sum(pn * pn for pn in cfg.model.patch_nums))
-    return make_trainer(cfg, callbacks=[*bar, tokens], **{**clip, **overrides})
+    strategy = fsdp_strategy(cfg.trainer.strategy, {VAR})
+    return make_trainer(cfg, callbacks=[*bar, tokens], **{"strategy": strategy, **clip, **overrides})
 
 
 def resolve_tokenizer(cfg: VARTrainConfig) -> str:
@@ -370,14 +379,10 @@ def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer
     hint = "; optim.lr follows the global batch"
     fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
     export_dir = Path(cfg.out_dir) / "model"
+    weights = full_state_dict(trainer, "ema.module." if module.ema is not None else "var.")  # on every rank
     if trainer.is_global_zero:
         export_model(
-            module.var,
-            vae,
-            export_dir,
-            class_names=data.class_names,
-            sampling=cfg.sampling,
-            state_dict=module.eval_model.state_dict(),
+            module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
         )
         log.info("exported the model to %s (load it with var.load_model, sample it with `var sample`)", export_dir)
     return export_dir
