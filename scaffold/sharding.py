@@ -46,9 +46,9 @@ def clip_gradients(module: L.LightningModule, optimizer, value: float | None, al
 
 
 @contextlib.contextmanager
-def full_weights(module: L.LightningModule, unit: nn.Module) -> Iterator[None]:
-    """The whole weights, for the duration and not written back, of `unit` (an FSDP unit of `module`, such as
-    the EMA's model) and of the parts of `module` outside every unit (such as a frozen tokenizer).
+def full_weights(module: L.LightningModule, *units: nn.Module) -> Iterator[None]:
+    """The whole weights, for the duration and not written back, of the parts of `module` outside every FSDP
+    unit (such as a frozen tokenizer) and of `units` (FSDP units of `module`, such as the EMA's model).
 
     Under FSDP every rank must enter (the shards are all-gathered); otherwise there is nothing to gather.
     """
@@ -56,8 +56,10 @@ def full_weights(module: L.LightningModule, unit: nn.Module) -> Iterator[None]:
     if not isinstance(root, FullyShardedDataParallel):
         yield
         return
-    summon = FullyShardedDataParallel.summon_full_params
-    with summon(root, writeback=False, recurse=False), summon(unit, writeback=False):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(FullyShardedDataParallel.summon_full_params(root, writeback=False, recurse=False))
+        for unit in units:
+            stack.enter_context(FullyShardedDataParallel.summon_full_params(unit, writeback=False))
         yield
 
 

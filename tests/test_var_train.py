@@ -247,6 +247,36 @@ def test_two_process_ddp_on_cpu(tmp_path, cache):
     assert load_model(tmp_path / "model").num_classes == 10
 
 
+@pytest.mark.slow  # three two-process runs: ~90 s on a busy 2-core machine
+def test_fsdp_with_ema_trains_resumes_and_exports_what_ddp_does(tmp_path, cache):
+    """Issue 19: the EMA under FSDP. Two CPU processes (gloo; tests/fsdp_on_cpu.py lifts the GPU checks):
+    FSDP for 2 steps, then resumed to 4, ends with the weights, EMA and sample grids of a 4-step DDP run."""
+    args = [*TINY, f"data.cache={cache}", "trainer.devices=2", "ckpt_every_n_steps=2", "samples.every_n_steps=2"]
+    args += ["samples.per_class=1", "model.drop_path_rate=0.1", "optim.weight_decay=0.1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+    def run(out: Path, *extra: str) -> None:
+        cmd = [*torchrun, str(ROOT / "tests" / "fsdp_on_cpu.py"), "train", *args, f"out_dir={out}", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run(tmp_path / "fsdp", "trainer.strategy=fsdp", "max_steps=2")
+    run(tmp_path / "fsdp", "trainer.strategy=fsdp", "max_steps=4", "resume=true")
+    run(tmp_path / "ddp", "trainer.strategy=ddp", "max_steps=4")
+    fsdp, ddp = (torch.load(tmp_path / r / "checkpoints" / "last.ckpt", weights_only=False) for r in ("fsdp", "ddp"))
+    assert fsdp["global_step"] == ddp["global_step"] == 4
+    assert int(fsdp["state_dict"]["ema.n_averaged"]) == 5  # the initial copy and four updates, two after resuming
+    assert fsdp["state_dict"].keys() == ddp["state_dict"].keys()  # full (gathered) tensors, no tokenizer
+    for k, v in ddp["state_dict"].items():
+        torch.testing.assert_close(fsdp["state_dict"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    exported = load_model(tmp_path / "fsdp" / "model").model.state_dict()
+    for k, v in exported.items():
+        torch.testing.assert_close(v, fsdp["state_dict"][f"ema.module.{k}"], rtol=0, atol=0, msg=k)
+    for step in (2, 4):
+        assert (tmp_path / "fsdp" / "samples" / f"step{step:07d}.png").is_file()
+
+
 @pytest.mark.slow
 def test_digits_preset_samples_the_requested_digits(tmp_path):
     """Issue 9's "done when": the digits preset (tokenizer ~2 min, tokenize, train ~2 min) samples every

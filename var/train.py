@@ -380,10 +380,11 @@ def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer
     fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
     export_dir = Path(cfg.out_dir) / "model"
     weights = full_state_dict(trainer, "ema.module." if module.ema is not None else "var.")  # on every rank
-    if trainer.is_global_zero:
-        export_model(
-            module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
-        )
+    with full_weights(module):  # FSDP: the tokenizer, gathered on every rank
+        if trainer.is_global_zero:
+            export_model(
+                module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
+            )
         log.info("exported the model to %s (load it with var.load_model, sample it with `var sample`)", export_dir)
     return export_dir
 
