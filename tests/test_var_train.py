@@ -247,6 +247,17 @@ def test_two_process_ddp_on_cpu(tmp_path, cache):
     assert load_model(tmp_path / "model").num_classes == 10
 
 
+@pytest.mark.slow  # inductor compiles the training forward and backward
+def test_compiled_training_matches_eager(tmp_path, cache):
+    """compile=true is `module.compile()` on the transformer: the same losses, the same checkpoint keys."""
+    common = ["max_steps=3", "ckpt_every_n_steps=100"]
+    eager, eager_losses = fit(tiny_config(tmp_path / "eager", cache, *common))
+    compiled, compiled_losses = fit(tiny_config(tmp_path / "compiled", cache, *common, "compile=true"))
+    assert compiled.var._compiled_call_impl is not None and eager.var._compiled_call_impl is None
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4, abs=1e-5)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # no `_orig_mod.` in the checkpoints
+
+
 @pytest.mark.slow  # three two-process runs: ~90 s on a busy 2-core machine
 def test_fsdp_with_ema_trains_resumes_and_exports_what_ddp_does(tmp_path, cache):
     """Issue 19: the EMA under FSDP. Two CPU processes (gloo; tests/fsdp_on_cpu.py lifts the GPU checks):
