@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="var",
         description="Next-scale image generation: train the tokenizer, then the transformer, then sample, "
-        "batch-generate or serve the web UI. Every config-driven command takes --config FILE and key=value overrides.",
+        "batch-generate or serve the web UI. Every config-driven command takes --config FILE (repeatable: merged in "
+        "order) and key=value overrides.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true", help=f"print the traceback of an error (also: {DEBUG_ENV}=1)")

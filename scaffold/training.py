@@ -21,6 +21,9 @@ skipped and why (Lightning alone would take the newest `last.ckpt` even when a k
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
+import inspect
 import io
 import logging
 import os
@@ -30,22 +33,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .checkpoint import CheckpointError
-from .config import load_config
+from .config import ConfigError, load_config
 from .errors import UserError
 from .io import atomic_path, remove_stale_temporaries, write_atomic
+from .loggers import LOGGERS, make_logger
 
 __all__ = [
     "PRECISIONS",
@@ -83,12 +87,43 @@ class TrainingError(UserError, RuntimeError):
 # ------------------------------------------------------------------------------------------ config
 @dataclass
 class TrainerConfig:
+    """`trainer:` in a config: where a run trains, and any other argument of `lightning.Trainer`.
+
+    A key this class does not declare but `lightning.Trainer` takes (`trainer.accumulate_grad_batches=4`,
+    `trainer.deterministic=true`, ...) goes into `extra` and through to the Trainer (scaffold.config's
+    `extra_field`); a misspelt one is an error naming the nearest argument.
+    """
+
     accelerator: str = "auto"  # "cpu", "gpu", "auto"
     devices: str = "auto"  # "auto", a count ("8") or a list ("0,1")
     num_nodes: int = 1
     strategy: str = "auto"  # "auto", "ddp", "fsdp", "ddp_spawn", ...
     num_workers: int = 2  # DataLoader workers per device
     progress_bar: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # further lightning.Trainer arguments
+
+    extra_field: ClassVar[str] = "extra"
+
+    @staticmethod
+    def extra_names() -> tuple[str, ...]:
+        """The arguments `lightning.Trainer` takes."""
+        return _trainer_arguments()
+
+    def validate(self) -> None:
+        for key in self.extra:
+            if key not in _trainer_arguments():
+                close = difflib.get_close_matches(key, _trainer_arguments(), n=1)
+                hint = f"; did you mean 'trainer.{close[0]}'?" if close else ""
+                raise ValueError(f"trainer.{key} is not an argument of lightning.Trainer{hint}")
+        # The batches a step takes: StepBatchSampler's resume position and the lr's global batch count them.
+        accumulate = self.extra.get("accumulate_grad_batches", 1)
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f"trainer.accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
+
+
+@functools.cache
+def _trainer_arguments() -> tuple[str, ...]:
+    return tuple(name for name in inspect.signature(L.Trainer.__init__).parameters if name != "self")
 
 
 @dataclass
@@ -105,8 +140,27 @@ class RunConfig:
     ckpt_every_n_steps: int = 1000
     keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
     log_every_n_steps: int = 50
+    logger: str = "csv"  # out_dir/logs as "csv" (metrics.csv), "tensorboard" or "wandb" (when installed), or "none"
     ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are evaluated and exported)
     seed: int = 0
+
+    # lightning.Trainer arguments a run sets from its own keys: trainer.<name> is refused, saying what to set instead.
+    # (Those a stage's build_trainer sets besides are refused when the Trainer is built: `make_trainer`.)
+    trainer_arguments_taken: ClassVar[dict[str, str]] = {
+        "max_steps": "set max_steps instead",
+        "max_epochs": "the batches never run out: max_steps ends a run",
+        "precision": "set precision instead",
+        "logger": "set logger instead (csv, tensorboard, wandb or none)",
+        "log_every_n_steps": "set log_every_n_steps instead",
+        "enable_checkpointing": "the run always checkpoints: set ckpt_every_n_steps and keep_checkpoints",
+        "enable_progress_bar": "set trainer.progress_bar instead",
+        "default_root_dir": "set out_dir instead",
+        "use_distributed_sampler": "StepBatchSampler shards the batches by rank itself",
+        "callbacks": "the run builds its callbacks itself",
+        "plugins": "the run builds its plugins itself",
+        "gradient_clip_val": "both trainings clip the global gradient norm to optim.grad_clip: set that instead",
+        "gradient_clip_algorithm": "both trainings clip the global gradient norm to optim.grad_clip",
+    }
 
     def validate(self) -> None:
         if self.precision not in PRECISIONS:
@@ -116,6 +170,13 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger must be one of {', '.join(LOGGERS)}; got {self.logger!r}")
+        for key in self.trainer.extra:
+            if key in self.trainer_arguments_taken:
+                raise ValueError(
+                    f"trainer.{key} is not passed to lightning.Trainer: {self.trainer_arguments_taken[key]}"
+                )
 
     def resume_path(self) -> str | None:
         """The checkpoint file the run resumes from, or None for a fresh run (`find_resume_checkpoint`)."""
@@ -168,13 +229,14 @@ def step_batch_loader(
 ) -> DataLoader:
     """The training DataLoader: `StepBatchSampler` batches from the trainer's step on, sharded by its rank.
 
-    Lightning builds it after restoring a checkpoint (it sets up data last), so global_step is the resumed one.
+    Lightning builds it after restoring a checkpoint (it sets up data last), so global_step is the resumed one;
+    an optimizer step takes `trainer.accumulate_grad_batches` batches.
     """
     sampler = StepBatchSampler(
         len(dataset),
         batch_size,
         seed,
-        start_step=trainer.global_step if trainer else 0,
+        start_step=trainer.global_step * trainer.accumulate_grad_batches if trainer else 0,
         rank=trainer.global_rank if trainer else 0,
         world_size=trainer.world_size if trainer else 1,
     )
@@ -402,10 +464,14 @@ def fit_and_checkpoint(
     batch_size: int,
     hint: str = "",
 ) -> None:
-    """`trainer.fit` with one clear message for an out-of-memory batch, Ctrl-C kept as an interruption
-    (the last step checkpoint stays, nothing is exported), and a final out_dir/checkpoints/last.ckpt."""
+    """`trainer.fit` with one clear message for an out-of-memory batch or settings Lightning refuses (a
+    `trainer.*` argument that does not fit the module, such as accumulate_grad_batches under manual
+    optimization), Ctrl-C kept as an interruption (the last step checkpoint stays, nothing is exported),
+    and a final out_dir/checkpoints/last.ckpt."""
     try:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    except MisconfigurationException as err:
+        raise TrainingError(f"Lightning refused the run's settings: {' '.join(str(err).split())}") from err
     except torch.OutOfMemoryError as err:
         raise TrainingError(
             f"batch_size={batch_size} per device does not fit in memory ({str(err).splitlines()[0]}). "
@@ -445,8 +511,9 @@ def quiet_lightning() -> None:
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:
-    """The Trainer of a run: step checkpoints (`StepCheckpoint`) written by `AtomicCheckpointIO`, a CSV log
-    in out_dir/logs, no sanity validation, and batches sharded by `StepBatchSampler`; `kwargs` add or override."""
+    """The Trainer of a run: step checkpoints (`StepCheckpoint`) written by `AtomicCheckpointIO`, the chosen
+    logger (`make_logger`), no sanity validation, and batches sharded by `StepBatchSampler`; then the config's
+    `trainer.extra` arguments, and `kwargs` add or override."""
     tc = cfg.trainer
     quiet_lightning()
     # The frozen tokenizer, the perceptual net and the EMA copy stay in eval mode on purpose.
@@ -463,18 +530,34 @@ def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -
         num_sanity_val_steps=0,
         callbacks=[StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints), *callbacks],
         plugins=[AtomicCheckpointIO()],
-        logger=CSVLogger(cfg.out_dir, name="logs"),
+        logger=make_logger(cfg.logger, cfg.out_dir),
         default_root_dir=cfg.out_dir,
         use_distributed_sampler=False,  # StepBatchSampler shards by rank itself
         enable_progress_bar=tc.progress_bar,
         enable_model_summary=False,
     )
+    taken = set(tc.extra) & set(kwargs)
+    if taken:
+        key = sorted(taken)[0]
+        raise ConfigError(
+            f"trainer.{key} is not passed to lightning.Trainer: this training sets it ({key}={kwargs[key]!r})"
+        )
+    args.update(tc.extra)
     args.update(kwargs)
-    return L.Trainer(**args)
+    try:
+        return L.Trainer(**args)
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        if not tc.extra:
+            raise
+        given = ", ".join(f"trainer.{key}={value!r}" for key, value in tc.extra.items())
+        raise ConfigError(
+            f"lightning.Trainer refused {given}: {str(err).splitlines()[0] if str(err) else err!r}"
+        ) from err
 
 
 def run_training(args: argparse.Namespace, schema: type, train: Callable[[Any], Path], what: str) -> int:
-    """The `run` of a training subcommand: load the config (`--config`, `key=value`s), train, say where `what` went."""
+    """The `run` of a training subcommand: load the config (`--config` files in order, `key=value`s), train,
+    say where `what` went."""
     cfg = load_config(schema, args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = train(cfg)

@@ -1,8 +1,12 @@
+import argparse
+import logging
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import pytest
 
 from scaffold import ConfigError, load_config
+from scaffold.config import add_config_arguments
 from tokenizer import DataConfig, VQVAEConfig
 
 
@@ -27,7 +31,7 @@ def test_defaults_file_and_overrides(tmp_path):
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        (["model.vocab_sise=3"], "unknown key 'model.vocab_sise'"),
+        (["model.vocab_sise=3"], r"unknown key 'model.vocab_sise'; did you mean 'model.vocab_size'\?"),
         (["lr=fast"], "wrong type for key 'lr'"),
         (["model.patch_nums=[1,a]"], "wrong type for key 'model.patch_nums'"),
         (["lr"], "not of the form key=value"),
@@ -50,7 +54,7 @@ def test_bad_files(tmp_path):
         load_config(ExampleConfig, bad)
     typo = tmp_path / "typo.yaml"
     typo.write_text("model:\n  chanels: 3\n")
-    with pytest.raises(ConfigError, match=r"typo.yaml: key 'model.chanels'"):
+    with pytest.raises(ConfigError, match=r"typo.yaml: unknown key 'model.chanels'; did you mean 'model.z_channels'\?"):
         load_config(ExampleConfig, typo)
 
 
@@ -100,3 +104,115 @@ def test_config_pointing_at_a_folder_says_so(tmp_path):
         load_config(ExampleConfig, tmp_path)
     (tmp_path / "empty.yaml").write_text("")
     assert load_config(ExampleConfig, tmp_path / "empty.yaml").name == "run"  # an empty file changes nothing
+
+
+# ------------------------------------------------------------------------------------ composition
+def _write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_files_merge_in_order_then_overrides(tmp_path):
+    """Mappings merge key by key, lists and scalars are replaced; each source over the ones before it."""
+    base = _write(tmp_path, "base.yaml", "lr: 0.5\nname: base\nmodel:\n  ch: 64\n  ch_mult: [1, 2, 4]\n")
+    overlay = _write(tmp_path, "overlay.yaml", "name: overlay\nmodel:\n  ch_mult: [1, 1]\n  vocab_size: 64\n")
+    cfg = load_config(ExampleConfig, [base, overlay], ["model.vocab_size=32"])
+    assert (cfg.lr, cfg.name) == (0.5, "overlay")
+    assert (cfg.model.ch, cfg.model.ch_mult, cfg.model.vocab_size) == (64, (1, 1), 32)
+    assert load_config(ExampleConfig, [overlay, base]).model.ch_mult == (1, 2, 4)  # the order decides
+    assert load_config(ExampleConfig, []) == load_config(ExampleConfig)
+
+
+def test_an_error_in_a_later_file_names_that_file(tmp_path):
+    base = _write(tmp_path, "base.yaml", "lr: 0.5\n")
+    bad = _write(tmp_path, "bad.yaml", "model:\n  z_chanels: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.z_chanels'; did you mean 'model.z_channels'"):
+        load_config(ExampleConfig, [base, bad])
+    wrong = _write(tmp_path, "wrong.yaml", "lr: fast\n")
+    with pytest.raises(ConfigError, match=r"wrong.yaml: key 'lr': .*'fast'.*could not be converted to Float"):
+        load_config(ExampleConfig, [base, wrong])
+    with pytest.raises(ConfigError, match="config file not found: .*missing.yaml"):
+        load_config(ExampleConfig, [base, tmp_path / "missing.yaml"])
+
+
+def test_config_flag_repeats():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--config", "a.yaml", "--config", "b.yaml", "x=1", "y.z=2"])
+    assert args.config == ["a.yaml", "b.yaml"] and args.overrides == ["x=1", "y.z=2"]
+    assert parser.parse_args([]).config is None
+
+
+# The three hooks a config dataclass may declare (scaffold.config's module docstring).
+@dataclass
+class Net:
+    width: int = 8
+    depth: int = 2
+    tags: list[str] = field(default_factory=list)
+
+    @classmethod
+    def presets(cls) -> dict[str, "Net"]:
+        return {"small": Net(width=16, depth=4, tags=["s"]), "large": Net(width=64, depth=12)}
+
+
+@dataclass
+class Runner:
+    workers: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+    extra_field: ClassVar[str] = "extra"
+
+    @staticmethod
+    def extra_names() -> tuple[str, ...]:
+        return ("accumulate", "deterministic")
+
+
+@dataclass
+class Composite:
+    net: Net = field(default_factory=Net)
+    runner: Runner = field(default_factory=Runner)
+    gain: float = 1.0
+    renamed: ClassVar[dict[str, str]] = {"net_gain": "gain", "width": "net.width"}
+
+
+def test_a_preset_lies_beneath_every_file_and_override(tmp_path):
+    a = _write(tmp_path, "a.yaml", "net:\n  preset: small\n  depth: 6\n")
+    b = _write(tmp_path, "b.yaml", "net:\n  tags: [b]\n")
+    assert load_config(Composite, [a]).net == Net(width=16, depth=6, tags=["s"])
+    assert load_config(Composite, [a, b]).net == Net(width=16, depth=6, tags=["b"])
+    # Named last, after the files: the preset's values, then still every file's own settings over them.
+    assert load_config(Composite, [a, b], ["net.preset=large"]).net == Net(width=64, depth=6, tags=["b"])
+    assert load_config(Composite, [b], ["net.preset=small", "net.width=3"]).net == Net(width=3, depth=4, tags=["b"])
+
+
+def test_an_unknown_preset_names_the_key_and_the_presets(tmp_path):
+    a = _write(tmp_path, "a.yaml", "net:\n  preset: smal\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"a.yaml: key 'net.preset': unknown preset 'smal'; did you mean 'small'\? "
+        r"\(the presets: small, large\)",
+    ):
+        load_config(Composite, [a])
+    with pytest.raises(ConfigError, match=r"override 'runner.preset=x': unknown key 'runner.preset'"):
+        load_config(Composite, None, ["runner.preset=x"])  # only a mapping with presets() takes one
+
+
+def test_extra_names_go_to_the_extra_field(tmp_path):
+    a = _write(tmp_path, "a.yaml", "runner:\n  workers: 2\n  accumulate: 4\n")
+    cfg = load_config(Composite, [a], ["runner.deterministic=true"])
+    assert cfg.runner == Runner(workers=2, extra={"accumulate": 4, "deterministic": True})
+    with pytest.raises(ConfigError, match=r"unknown key 'runner.acumulate'; did you mean 'runner.accumulate'\?"):
+        load_config(Composite, None, ["runner.acumulate=2"])
+    with pytest.raises(ConfigError, match=r"unknown key 'net.accumulate'"):  # only where extra_field is declared
+        load_config(Composite, None, ["net.accumulate=2"])
+
+
+def test_renamed_keys_still_load_with_a_warning(tmp_path, caplog):
+    old = _write(tmp_path, "old.yaml", "net_gain: 2.5\nwidth: 32\n")
+    with caplog.at_level(logging.WARNING, logger="scaffold.config"):
+        cfg = load_config(Composite, [old])
+    assert (cfg.gain, cfg.net.width) == (2.5, 32)
+    assert "old.yaml: 'net_gain' is now 'gain'" in caplog.text and "'width' is now 'net.width'" in caplog.text
+    both = _write(tmp_path, "both.yaml", "width: 32\nnet:\n  width: 8\n")
+    with pytest.raises(ConfigError, match=r"both.yaml: 'width' is the old name of 'net.width', which is set too"):
+        load_config(Composite, [both])

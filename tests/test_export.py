@@ -33,6 +33,17 @@ def test_state_dict_override_is_what_gets_exported(tmp_path, tiny_vae):
     assert loaded.model.head.bias.abs().sum() == 0
 
 
+def test_identity_is_the_weights_and_architecture_not_the_initial_gate_scale(tmp_path, tiny_vae):
+    """model.init_adaln_gamma (issue 19) is recorded, but a sampling folder's record of the model stays what it was."""
+    model = tiny_var()
+    before = load_model(export_model(model, tiny_vae, tmp_path / "a")).identity
+    model.config.init_adaln_gamma = 0.5
+    loaded = load_model(export_model(model, tiny_vae, tmp_path / "b"))
+    assert loaded.model.config.init_adaln_gamma == 0.5 and loaded.identity == before
+    model.config.cond_drop_rate = 0.3  # the same weights, another config: that still counts
+    assert load_model(export_model(model, tiny_vae, tmp_path / "c")).identity != before
+
+
 def test_load_errors(tmp_path, tiny_vae):
     with pytest.raises(
         CheckpointError, match="model not found: .*nowhere is neither an exported model folder, a checkpoint file nor"

@@ -330,9 +330,57 @@ def test_gspn_scan_matches_naive(shape, chunk):
     )
 
 
-def test_gspn_scan_gradcheck():
-    x, lam, g = _rand(1, 1, 3, 4, seed=0), _rand(1, 1, 3, 4, seed=1), _rand(1, 3, 1, 3, 4, seed=2)
-    assert _gradcheck(lambda x, lam, g: kernels.gspn_scan(x, lam, g, chunk=3), (x, lam, g))
+@pytest.mark.parametrize(
+    "shape, chunk", [((1, 1, 3, 4), 3), ((2, 2, 3, 5), None), ((1, 2, 1, 4), None), ((1, 1, 2, 5), 1)]
+)
+def test_gspn_scan_gradcheck(shape, chunk):
+    # The reference's backward is hand-written (a reversed scan): checked against finite differences.
+    N, C, H, W = shape
+    x, lam, g = _rand(N, C, H, W, seed=0), _rand(N, C, H, W, seed=1), _rand(N, 3, C, H, W, seed=2)
+    assert _gradcheck(lambda x, lam, g: kernels.gspn_scan(x, lam, g, chunk=chunk), (x, lam, g))
+
+
+def columnwise_gspn_scan(x, lam, g, chunk=None):
+    """The scan as one vectorised step per column, differentiated by autograd (the reference before
+    its backward was written by hand): the float32 forward must match it exactly."""
+    g_up, g_mid, g_down = g.unbind(dim=1)
+    h_cols, h = [], None
+    for c in range(x.shape[-1]):
+        inject = lam[..., c] * x[..., c]
+        if h is None or (chunk is not None and c % chunk == 0):
+            h = inject
+        else:
+            from_up = torch.nn.functional.pad(h[..., :-1], (1, 0))
+            from_down = torch.nn.functional.pad(h[..., 1:], (0, 1))
+            h = g_up[..., c] * from_up + g_mid[..., c] * h + g_down[..., c] * from_down + inject
+        h_cols.append(h)
+    return torch.stack(h_cols, dim=-1)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_gspn_scan_float32_is_the_columnwise_scan(chunk):
+    gen = torch.Generator().manual_seed(0)
+    N, C, H, W = 3, 5, 6, 7
+    x, lam = torch.randn(N, C, H, W, generator=gen), torch.randn(N, C, H, W, generator=gen)
+    g = kernels.gspn_normalize_gates(torch.randn(N, 3, C, H, W, generator=gen))
+    inputs = [t.clone().requires_grad_() for t in (x, lam, g)]
+    out, expected = kernels.gspn_scan(*inputs, chunk=chunk), columnwise_gspn_scan(*inputs, chunk=chunk)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)  # the same products, added in the same order
+    for got, want in zip(_grads(out, inputs), _grads(expected, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)  # summed in another order
+
+
+def test_gspn_scan_reads_gates_broadcast_over_channels_as_per_channel_gates():
+    # GSPN shares its gates over a head's channels: an expanded (stride 0) g is read without a copy,
+    # and must give what the same gates written out per channel give, gradients included.
+    N, C, H, W = 2, 3, 4, 5
+    x, lam = _rand(N, C, H, W, seed=0), _rand(N, C, H, W, seed=1)
+    g_N31HW = kernels.gspn_normalize_gates(_rand(N, 3, 1, H, W, seed=2, requires_grad=False)).requires_grad_()
+    _assert_same_fwd_bwd(
+        lambda x, lam, g: kernels.gspn_scan(x, lam, g.expand(N, 3, C, H, W), chunk=3),
+        lambda x, lam, g: kernels.gspn_scan(x, lam, g.expand(N, 3, C, H, W).contiguous(), chunk=3),
+        [x, lam, g_N31HW],
+    )
 
 
 @pytest.mark.parametrize("H", [1, 2, 4], ids=lambda H: f"H={H}")

@@ -137,14 +137,15 @@ def test_bad_mechanism_options():
 
 @pytest.mark.parametrize("preset", ["full", "neighborhood", "external", "lka", "gspn", "hybrid"])
 def test_var_presets_build(preset):
-    """configs/var/d16_<mechanism>.yaml: training configs whose `model:` section builds a VAR (at depth 2 here)."""
+    """configs/var/d16.yaml and its d16_<mechanism>.yaml overlays: their `model:` builds a VAR (at depth 2 here)."""
     from pathlib import Path
 
     from scaffold import load_config
     from var.train import VARTrainConfig
 
-    path = Path(__file__).parents[1] / "configs" / "var" / f"d16_{preset}.yaml"
-    cfg = load_config(VARTrainConfig, path).model
+    folder = Path(__file__).parents[1] / "configs" / "var"
+    files = [folder / "d16.yaml"] + ([] if preset == "full" else [folder / f"d16_{preset}.yaml"])
+    cfg = load_config(VARTrainConfig, files).model
     names = cfg.block_attention()
     assert len(names) == 16 and set(names) <= set(NAMES)
     if preset == "hybrid":
@@ -172,3 +173,27 @@ def test_fused_and_reference_paths_agree_in_the_module(name):
     for (n, p1), p2 in zip(fused.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p1.grad, p2.grad, atol=1e-4, rtol=1e-4, msg=n)
     assert "backend=triton" in repr(fused) and "backend=torch" in repr(ref)
+
+
+@pytest.mark.parametrize(
+    "patch_nums, chunk", [((1, 2, 3, 4), None), ((1, 2, 3, 4), 3), ((2, 5, 3), 2), ((4,), None)], ids=str
+)
+def test_gspn_packed_layout_is_the_per_scale_layout(patch_nums, chunk):
+    """GSPN's reference path scans every scale and direction in one packed map; the Triton path scans
+    each scale on its own. In float64 both give the same outputs and gradients, for every scale at once
+    (forward) and for one scale (sampling step)."""
+    torch.manual_seed(0)
+    mixer = build_mixer("gspn", 32, 2, patch_nums, chunk=chunk, backend="torch").double()
+    with torch.no_grad():  # away from the initial values, where every direction would weigh the same
+        mixer.skip_d.normal_()
+        mixer.merge_w.normal_()
+    for pns in (patch_nums, patch_nums[-1:]):  # teacher forcing; a sampling step on the last scale
+        x = torch.randn(3, sum(p * p for p in pns), 32, dtype=torch.float64, requires_grad=True)
+        packed, per_scale = mixer._mix_packed(x, pns), mixer._mix_per_scale(x, pns)
+        torch.testing.assert_close(packed, per_scale, rtol=1e-12, atol=1e-12)
+        cotangent = torch.randn_like(packed)
+        inputs = [x, *mixer.parameters()]
+        for got, want in zip(
+            torch.autograd.grad(packed, inputs, cotangent), torch.autograd.grad(per_scale, inputs, cotangent)
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -1,6 +1,7 @@
 """The token cache: round trip, resumable writing, views, and its error messages."""
 
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +85,12 @@ def test_bad_inputs(tmp_path, tok_dir, capsys):
     assert "data.image_size=16 but the tokenizer takes 32 px" in capsys.readouterr().err
     assert main(["tokenize", "views=2", f"out_dir={tmp_path / 'y'}"]) == 2
     assert "views > 1 needs data.name=imagefolder" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    folder = Path(__file__).resolve().parents[1] / "configs" / "tokens"
+    shipped = sorted(folder.glob("*.yaml"))
+    assert {p.stem for p in shipped} == {"digits", "imagenet256"}
+    for path in shipped:
+        cfg = load_config(TokenizeConfig, path)
+        assert cfg.tokenizer and cfg.out_dir and cfg.data.image_size in (16, 256)

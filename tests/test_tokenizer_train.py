@@ -320,9 +320,13 @@ def test_cli_config_typo_is_one_line_naming_the_key(capsys):
 
 
 def test_presets_load():
-    for name in ("digits", "vae_f16_256"):
-        cfg = load_config(TokenizerTrainConfig, PRESETS / f"{name}.yaml")
+    shipped = sorted(PRESETS.glob("*.yaml"))
+    assert {p.stem for p in shipped} == {"digits", "vae_f16_256"}
+    for path in shipped:
+        cfg = load_config(TokenizerTrainConfig, path)
         assert cfg.data.image_size == cfg.model.image_size
+        with torch.device("meta"):  # the model builds (no memory on the meta device)
+            assert MultiScaleVQVAE(cfg.model).quantize.vocab_size == cfg.model.vocab_size
     big = load_config(TokenizerTrainConfig, PRESETS / "vae_f16_256.yaml")
     assert (big.model.ch, big.model.vocab_size, big.model.z_channels) == (160, 4096, 32)
     assert big.model.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) and big.precision == "bf16-mixed"
@@ -343,6 +347,9 @@ def test_bad_inputs_are_one_clear_message(tmp_path, capsys):
         tiny_config(tmp_path, "resume=/no/such.ckpt").resume_path()
     assert main(["train-tokenizer", *TINY, "data.image_size=32"]) == 2
     assert "data.image_size=32 but the model takes 16 px" in capsys.readouterr().err
+    # A Lightning argument that does not fit the module: the tokenizer steps its optimizers itself.
+    with pytest.raises(TrainingError, match=r"refused the run's settings: Automatic gradient accumulation is not"):
+        train_tokenizer(tiny_config(tmp_path, "trainer.accumulate_grad_batches=2"), logger=False)
 
 
 def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):

@@ -17,14 +17,18 @@ import lightning as L
 import pytest
 import torch
 from helpers import full_disk
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from scaffold import CheckpointError, DiskFullError
+from scaffold import CheckpointError, ConfigError, DiskFullError, load_config
+from scaffold.loggers import make_logger
 from scaffold.training import (
     AtomicCheckpointIO,
+    RunConfig,
     StepCheckpoint,
     TrainingError,
     find_resume_checkpoint,
+    make_trainer,
     prepare_run_folder,
     probe_checkpoint,
 )
@@ -213,3 +217,65 @@ def test_disk_full_during_a_checkpoint_save_names_the_file_and_keeps_the_old_one
         AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.ones(1000)}, last)
     assert last.read_bytes() == before
     assert step_files(tmp_path) == ["last.ckpt", "step0000001.ckpt"]
+
+
+# ------------------------------------------------------------------------ trainer arguments, loggers
+def run_config(tmp_path: Path, *overrides: str) -> RunConfig:
+    base = [f"out_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.devices=1", "precision=32-true"]
+    return load_config(RunConfig, None, [*base, *overrides])
+
+
+def test_any_trainer_argument_passes_through(tmp_path):
+    cfg = run_config(tmp_path, "trainer.accumulate_grad_batches=3", "trainer.num_sanity_val_steps=2")
+    assert cfg.trainer.extra == {"accumulate_grad_batches": 3, "num_sanity_val_steps": 2}
+    trainer = make_trainer(cfg)
+    assert trainer.accumulate_grad_batches == 3 and trainer.num_sanity_val_steps == 2  # over make_trainer's 0
+    assert make_trainer(run_config(tmp_path)).accumulate_grad_batches == 1
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            "trainer.acumulate_grad_batches=2",
+            r"unknown key 'trainer.acumulate_grad_batches'; did you mean 'trainer.accumulate_grad_batches'\?",
+        ),
+        (
+            "trainer.extra.acumulate_grad_batches=2",
+            r"trainer.acumulate_grad_batches is not an argument of lightning.Trainer; did you mean",
+        ),
+        ("trainer.max_steps=5", r"trainer.max_steps is not passed to lightning.Trainer: set max_steps instead"),
+        ("trainer.gradient_clip_val=1", r"trainer.gradient_clip_val is not passed .*optim.grad_clip"),
+        ("trainer.logger=false", r"trainer.logger is not passed to lightning.Trainer: set logger instead"),
+        ("logger=tb", r"logger must be one of csv, tensorboard, wandb, none; got 'tb'"),
+        ("trainer.accumulate_grad_batches=0", r"trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
+    ],
+    ids=["typo", "typo-in-extra", "max_steps", "clip", "logger-in-trainer", "logger-choice", "accumulate-0"],
+)
+def test_a_wrong_trainer_argument_names_the_key(tmp_path, override, match):
+    with pytest.raises(ConfigError, match=match):
+        run_config(tmp_path, override)
+
+
+def test_trainer_arguments_lightning_or_the_stage_refuses_name_the_key(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"lightning.Trainer refused trainer.limit_train_batches=-1: .*invalid value -1"
+    ):
+        make_trainer(run_config(tmp_path, "trainer.limit_train_batches=-1"))
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval is not passed .*this training sets it .*=5"):
+        make_trainer(run_config(tmp_path, "trainer.val_check_interval=3"), val_check_interval=5)
+
+
+def test_logger_choice(tmp_path):
+    assert isinstance(make_trainer(run_config(tmp_path)).logger, CSVLogger)  # the default
+    assert make_trainer(run_config(tmp_path, "logger=none")).logger is None
+    assert make_logger("none", tmp_path) is False
+
+
+@pytest.mark.parametrize("kind, packages", [("tensorboard", ["tensorboard", "tensorboardX"]), ("wandb", ["wandb"])])
+def test_a_logger_whose_package_is_missing_says_what_to_install(tmp_path, monkeypatch, kind, packages):
+    for package in packages:
+        monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
+    cfg = run_config(tmp_path, f"logger={kind}")
+    with pytest.raises(ConfigError, match=rf"logger={kind} needs the {packages[0]} package: pip install {packages[0]}"):
+        make_trainer(cfg)

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from app.cli import main
-from scaffold import load_config
+from scaffold import ConfigError, config_to_dict, load_config
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var import VAR, VARConfig, load_model, sample
-from var.token_cache import TokenCacheError, TokenizeConfig, tokenize
+from var.token_cache import TokenCacheError, TokenizeConfig, load_vae, tokenize
 from var.train import TrainingError, VARData, VARTrainConfig, VARTraining, build_trainer, param_groups, train_var
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,13 +225,81 @@ def test_out_of_memory_names_the_batch_size(tmp_path, cache, monkeypatch):
         train_var(tiny_config(tmp_path, cache, "max_steps=1"), logger=False)
 
 
-def test_presets_load():
-    for path in sorted(PRESETS.glob("*.yaml")):
-        cfg = load_config(VARTrainConfig, path)
-        assert cfg.model.block_attention()
-    d16 = load_config(VARTrainConfig, PRESETS / "d16_full.yaml")
-    assert d16.batch_size * 16 == 768 and d16.optim.base_lr == 1e-4 and d16.optim.weight_decay == 0.05
-    assert d16.optim.grad_clip == 2.0 and d16.precision in ("bf16-mixed", "16-mixed")
+# Every shipped config as it is meant to be used: d16.yaml alone, each overlay over it, digits.yaml alone.
+OVERLAYS = ["neighborhood", "external", "lka", "gspn", "hybrid"]
+SHIPPED = [["d16.yaml"], *(["d16.yaml", f"d16_{m}.yaml"] for m in OVERLAYS), ["digits.yaml"]]
+
+
+def test_every_shipped_config_is_tested():
+    assert {name for files in SHIPPED for name in files} == {p.name for p in PRESETS.glob("*.yaml")}
+
+
+@pytest.mark.parametrize("files", SHIPPED, ids=lambda files: "+".join(f.removesuffix(".yaml") for f in files))
+def test_shipped_configs_load_and_build(files):
+    """Each combination loads and builds its model at full size (on the meta device: no memory, no time)."""
+    cfg = load_config(VARTrainConfig, [PRESETS / name for name in files])
+    with torch.device("meta"):
+        model = VAR(cfg.model)
+    assert [type(b.attn).__name__ for b in model.blocks] and len(model.blocks) == cfg.model.depth
+    if files[0] == "d16.yaml":  # the published d16 recipe; an overlay changes only the mechanism and out_dir
+        assert cfg.batch_size * 16 == 768 and cfg.optim.base_lr == 1e-4 and cfg.optim.weight_decay == 0.05
+        assert cfg.optim.grad_clip == 2.0 and cfg.precision in ("bf16-mixed", "16-mixed")
+        assert cfg.model.init_adaln_gamma == 1e-3 and cfg.model.depth == 16 and cfg.model.vocab_size == 4096
+        base = config_to_dict(load_config(VARTrainConfig, PRESETS / "d16.yaml"))
+        combo = config_to_dict(cfg)
+        assert {k for k in combo if combo[k] != base[k]} <= {"model", "out_dir"}
+        assert {k for k in combo["model"] if combo["model"][k] != base["model"][k]} <= {
+            "attention",
+            "attention_options",
+        }
+        assert (combo == base) == (len(files) == 1)
+
+
+def test_a_model_preset_from_the_command_line_keeps_the_files_settings():
+    files = [PRESETS / "d16.yaml", PRESETS / "d16_lka.yaml"]
+    cfg = load_config(VARTrainConfig, files, ["model.preset=d20"])
+    assert (cfg.model.depth, cfg.model.attention, cfg.model.init_adaln_gamma) == (20, "lka", 1e-3)
+    with pytest.raises(ConfigError, match=r"override 'model.preset=d21': key 'model.preset': unknown preset 'd21'"):
+        load_config(VARTrainConfig, files, ["model.preset=d21"])
+
+
+def test_init_adaln_gamma_is_the_model_s_and_old_files_still_load(tmp_path, cache, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("init_adaln_gamma: 0.25\n")  # where it lived before issue 19
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(VARTrainConfig, [PRESETS / "digits.yaml", old])
+    assert cfg.model.init_adaln_gamma == 0.25
+    assert "old.yaml: 'init_adaln_gamma' is now 'model.init_adaln_gamma'" in caplog.text
+    module = VARTraining(tiny_config(tmp_path, cache, "model.init_adaln_gamma=0.25"), load_vae(cache.parent / "tok"))
+    C = module.var.config.width
+    gates = module.var.blocks[0].ada_lin[-1].weight[: 2 * C]  # test_var_model: 1e-5 by default
+    assert gates.std().item() == pytest.approx(0.25 * (1 / C / 3) ** 0.5, rel=0.2)
+
+
+def test_cli_takes_several_configs_and_names_the_one_with_a_typo(tmp_path, capsys):
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text("model:\n  atention: lka\n")
+    assert main(["train", "--config", str(PRESETS / "d16.yaml"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"var train: error: {bad}: unknown key 'model.atention'; did you mean 'model.attention'?"
+
+
+def test_gradient_accumulation_resumes_exactly(tmp_path, cache):
+    """trainer.accumulate_grad_batches passes through to Lightning: two batches a step, the lr follows the
+    global batch, and a resumed run takes the batches (and random draws) the uninterrupted run took."""
+    common = ["trainer.accumulate_grad_batches=2", "optim.lr=0", "optim.base_lr=0.032", "model.cond_drop_rate=0.5"]
+    common += ["model.drop_path_rate=0.2", "max_steps=4", "ckpt_every_n_steps=2"]
+    full, full_losses = fit(tiny_config(tmp_path / "full", cache, *common))
+    assert full.trainer.accumulate_grad_batches == 2 and full.trainer.global_step == 4 and len(full_losses) == 8
+    assert full.peak_lr() == pytest.approx(0.032 * 16 * 2 / 256)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(tiny_config(tmp_path / "part", cache, *common), crash_at=3)
+    resumed_cfg = tiny_config(tmp_path / "part", cache, "resume=true", *common)
+    resumed, resumed_losses = fit(resumed_cfg, ckpt_path=resumed_cfg.resume_path())
+    assert resumed.trainer.global_step == 4
+    assert resumed_losses == pytest.approx(full_losses[4:], rel=1e-5, abs=1e-6)
+    for (ka, va), vb in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(va, vb, rtol=1e-5, atol=1e-6, msg=ka)
 
 
 def test_two_process_ddp_on_cpu(tmp_path, cache):

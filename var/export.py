@@ -98,8 +98,9 @@ class LoadedModel:
     def identity(self) -> dict[str, str]:
         """What a sampling folder records of the model: SHA-256s of the weights (with the architecture) and
         of the tokenizer's weights. Computed on first use (a published model takes seconds to hash)."""
-        arch = json.dumps(config_to_dict(self.model.config), sort_keys=True).encode()
-        model = hashlib.sha256(arch)
+        arch = config_to_dict(self.model.config)
+        del arch["init_adaln_gamma"]  # how training began, not what the weights compute: identities stay as they were
+        model = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
         if self.weights_file is not None:
             model.update(bytes.fromhex(file_sha256(self.weights_file)))
         else:  # built in memory (tests, a caller's own model): hash the tensors themselves

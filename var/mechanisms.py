@@ -253,6 +253,54 @@ def _unorient(m_NChw: torch.Tensor, d: int) -> torch.Tensor:
     return m_NChw.flip(-1).transpose(-1, -2)
 
 
+class _GSPNPacking:
+    """Where each scale and direction of a GSPN layer sits in the packed maps of the reference path.
+
+    The oriented ``p x p`` maps of every scale are stacked along H: scale s takes rows
+    ``[sum(p_<s), sum(p_<=s))`` and columns ``[0, p)`` of a ``R x W`` map (R = sum(p), W = max(p)); the
+    other cells read a zero token (index L) and what the scan writes there is never read back.
+    """
+
+    _cache: ClassVar[dict[tuple[tuple[int, ...], torch.device], _GSPNPacking]] = {}
+
+    def __init__(self, patch_nums: tuple[int, ...], device: torch.device) -> None:
+        nd, L = GSPNMixer.DIRECTIONS, sum(p * p for p in patch_nums)
+        self.rows, self.width = sum(patch_nums), max(patch_nums)
+        token = torch.full((self.width, self.rows, nd), L, dtype=torch.long)
+        first_row, last_row = torch.zeros(self.rows, dtype=torch.bool), torch.zeros(self.rows, dtype=torch.bool)
+        row0 = 0
+        for p, (begin, _end) in zip(patch_nums, kernels.scale_boundaries(patch_nums)):
+            tok_pp = torch.arange(begin, begin + p * p).view(1, p, p)
+            # the same orientations as the per-scale layout: oriented[d][i, j] = token at row i, column j
+            oriented = _orient(tok_pp, 0), _orient(tok_pp, 1), _orient(tok_pp, 2), _orient(tok_pp, 3)
+            for d in range(nd):
+                token[:p, row0 : row0 + p, d] = oriented[d][0].T  # [column, row]
+            first_row[row0], last_row[row0 + p - 1] = True, True
+            row0 += p
+        # rows to gather, in the packed order [W, R, nd]: a token's row, or its (token, direction) row
+        self.token_cells = token.flatten().to(device)
+        self.token_direction_cells = (token * nd + torch.arange(nd)).flatten().to(device)
+        # g0 reads row r-1, g2 row r+1: another scale's row on a scale's first / last row
+        other = torch.zeros(self.width, self.rows, 3, dtype=torch.bool)
+        other[:, first_row, 0], other[:, last_row, 2] = True, True
+        self.other_scale_WR3 = other.to(device)
+        # inverse map: for each direction and token, its cell (column * R + row) in the packed maps
+        cell = torch.empty(nd, L, dtype=torch.long)
+        flat = token.view(-1, nd)
+        for d in range(nd):
+            real = flat[:, d] < L
+            cell[d, flat[real, d]] = torch.arange(flat.shape[0])[real]
+        # [nd, L] -> row of [W * R * nd] packed cells
+        self.direction_tokens = (cell * nd + torch.arange(nd)[:, None]).flatten().to(device)
+
+    @classmethod
+    def get(cls, patch_nums: tuple[int, ...], device: torch.device) -> _GSPNPacking:
+        key = (tuple(patch_nums), device)
+        if key not in cls._cache:
+            cls._cache[key] = cls(tuple(patch_nums), device)
+        return cls._cache[key]
+
+
 @register_mixer("gspn")
 class GSPNMixer(TokenMixer):
     """Generalized spatial propagation (DESIGN.md 7.5) on each scale's map separately.
@@ -265,7 +313,15 @@ class GSPNMixer(TokenMixer):
 
     Parameters: proj_in, proj: 2 (C^2 + C); gate projection C * 20 G + 20 G (G = heads); w and d: 8 C.
     With G = C / 64 that is about 2.3 C^2 <= 4 C^2 + O(C). Nothing crosses scales: no sampling state.
-    All four directions of a scale go through one scan call (stacked on the batch axis).
+
+    Two layouts, the same function. With the Triton kernels (CUDA), each scale's four directions go
+    through one scan call (stacked on the batch axis). With the PyTorch reference (CPU), every scale
+    and direction go through one call: the oriented maps are stacked along H (:class:`_GSPNPacking`),
+    so the column loop runs max(p) steps once instead of p steps per scale, on tensors laid out as the
+    reference scans them; a gate towards a row of another scale gets the raw value -inf, which the
+    normalisation turns into exactly 0, as it does for a row outside a map. Gates and input weights
+    stay one per head: the scan reads them broadcast over the head's channels (stride 0), uncopied.
+    Both layouts agree to float rounding (tested in float64, gradients included).
     """
 
     DIRECTIONS: ClassVar[int] = 4
@@ -310,15 +366,63 @@ class GSPNMixer(TokenMixer):
         y_BChw = sum(w[d][None, :, None, None] * _unorient(y_N[d * B : (d + 1) * B], d) for d in range(nd))
         return self.proj(y_BChw.flatten(2).transpose(1, 2))  # [B, pn*pn, C]
 
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        outs = [self._mix_scale(x_BLC[:, sl], pn) for sl, pn in zip(_scale_slices(self.patch_nums), self.patch_nums)]
+    def _mix_per_scale(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
+        outs = [self._mix_scale(x_BLC[:, sl], pn) for sl, pn in zip(_scale_slices(patch_nums), patch_nums)]
         return torch.cat(outs, dim=1)
+
+    def _mix_packed(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
+        B, L, C = x_BLC.shape
+        G, nd, hd = self.num_heads, self.DIRECTIONS, self.head_dim
+        pack = _GSPNPacking.get(patch_nums, x_BLC.device)
+        W, R, N = pack.width, pack.rows, nd * B
+        # Token-major [L + 1, B, ...] with a zero token at L for the padding cells, then one row gather
+        # into the packed maps [W, R, nd, B, ...]: the scan's own memory order, with N = (nd, B).
+        v_LBC = F.pad(self.proj_in(x_BLC).transpose(0, 1), (0, 0, 0, 0, 0, 1))
+        v_WRDBC = v_LBC.view(L + 1, B * C).index_select(0, pack.token_cells).view(W, R, nd, B, C)
+        gates_LBD5G = F.pad(self.gate_proj(x_BLC).transpose(0, 1), (0, 0, 0, 0, 0, 1)).view(L + 1, B, nd, 5 * G)
+        gates_LDB5G = gates_LBD5G.transpose(1, 2).reshape((L + 1) * nd, B * 5 * G)  # row: (token, direction)
+        gates_WRDB5G = gates_LDB5G.index_select(0, pack.token_direction_cells).view(W, R, nd, B, 5, G)
+        g_raw_WRDB3G = gates_WRDB5G[..., :3, :].masked_fill(pack.other_scale_WR3[:, :, None, None, :, None], -math.inf)
+        g_raw_N3GRW = g_raw_WRDB3G.reshape(W, R, N, 3, G).permute(2, 3, 4, 1, 0)
+        g_N3GRW = kernels.gspn_normalize_gates(g_raw_N3GRW, backend=self.backend)
+        # The scan sees the heads as batch entries, N' = (nd, B, G), and a head's channels as its channels,
+        # so that a head's gates and input weights are one value broadcast over them (stride 0).
+        NG = N * G
+        g_W3RN1 = g_N3GRW.permute(4, 1, 3, 0, 2).reshape(W, 3, R, NG, 1)
+        lam_WRN1 = torch.sigmoid(gates_WRDB5G[..., 3, :]).reshape(W, R, NG, 1)
+        h = kernels.gspn_scan(
+            v_WRDBC.view(W, R, NG, hd).permute(2, 3, 1, 0),
+            lam_WRN1.expand(W, R, NG, hd).permute(2, 3, 1, 0),
+            g_W3RN1.expand(W, 3, R, NG, hd).permute(3, 1, 4, 2, 0),
+            chunk=self.chunk,
+            backend=self.backend,
+        )
+        h_WRDBGh = h.permute(3, 2, 0, 1).view(W, R, nd, B, G, hd)
+        u_WRDBGh = gates_WRDB5G[..., 4, :, None]
+        d_DGh = self.skip_d.to(h.dtype).view(nd, G, hd)
+        y_WRDBC = (u_WRDBGh * h_WRDBGh + d_DGh[:, None] * v_WRDBC.view(W, R, nd, B, G, hd)).view(W, R, nd, B, C)
+        # Back to the tokens, one direction at a time, merged in the order of the per-scale layout.
+        y_DLBC = y_WRDBC.view(W * R * nd, B * C).index_select(0, pack.direction_tokens).view(nd, L, B, C)
+        w_DC = self.merge_w.to(y_DLBC.dtype)
+        y_per_direction = (w_DC[:, None, None] * y_DLBC).unbind(0)
+        y_LBC = y_per_direction[0]
+        for y_d in y_per_direction[1:]:
+            y_LBC = y_LBC + y_d
+        return self.proj(y_LBC.transpose(0, 1))  # [B, L, C]
+
+    def _mix(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
+        if kernels.resolve_backend("gspn_scan", self.backend, x_BLC.device) == "torch":
+            return self._mix_packed(x_BLC, patch_nums)
+        return self._mix_per_scale(x_BLC, patch_nums)
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return self._mix(x_BLC, self.patch_nums)
 
     def init_state(self, batch: int) -> None:
         return None
 
     def step(self, x_BlC: torch.Tensor, state: None, si: int) -> torch.Tensor:
-        return self._mix_scale(x_BlC, self.patch_nums[si])
+        return self._mix(x_BlC, (self.patch_nums[si],))
 
     def extra_repr(self) -> str:
         backend = backend_repr("gspn_scan", self.backend, self)

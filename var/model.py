@@ -42,6 +42,12 @@ class VARConfig:
     drop_path_rate: Optional[float] = None  # None: 0.1 * depth / 24, the published schedule
     mlp_ratio: float = 4.0
     norm_eps: float = 1e-6
+    init_adaln_gamma: float = 1e-5  # initial scale of the AdaLN gates (published alng; its d16 recipe: 1e-3)
+
+    @classmethod
+    def presets(cls) -> dict[str, VARConfig]:
+        """The named configs, `PRESETS`: a config file starts from one with `model: {preset: d16}` (scaffold.config)."""
+        return PRESETS
 
     @property
     def width(self) -> int:
@@ -223,15 +229,22 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def init_weights(
-        self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02, init_std: float = -1.0
+        self,
+        init_adaln: float = 0.5,
+        init_adaln_gamma: Optional[float] = None,
+        init_head: float = 0.02,
+        init_std: float = -1.0,
     ) -> None:
         """The published initialisation (``VAR.init_weights`` as called by ``build_vae_var``).
 
         Linear and embedding weights ~ truncated normal (std ``sqrt(1/C/3)`` when ``init_std < 0``),
         biases 0; residual output projections divided by ``sqrt(2 * depth)``; AdaLN gates (gamma)
-        scaled by 1e-5 and scales/shifts by 0.5, so every block starts close to the identity.
+        scaled by ``init_adaln_gamma`` (None: the config's, 1e-5 by default) and scales/shifts by 0.5,
+        so every block starts close to the identity.
         """
         C = self.config.width
+        if init_adaln_gamma is None:
+            init_adaln_gamma = self.config.init_adaln_gamma
         if init_std < 0:
             init_std = math.sqrt(1 / C / 3)
         for p in (self.pos_start, self.pos_1LC):

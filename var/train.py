@@ -17,6 +17,7 @@ import argparse
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -102,8 +103,8 @@ class VARTrainConfig(RunConfig):
     out_dir: str = "runs/var"
     batch_size: int = 32  # per device
     ema_decay: float = 0.9999  # 0 turns the EMA off (then the live weights are sampled and exported)
-    init_adaln_gamma: float = 1e-5  # initial scale of the AdaLN gates (published alng; d16 recipe: 1e-3)
     compile: bool = False  # torch.compile the transformer's training forward
+    renamed: ClassVar[dict[str, str]] = {"init_adaln_gamma": "model.init_adaln_gamma"}  # older files load (issue 19)
     # RunConfig's fields besides (trainer, resume, max_steps, precision: the logits are always fp32, ...).
 
     def validate(self) -> None:
@@ -190,7 +191,7 @@ class VARTraining(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.var = VAR(cfg.model)
-        self.var.init_weights(init_adaln_gamma=cfg.init_adaln_gamma)
+        self.var.init_weights()  # drawn twice, as before model.init_adaln_gamma existed: a seed keeps its weights
         # Update n averages with min(ema_decay, n / (10 + n)): short runs still average.
         self.ema = EMA(self.var, cfg.ema_decay, warmup=10).eval() if cfg.ema_decay > 0 else None
         self.vae = vae.requires_grad_(False).eval()
@@ -210,8 +211,8 @@ class VARTraining(L.LightningModule):
     # ---------------------------------------------------------------------------------- optimizers
     def peak_lr(self) -> float:
         o = self.cfg.optim
-        world = self.trainer.world_size if self._trainer is not None else 1
-        return o.lr if o.lr > 0 else o.base_lr * self.cfg.batch_size * world / 256
+        per_step = self.trainer.world_size * self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        return o.lr if o.lr > 0 else o.base_lr * self.cfg.batch_size * per_step / 256
 
     def configure_optimizers(self):
         o = self.cfg.optim
@@ -240,9 +241,10 @@ class VARTraining(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int):
         cfg, step = self.cfg, self.global_step
-        # Class dropout and drop-path draw from the global RNG: seeded by (seed, step, rank) so that a
-        # resumed run draws what the uninterrupted run drew.
-        torch.manual_seed((cfg.seed * 1_000_003 + step) * 1009 + self.global_rank)
+        # Class dropout and drop-path draw from the global RNG: seeded by (seed, step, rank, accumulated
+        # batch) so that a resumed run draws what the uninterrupted run drew.
+        acc = self.trainer.accumulate_grad_batches
+        torch.manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + self.global_rank) * acc + batch_idx % acc)
         idx_BL, label_B = self._tokens(batch)
         B, Ltok = idx_BL.shape
         with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
