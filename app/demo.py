@@ -78,14 +78,16 @@ def _say(msg: str) -> None:
 @torch.no_grad()
 def tokenizer_report(tokenizer_dir: Path) -> dict:
     """Held-out PSNR of the exported tokenizer, and the share of its codebook the digits use."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     from tokenizer import DigitsDataset, load_tokenizer
-    from tokenizer.metrics import psnr
 
     vae = load_tokenizer(tokenizer_dir)
     size = vae.image_size
     val = DigitsDataset("val", image_size=size)
     rec = vae.reconstruct(val.images)
-    p = psnr((rec + 1) / 2, (val.images + 1) / 2).mean().item()
+    # The mean of the per-image PSNRs (dim: one value per image), in dB.
+    p = peak_signal_noise_ratio((rec + 1) / 2, (val.images + 1) / 2, data_range=1.0, dim=(1, 2, 3)).item()
     idx = vae.img_to_idx(DigitsDataset("train", image_size=size).images)
     V = vae.vocab_size
     per_scale = [i.unique().numel() / V for i in idx]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from .io import write_atomic
 
 __all__ = [
     "CheckpointError",
+    "check_keys",
     "check_state_dict",
     "hub_download",
     "load_state_dict_strict",
@@ -74,13 +76,22 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
     `what` names the checkpoint in the message (a path or a description).
     """
     own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
     shapes = [
         f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(own[k].shape)
     ]
+    _raise_mismatches(f"{what} does not fit {type(module).__name__}", set(own), state_dict, shapes)
+
+
+def check_keys(expected: Collection[str], state_dict: Mapping[str, Any], what: str) -> None:
+    """Raise one CheckpointError listing the `expected` keys that `state_dict` lacks and those it holds besides."""
+    _raise_mismatches(what, set(expected), state_dict, [])
+
+
+def _raise_mismatches(what: str, own: set[str], state_dict: Mapping[str, Any], shapes: list[str]) -> None:
+    missing = sorted(own - set(state_dict))
+    unexpected = sorted(set(state_dict) - own)
     parts = []
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
         if items:
@@ -88,7 +99,7 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], 
                 f"{label}: " + ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
             )
     if parts:
-        raise CheckpointError(f"{what} does not fit {type(module).__name__}: " + "; ".join(parts))
+        raise CheckpointError(f"{what}: " + "; ".join(parts))
 
 
 def load_state_dict_strict(

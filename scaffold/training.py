@@ -12,7 +12,10 @@ copy left a 0-byte or half-written `last.ckpt` (issue 16).
 What survives an interruption: every checkpoint file is either the old one or the new one. A kill can
 leave a `.NAME.tmp-PID` temporary; the next start of the run removes it (`prepare_run_folder`). Step
 checkpoints are pruned after each save to the `keep` newest (by modification time) besides `last.ckpt`.
-`resume=true` takes the newest checkpoint of the run that loads and says which it skipped and why.
+Resuming is Lightning's own `trainer.fit(ckpt_path=...)`: `resume=last` (or `true`) passes "last", which
+Lightning resolves through `StepCheckpoint`: the newest checkpoint of the run that loads, saying which it
+skipped and why (Lightning alone would take the newest `last.ckpt` even when a kill cut it short).
+`resume=PATH` passes that checkpoint, checked before the run starts.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,11 +39,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ThroughputMonitor
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .checkpoint import CheckpointError
@@ -56,10 +59,10 @@ __all__ = [
     "StepCheckpoint",
     "TrainerConfig",
     "TrainingError",
-    "ema_update",
     "find_resume_checkpoint",
     "fit_and_checkpoint",
     "make_trainer",
+    "newest_loadable",
     "ordered_loader",
     "parse_devices",
     "prepare_run_folder",
@@ -68,6 +71,7 @@ __all__ = [
     "save_grid_rows",
     "start_run",
     "step_batch_loader",
+    "throughput_monitor",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,7 +133,7 @@ class RunConfig:
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "runs/train"
-    resume: str = "false"  # "false", "true" (the newest checkpoint of out_dir that loads) or a checkpoint path
+    resume: str = "false"  # "false", "last" or "true" (the newest checkpoint of out_dir that loads), or a path
     max_steps: int = 100_000
     batch_size: int = 16  # per device
     precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"
@@ -175,8 +179,19 @@ class RunConfig:
                 )
 
     def resume_path(self) -> str | None:
-        """The checkpoint to resume from, or None for a fresh run (`find_resume_checkpoint`)."""
+        """The checkpoint file the run resumes from, or None for a fresh run (`find_resume_checkpoint`)."""
         return find_resume_checkpoint(self.out_dir, self.resume)
+
+    def ckpt_path(self) -> str | None:
+        """What `trainer.fit(ckpt_path=...)` takes: None (a fresh run), "last" (see `StepCheckpoint`) or a
+        checkpoint path, which must load (checked now: a wrong path is one message before anything starts)."""
+        value = _resume_value(self.resume)
+        if value == "last" and not _checkpoints(Path(self.out_dir) / "checkpoints"):
+            log.warning("resume=last but %s holds no checkpoint yet: starting a fresh run", Path(self.out_dir))
+            return None
+        if value not in (None, "last"):
+            find_resume_checkpoint(self.out_dir, value)
+        return value
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -251,21 +266,31 @@ def ordered_loader(dataset: Dataset, trainer: L.Trainer | None, batch_size: int,
 
 
 # ------------------------------------------------------------------------------------------ module
-@torch.no_grad()
-def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """ema = decay * ema + (1 - decay) * model for parameters; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def save_grid_rows(img_RCB3HW: torch.Tensor, path: Path) -> None:
     """Images [rows, cols, 3, H, W] in [0, 1] as one PNG (row r of the grid = img[r]), written atomically."""
     rows = [torch.cat(list(r.detach().float().cpu().clamp(0, 1)), dim=2) for r in img_RCB3HW]  # [3, H, C*W] each
     grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()  # [R*H, C*W, 3]
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(grid).save(tmp, format="PNG")
+
+
+# -------------------------------------------------------------------------------------- throughput
+def _samples(batch) -> int:
+    return len(batch[1])  # both stages' batches are (inputs, labels)
+
+
+def _tokens(tokens_per_sample: int, batch) -> int:
+    return len(batch[1]) * tokens_per_sample
+
+
+def throughput_monitor(cfg: RunConfig, tokens_per_sample: int = 0) -> ThroughputMonitor:
+    """Lightning's `ThroughputMonitor`, measured over the last `log_every_n_steps` batches and logged at the
+    logging steps by rank 0: `train/device/samples_per_sec` (per device), with `tokens_per_sample`
+    `train/device/items_per_sec` (tokens per second per device), on several devices also `train/samples_per_sec`
+    and `train/items_per_sec` (all devices), besides the running totals `train/samples`, `train/batches`,
+    `train/lengths` (tokens) and `train/time` (seconds); the same under `validate/` for a validation loop."""
+    length_fn = partial(_tokens, tokens_per_sample) if tokens_per_sample else None
+    return ThroughputMonitor(batch_size_fn=_samples, length_fn=length_fn, window_size=max(2, cfg.log_every_n_steps))
 
 
 # ------------------------------------------------------------------------------------- checkpoints
@@ -320,6 +345,12 @@ class StepCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             self.prune()
 
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        """What `trainer.fit(ckpt_path="last")` resumes from: the newest checkpoint of the run that loads
+        (`newest_loadable`; Lightning's own choice is the newest `last*.ckpt`, whole or not)."""
+        path = newest_loadable(Path(self.dirpath))
+        return {path} if path else set()
+
     def prune(self) -> list[Path]:
         """Delete all but the `keep` newest step checkpoints; returns the deleted paths."""
         folder = Path(self.dirpath)
@@ -352,29 +383,25 @@ def probe_checkpoint(path: str | os.PathLike) -> int:
     return int(ckpt["global_step"])
 
 
-def find_resume_checkpoint(out_dir: str | os.PathLike, resume: str) -> str | None:
-    """The checkpoint a run resumes from, or None for a fresh run.
-
-    `resume`: "false" (fresh), "true" (the newest checkpoint of `out_dir/checkpoints` that loads; those
-    that do not are named in a warning with the reason) or a checkpoint path (it must load).
-    """
+def _resume_value(resume: str) -> str | None:
+    """`resume` as Lightning's `ckpt_path`: None (fresh), "last" or the path given."""
     value = str(resume).strip()
     if value.lower() in ("", "false", "no", "none", "0"):
         return None
-    if value.lower() not in ("true", "yes", "last", "1"):
-        if not Path(value).is_file():
-            raise TrainingError(f"resume checkpoint not found: {value}")
-        probe_checkpoint(value)
-        return value
-    folder = Path(out_dir) / "checkpoints"
+    return "last" if value.lower() in ("last", "true", "yes", "1") else value
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """The run's checkpoints, newest first; last.ckpt wins a tie with the step checkpoint written just before it."""
     candidates = [p for p in [folder / LAST, *folder.glob("step*.ckpt")] if p.is_file()]
-    # Newest first; last.ckpt wins a tie with the step checkpoint written just before it.
-    candidates.sort(key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
-    if not candidates:
-        log.warning("resume=true but %s holds no checkpoint yet: starting a fresh run", folder)
-        return None
+    return sorted(candidates, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+
+
+def newest_loadable(folder: Path) -> str | None:
+    """The newest checkpoint in `folder` that loads (those that do not are named in a warning with the
+    reason), or None when it holds none; a TrainingError when none of them loads."""
     skipped = []
-    for path in candidates:
+    for path in _checkpoints(folder):
         try:
             step = probe_checkpoint(path)
         except CheckpointError as err:
@@ -383,10 +410,29 @@ def find_resume_checkpoint(out_dir: str | os.PathLike, resume: str) -> str | Non
             continue
         log.info("resuming from %s (step %d)", path, step)
         return str(path)
-    raise TrainingError(
-        f"resume=true but no checkpoint in {folder} loads ({'; '.join(skipped)}): "
-        f"pass resume=<a checkpoint path> or resume=false to start afresh"
-    )
+    if skipped:
+        raise TrainingError(
+            f"resume=last but no checkpoint in {folder} loads ({'; '.join(skipped)}): "
+            f"pass resume=<a checkpoint path> or resume=false to start afresh"
+        )
+    return None
+
+
+def find_resume_checkpoint(out_dir: str | os.PathLike, resume: str) -> str | None:
+    """The checkpoint file a run resumes from, or None for a fresh run.
+
+    `resume`: "false" (fresh), "last" or "true" (`newest_loadable` of `out_dir/checkpoints`; None when it
+    holds none yet) or a checkpoint path (it must load).
+    """
+    value = _resume_value(resume)
+    if value is None:
+        return None
+    if value == "last":
+        return newest_loadable(Path(out_dir) / "checkpoints")
+    if not Path(value).is_file():
+        raise TrainingError(f"resume checkpoint not found: {value}")
+    probe_checkpoint(value)
+    return value
 
 
 def prepare_run_folder(out_dir: str | os.PathLike) -> None:
@@ -396,10 +442,10 @@ def prepare_run_folder(out_dir: str | os.PathLike) -> None:
 
 
 def start_run(cfg: RunConfig) -> str | None:
-    """Seed every RNG, remove what killed runs left in out_dir, and return the checkpoint to resume from."""
+    """Seed every RNG, remove what killed runs left in out_dir, and return `trainer.fit`'s `ckpt_path`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     prepare_run_folder(cfg.out_dir)
-    return cfg.resume_path()
+    return cfg.ckpt_path()
 
 
 # ------------------------------------------------------------------------------------------- the driver
@@ -457,6 +503,10 @@ def quiet_lightning() -> None:
         chatter.addFilter(_LightningChatter())
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    # `throughput_monitor` logs rates; the trainings measure no FLOPs (so no MFU) and need not be told so.
+    warnings.filterwarnings(
+        "ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`"
     )
 
 

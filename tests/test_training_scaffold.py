@@ -169,6 +169,24 @@ def test_resume_skips_a_damaged_last_ckpt_saying_why(tmp_path, caplog, damage):
     assert trainer.global_step == 4
 
 
+def test_lightning_s_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_path, caplog):
+    """`trainer.fit(ckpt_path="last")` resolves through StepCheckpoint: a cut-short last.ckpt (newer than
+    every step checkpoint, so Lightning alone would pick it) gives way to the newest step checkpoint."""
+    train(tmp_path, max_steps=3)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:100])
+    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+        trainer = train(tmp_path, max_steps=5, ckpt_path="last")
+    assert f"skipping cannot read checkpoint {last}" in caplog.text
+    assert f"resuming from {tmp_path / 'checkpoints' / 'step0000003.ckpt'} (step 3)" in caplog.text
+    assert trainer.global_step == 5 and probe_checkpoint(last) == 5
+    empty = tmp_path / "empty"
+    (empty / "checkpoints").mkdir(parents=True)
+    (empty / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(TrainingError, match="no checkpoint in .* loads .*the file is empty"):
+        train(empty, max_steps=1, ckpt_path="last")
+
+
 def test_resume_with_no_loadable_checkpoint_is_one_message(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")

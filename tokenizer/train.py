@@ -12,7 +12,6 @@ folder at the end. The model knows nothing of this file (STYLE.md point 3).
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import math
 import warnings
@@ -22,14 +21,15 @@ from pathlib import Path
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from scaffold.config import add_config_arguments
+from scaffold.ema import EMA
 from scaffold.training import (
     RunConfig,
     StepBatchSampler,
     TrainerConfig,
     TrainingError,
-    ema_update,
     fit_and_checkpoint,
     make_trainer,
     ordered_loader,
@@ -37,6 +37,7 @@ from scaffold.training import (
     save_grid_rows,
     start_run,
     step_batch_loader,
+    throughput_monitor,
 )
 
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
@@ -44,7 +45,6 @@ from .data import DataConfig, build_datasets
 from .export import export_tokenizer
 from .losses import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, load_perceptual
 from .losses import reconstruction_loss as rec_loss_fn
-from .metrics import psnr, ssim
 from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 __all__ = [
@@ -180,7 +180,7 @@ class TokenizerTraining(L.LightningModule):
         self.automatic_optimization = False
         self.cfg = cfg
         self.vae = MultiScaleVQVAE(cfg.model)
-        self.ema = copy.deepcopy(self.vae).requires_grad_(False) if cfg.ema_decay > 0 else None
+        self.ema = EMA(self.vae, cfg.ema_decay, warmup=9) if cfg.ema_decay > 0 else None  # TF's decay warm-up
         lc = cfg.loss
         self.disc = PatchDiscriminator(ndf=lc.disc_ch, n_layers=lc.disc_layers) if lc.adversarial > 0 else None
         self.perceptual = load_perceptual(lc.perceptual_weights) if lc.perceptual > 0 else None
@@ -189,11 +189,13 @@ class TokenizerTraining(L.LightningModule):
             q.num_scales, q.vocab_size, q.c_vae, window=cfg.codebook.window, pool_size=cfg.codebook.pool_size
         )
         self._val_hits_SV: torch.Tensor | None = None
+        self.val_psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # the mean of per-image PSNRs
+        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)  # 11x11 Gaussian window, sigma 1.5
 
     @property
     def eval_model(self) -> MultiScaleVQVAE:
         """The weights that are validated and exported: the EMA when there is one."""
-        return self.ema if self.ema is not None else self.vae
+        return self.ema.module if self.ema is not None else self.vae
 
     # ---------------------------------------------------------------------------------- optimizers
     def _lr_lambda(self, step: int) -> float:
@@ -231,7 +233,7 @@ class TokenizerTraining(L.LightningModule):
     # ------------------------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx: int):
         img, _ = batch
-        cfg, lc = self.cfg, self.cfg.loss
+        lc = self.cfg.loss
         step = self.global_step  # generator steps done so far
         opts = self.optimizers()
         opt_g = opts[0] if isinstance(opts, list) else opts
@@ -260,8 +262,7 @@ class TokenizerTraining(L.LightningModule):
         opt_g.step()  # counts as the trainer's global step
         scheds[0].step()
         if self.ema is not None:
-            # Warm-up of the decay (TF ExponentialMovingAverage's num_updates rule): short runs still average.
-            ema_update(self.ema, self.vae, min(cfg.ema_decay, (1 + step) / (10 + step)))
+            self.ema.update_parameters(self.vae)
         self._track_codebook(out.idx_Bl, out.z_NC, step)
 
         # ---- discriminator
@@ -317,7 +318,7 @@ class TokenizerTraining(L.LightningModule):
             if key in state:
                 state[key][dead] = 0
         if self.ema is not None:
-            self.ema.quantize.embedding.weight[dead] = weight[dead]
+            self.ema.module.quantize.embedding.weight[dead] = weight[dead]
 
     # ---------------------------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
@@ -330,9 +331,9 @@ class TokenizerTraining(L.LightningModule):
         idx_Bl = model.img_to_idx(img)
         rec = model.idx_to_img(idx_Bl)
         x, y = (rec.float() + 1) / 2, (img.float() + 1) / 2
-        B = img.shape[0]
-        self.log("val/psnr", psnr(x, y).mean(), sync_dist=True, batch_size=B, prog_bar=True)
-        self.log("val/ssim", ssim(x, y).mean(), sync_dist=True, batch_size=B)
+        self.val_psnr.update(x, y)
+        self.val_ssim.update(x, y)
+        self.log_dict({"val/psnr": self.val_psnr, "val/ssim": self.val_ssim}, prog_bar=True)  # epoch means
         for si, idx in enumerate(idx_Bl):
             self._val_hits_SV[si] += torch.bincount(idx.flatten(), minlength=model.vocab_size)[: model.vocab_size]
         if batch_idx == 0 and self.trainer.is_global_zero:
@@ -372,7 +373,7 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
         check_val_every_n_epoch=None,
         limit_val_batches=tc.limit_val_batches or None,
     )
-    return make_trainer(cfg, **{**kwargs, **overrides})
+    return make_trainer(cfg, callbacks=[throughput_monitor(cfg)], **{**kwargs, **overrides})
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:

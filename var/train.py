@@ -14,9 +14,7 @@ The model knows nothing of this file (STYLE.md point 3).
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -27,18 +25,21 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
+from scaffold.checkpoint import check_keys
 from scaffold.config import add_config_arguments
+from scaffold.ema import EMA
+from scaffold.sharding import clip_gradients, fsdp_strategy, full_state_dict, full_weights
 from scaffold.training import (
     RunConfig,
     TrainerConfig,
     TrainingError,
-    ema_update,
     fit_and_checkpoint,
     make_trainer,
     run_training,
     save_grid_rows,
     start_run,
     step_batch_loader,
+    throughput_monitor,
 )
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
 from tokenizer.data import class_names as dataset_class_names
@@ -109,9 +110,6 @@ class VARTrainConfig(RunConfig):
 
     def validate(self) -> None:
         super().validate()
-        if "fsdp" in self.trainer.strategy and self.ema_decay > 0:
-            # The EMA copy would be sharded differently from the live weights; not supported yet.
-            raise ValueError("trainer.strategy=fsdp needs ema_decay=0 (an EMA of sharded weights is not supported)")
         self.model.block_attention()  # a per-block list of the wrong length fails here, naming depth
 
 
@@ -195,19 +193,21 @@ class VARTraining(L.LightningModule):
         self.cfg = cfg
         self.var = VAR(cfg.model)
         self.var.init_weights()  # drawn twice, as before model.init_adaln_gamma existed: a seed keeps its weights
-        self.ema = copy.deepcopy(self.var).requires_grad_(False).eval() if cfg.ema_decay > 0 else None
+        # Update n averages with min(ema_decay, n / (10 + n)): short runs still average.
+        self.ema = EMA(self.var, cfg.ema_decay, warmup=10).eval() if cfg.ema_decay > 0 else None
         self.vae = vae.requires_grad_(False).eval()
         self.class_names = list(class_names or [str(i) for i in range(cfg.model.num_classes)])
         self.split_sizes = [pn * pn for pn in cfg.model.patch_nums]
-        # Not a registered submodule: the compiled wrapper shares the parameters of `var`.
-        object.__setattr__(self, "_forward", torch.compile(self.var) if cfg.compile else self.var)
-        self._tokens_since_log = 0
-        self._time_of_log: float | None = None
+        # Grouped before a strategy wraps the model: FSDP flattens the parameters (same objects, 1-D shards).
+        self.param_groups = param_groups(self.var, cfg.optim.weight_decay)[0]
+        self.checkpoint_keys = [k for k in self.state_dict() if not k.startswith("vae.")]
+        if cfg.compile:  # after the EMA copy: it compiles `var`'s calls in place, its state dict keeps its keys
+            self.var.compile()
 
     @property
     def eval_model(self) -> VAR:
         """The weights that are sampled and exported: the EMA when there is one."""
-        return self.ema if self.ema is not None else self.var
+        return self.ema.module if self.ema is not None else self.var
 
     # ---------------------------------------------------------------------------------- optimizers
     def peak_lr(self) -> float:
@@ -217,9 +217,8 @@ class VARTraining(L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        groups, _, _ = param_groups(self.var, o.weight_decay)
         fused = {"fused": True} if self.device.type == "cuda" else {}
-        opt = torch.optim.AdamW(groups, lr=self.peak_lr(), betas=(o.beta1, o.beta2), **fused)
+        opt = torch.optim.AdamW(self.param_groups, lr=self.peak_lr(), betas=(o.beta1, o.beta2), **fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, o, self.cfg.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -229,6 +228,9 @@ class VARTraining(L.LightningModule):
             norms = grad_norm(self.var, norm_type=2)
             if "grad_2.0_norm_total" in norms:
                 self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        clip_gradients(self, optimizer, gradient_clip_val, gradient_clip_algorithm)  # FSDP too
 
     # ------------------------------------------------------------------------------------ training
     def _tokens(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,7 +250,7 @@ class VARTraining(L.LightningModule):
         B, Ltok = idx_BL.shape
         with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
             x_BLCv = self.vae.idx_to_var_input(list(idx_BL.split(self.split_sizes, dim=1)))
-        logits_BLV = self._forward(label_B, x_BLCv)
+        logits_BLV = self.var(label_B, x_BLCv)
         V = logits_BLV.shape[-1]
         loss_BL = F.cross_entropy(
             logits_BLV.float().view(-1, V),
@@ -258,7 +260,6 @@ class VARTraining(L.LightningModule):
         ).view(B, Ltok)
         loss = loss_BL.mean()  # uniform weight per token (published loss_weight = 1/L)
         self._check_finite(loss, step)
-        self._tokens_since_log += B * Ltok * self.trainer.world_size
         if (step + 1) % cfg.log_every_n_steps == 0:
             self._log_scales(loss_BL.detach(), logits_BLV.detach(), idx_BL, B)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=B)
@@ -288,10 +289,6 @@ class VARTraining(L.LightningModule):
             logs[f"scale/loss_{si}"] = l_Bl.mean()
             logs[f"scale/acc_{si}"] = h_Bl.mean() * 100
         logs["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
-        now = time.perf_counter()
-        if self._time_of_log is not None:
-            logs["train/tokens_per_s"] = torch.tensor(self._tokens_since_log / max(now - self._time_of_log, 1e-9))
-        self._time_of_log, self._tokens_since_log = now, 0
         self.log_dict(logs, on_step=True, on_epoch=False, batch_size=B, sync_dist=False)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
@@ -299,15 +296,15 @@ class VARTraining(L.LightningModule):
         # Here rather than in on_train_batch_end: the step checkpoint callback runs before that hook, and
         # a checkpoint must hold the EMA of the weights it holds.
         if self.ema is not None:
-            n = self.global_step + 1
-            # Warm-up of the decay (TF ExponentialMovingAverage's num_updates rule): short runs still average.
-            ema_update(self.ema, self.var, min(self.cfg.ema_decay, n / (10 + n)))
+            self.ema.update_parameters(self.var)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         step = self.global_step  # optimizer steps done, this one included
         sc = self.cfg.samples
-        if sc.every_n_steps > 0 and step % sc.every_n_steps == 0 and self.trainer.is_global_zero:
-            self.save_samples(Path(self.cfg.out_dir) / "samples" / f"step{step:07d}.png")
+        if sc.every_n_steps > 0 and step % sc.every_n_steps == 0:
+            with full_weights(self, self.eval_model):  # FSDP: gathered on every rank
+                if self.trainer.is_global_zero:
+                    self.save_samples(Path(self.cfg.out_dir) / "samples" / f"step{step:07d}.png")
 
     @torch.no_grad()
     def save_samples(self, path: Path) -> None:
@@ -329,8 +326,11 @@ class VARTraining(L.LightningModule):
         # The tokenizer is frozen and loaded from its own folder: not copied into every checkpoint.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vae.")}
 
+    strict_loading = False  # the tokenizer's weights are not in the checkpoint; all others must be (below)
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["state_dict"].update({f"vae.{k}": v for k, v in self.vae.state_dict().items()})
+        if "state_dict" in checkpoint:  # Lightning's FSDP has loaded the weights (non-strictly) and dropped it
+            check_keys(self.checkpoint_keys, checkpoint["state_dict"], "the resumed checkpoint does not fit the model")
 
     def train(self, mode: bool = True):
         # Lightning puts the whole module in train mode; the tokenizer and the EMA copy are never trained.
@@ -354,10 +354,13 @@ def _progress_bar():
 
 
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
-    """`scaffold.training.make_trainer` with gradient clipping, no validation loop and a rich progress bar."""
+    """`scaffold.training.make_trainer` with gradient clipping, no validation loop, a rich progress bar, the
+    tokens/s (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
     bar = _progress_bar() if cfg.trainer.progress_bar else []
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
-    return make_trainer(cfg, callbacks=bar, **{**clip, **overrides})
+    tokens = throughput_monitor(cfg, tokens_per_sample=sum(pn * pn for pn in cfg.model.patch_nums))
+    strategy = fsdp_strategy(cfg.trainer.strategy, {VAR})
+    return make_trainer(cfg, callbacks=[*bar, tokens], **{"strategy": strategy, **clip, **overrides})
 
 
 def resolve_tokenizer(cfg: VARTrainConfig) -> str:
@@ -379,15 +382,12 @@ def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer
     hint = "; optim.lr follows the global batch"
     fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
     export_dir = Path(cfg.out_dir) / "model"
-    if trainer.is_global_zero:
-        export_model(
-            module.var,
-            vae,
-            export_dir,
-            class_names=data.class_names,
-            sampling=cfg.sampling,
-            state_dict=module.eval_model.state_dict(),
-        )
+    weights = full_state_dict(trainer, "ema.module." if module.ema is not None else "var.")  # on every rank
+    with full_weights(module):  # FSDP: the tokenizer, gathered on every rank
+        if trainer.is_global_zero:
+            export_model(
+                module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
+            )
         log.info("exported the model to %s (load it with var.load_model, sample it with `var sample`)", export_dir)
     return export_dir
 
