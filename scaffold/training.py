@@ -510,9 +510,20 @@ def quiet_lightning() -> None:
     )
 
 
+def progress_bar(enabled: bool) -> list[Callback]:
+    """Lightning's rich progress bar when `rich` is installed, else (empty list) its default TQDM bar."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return []
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    return [RichProgressBar(leave=True)] if enabled else []
+
+
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:
     """The Trainer of a run: step checkpoints (`StepCheckpoint`) written by `AtomicCheckpointIO`, the chosen
-    logger (`make_logger`), no sanity validation, and batches sharded by `StepBatchSampler`; then the config's
+    logger (`make_logger`), the progress bar (`progress_bar`), no sanity validation, and batches sharded by `StepBatchSampler`; then the config's
     `trainer.extra` arguments, and `kwargs` add or override."""
     tc = cfg.trainer
     quiet_lightning()
@@ -528,7 +539,11 @@ def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -
         strategy=tc.strategy,
         log_every_n_steps=cfg.log_every_n_steps,
         num_sanity_val_steps=0,
-        callbacks=[StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints), *callbacks],
+        callbacks=[
+            StepCheckpoint(cfg.out_dir, cfg.ckpt_every_n_steps, cfg.keep_checkpoints),
+            *progress_bar(tc.progress_bar),
+            *callbacks,
+        ],
         plugins=[AtomicCheckpointIO()],
         logger=make_logger(cfg.logger, cfg.out_dir),
         default_root_dir=cfg.out_dir,

@@ -316,7 +316,7 @@ class VARTraining(L.LightningModule):
         model.eval()
         labels = torch.tensor(classes, device=self.device).repeat_interleave(sc.per_class)
         seeds = list(range(len(labels)))  # per-image generators: the same images at every step
-        img = sample(model, self.vae, labels, cfg=sp.cfg, top_k=sp.top_k, top_p=sp.top_p, seed=seeds)
+        img = sample(model, self.vae, labels, sp, seed=seeds, precision="fp32")  # grids comparable across runs
         model.train(was_training)
         rows = img.view(len(classes), sc.per_class, *img.shape[1:])
         save_grid_rows(rows, path)
@@ -342,25 +342,13 @@ class VARTraining(L.LightningModule):
 
 
 # ------------------------------------------------------------------------------------- the driver
-def _progress_bar():
-    """Lightning's rich bar when `rich` is installed, else its default TQDM bar."""
-    try:
-        import rich  # noqa: F401
-    except ImportError:
-        return []
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    return [RichProgressBar(leave=True)]
-
-
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
-    """`scaffold.training.make_trainer` with gradient clipping, no validation loop, a rich progress bar, the
-    tokens/s (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
-    bar = _progress_bar() if cfg.trainer.progress_bar else []
+    """`scaffold.training.make_trainer` with gradient clipping, no validation loop, the tokens/s
+    (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
     tokens = throughput_monitor(cfg, tokens_per_sample=sum(pn * pn for pn in cfg.model.patch_nums))
     strategy = fsdp_strategy(cfg.trainer.strategy, {VAR})
-    return make_trainer(cfg, callbacks=[*bar, tokens], **{"strategy": strategy, **clip, **overrides})
+    return make_trainer(cfg, callbacks=[tokens], **{"strategy": strategy, **clip, **overrides})
 
 
 def resolve_tokenizer(cfg: VARTrainConfig) -> str:
