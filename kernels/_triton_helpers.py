@@ -5,7 +5,7 @@ Three parts:
 - host side: :data:`LOG2E` and :func:`dot_block`, used by the launchers;
 - device side: ``@triton.jit`` functions the kernels call (Triton inlines them, so they cost nothing
   at run time): row blocks of a row-major ``[rows, D]`` matrix loaded and stored with masks, the
-  online-softmax step and the probability recomputation of flash attention, and the row of a
+  online-softmax step and the backward's recomputation (P, dS) of flash attention, and the row of a
   :func:`kernels._tiles.tile_table`;
 - one shared kernel: the ``delta = rowsum(dO * O)`` preprocess of the attention backwards.
 
@@ -26,6 +26,7 @@ from ._backend import triton_interpret
 __all__ = [
     "LOG2E",
     "attention_delta",
+    "attention_dscores",
     "attention_probs",
     "dot_block",
     "load_rows",
@@ -96,18 +97,21 @@ def online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION: tl.constexpr, 
 
 
 @triton.jit
-def attention_probs(b_q, b_k, b_v, b_do, b_lse, b_delta, m_visible, qk_scale, PRECISION: tl.constexpr):
-    """The backward's recomputation for one ``[M, N]`` block of (query, key) pairs.
-
-    ``b_q``, ``b_do [M, BLOCK_D]``; ``b_k``, ``b_v [N, BLOCK_D]``; ``b_lse`` (base 2) and
-    ``b_delta = rowsum(dO * O)`` ``[M]``. Returns the probabilities ``P`` (0 where ``m_visible`` is
-    false) and ``dS = P * (dO @ V^T - delta)``, both fp32 ``[M, N]``: then ``dV += P^T dO``,
-    ``dK += scale * dS^T Q`` and ``dQ += scale * dS K``.
-    """
+def attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION: tl.constexpr):
+    """The backward's probabilities of one ``[M, N]`` block of (query, key) pairs, recomputed from
+    the saved base-2 log-sum-exp ``b_lse [M]``: ``exp2(qk_scale * q k^T - lse)``, 0 where
+    ``m_visible`` is false. ``b_q [M, BLOCK_D]``, ``b_k [N, BLOCK_D]``; fp32 ``[M, N]``.
+    Then ``dV += P^T dO``."""
     b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-    b_p = tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+    return tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+
+
+@triton.jit
+def attention_dscores(b_p, b_do, b_v, b_delta, PRECISION: tl.constexpr):
+    """``dS = P * (dO V^T - delta)``, fp32 ``[M, N]``, with ``delta = rowsum(dO * O)`` ``[M]``
+    (:func:`attention_delta`). Then ``dK += scale * dS^T Q`` and ``dQ += scale * dS K``."""
     b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-    return b_p, b_p * (b_dp - b_delta[:, None])
+    return b_p * (b_dp - b_delta[:, None])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from .._scales import scale_boundaries
 from .._triton_helpers import (
     LOG2E,
     attention_delta,
+    attention_dscores,
     attention_probs,
     dot_block,
     load_rows,
@@ -221,8 +222,9 @@ def _bwd_dkdv_kernel(
         b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
         b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
         m_visible = m_m[:, None] & (o_n[None, :] < kv_end)
-        b_p, b_ds = attention_probs(b_q, b_k, b_v, b_do, b_lse, b_delta, m_visible, qk_scale, PRECISION)
+        b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)  # [BLOCK_M, BLOCK_N]
         b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
+        b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
         b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION)
 
     store_rows(p_dk + base, o_n, m_n, o_d, D, b_dk * scale)
@@ -268,7 +270,8 @@ def _bwd_dq_kernel(
         b_k = load_rows(p_k + base, n0 + o_n, m_n, o_d, D)
         b_v = load_rows(p_v + base, n0 + o_n, m_n, o_d, D)
         m_visible = m_m[:, None] & m_n[None, :]
-        _, b_ds = attention_probs(b_q, b_k, b_v, b_do, b_lse, b_delta, m_visible, qk_scale, PRECISION)
+        b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)
+        b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
         b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
 
     store_rows(p_dq + base, q_start + o_m, m_m, o_d, D, b_dq * scale)

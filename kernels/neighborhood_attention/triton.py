@@ -42,6 +42,7 @@ from .._scales import scale_boundaries
 from .._triton_helpers import (
     LOG2E,
     attention_delta,
+    attention_dscores,
     attention_probs,
     dot_block,
     load_rows,
@@ -250,7 +251,8 @@ def _bwd_kernel(
                 & (b_kc[None, :] >= b_wj[:, None])
                 & (b_kc[None, :] < b_wj[:, None] + K)
             )
-            b_p, b_ds = attention_probs(b_q, b_k, b_v, b_do, b_lse, b_delta, m_visible, qk_scale, PRECISION)
+            b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)
+            b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
             b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
             b_dv = tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
             b_dk = tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION) * scale
