@@ -3,8 +3,8 @@
 Three parts:
 
 - host side: :data:`LOG2E` and :func:`dot_block`, used by the launchers;
-- device side: ``@triton.jit`` functions the kernels call (Triton inlines them, so they cost nothing
-  at run time): row blocks of a row-major ``[rows, D]`` matrix loaded and stored with masks, the
+- device side: ``@triton.jit`` functions the kernels call (Triton inlines them into each kernel):
+  row blocks of a row-major ``[rows, D]`` matrix loaded and stored with masks, the
   online-softmax step and the backward's recomputation (P, dS) of flash attention, and the row of a
   :func:`kernels._tiles.tile_table`;
 - one shared kernel: the ``delta = rowsum(dO * O)`` preprocess of the attention backwards.
