@@ -4,8 +4,10 @@ Each op lives in its own folder: ``reference.py`` is the plain PyTorch version a
 specification; ``triton.py`` holds the fused kernels (both registered in ``_backend.OPS``). Every
 ``triton.py`` has the same layers and names (STYLE.md point 7): the function the dispatcher calls,
 named after the op -> ``<Op>Function``, its ``torch.autograd.Function`` -> module-level launchers
-(``_forward``, ``_backward``, ...) that build grids -> the ``@triton.jit`` kernels ``_*_kernel``.
-Host-side helpers they share live in ``_triton_helpers``, ``_precision`` and ``_tiles``. The public functions below
+``_forward`` and ``_backward`` (``_<part>_forward`` where one module holds two Functions) that build
+grids -> the ``@triton.jit`` kernels ``_*_kernel``. What the kernels share lives in
+``_triton_helpers`` (host helpers, ``@triton.jit`` device functions, the attention backwards' delta
+kernel), ``_precision`` and ``_tiles``. The public functions below
 check their arguments and dispatch with ``backend="auto" | "triton" | "torch"``; the environment
 variable ``VAR_KERNEL_BACKEND`` overrides the argument (see :mod:`kernels._backend`).
 

@@ -1,15 +1,40 @@
-"""Host-side helpers shared by the Triton launchers of every op (imported only by ``*/triton.py``).
+"""Triton helpers shared by the kernels of every op (imported only by ``*/triton.py``).
+
+Three parts:
+
+- host side: :data:`LOG2E` and :func:`dot_block`, used by the launchers;
+- device side: ``@triton.jit`` functions the kernels call (Triton inlines them into each kernel):
+  row blocks of a row-major ``[rows, D]`` matrix loaded and stored with masks, the
+  online-softmax step and the backward's recomputation (P, dS) of flash attention, and the row of a
+  :func:`kernels._tiles.tile_table`;
+- one shared kernel: the ``delta = rowsum(dO * O)`` preprocess of the attention backwards.
 
 Together with :mod:`kernels._precision` (the fp32 dot precision), :mod:`kernels._tiles` (tile tables
 over next-scale sequences) and :mod:`kernels._scales` (the token layout), these are the one place
-for what the ops' kernels have in common.
+for what the ops' kernels have in common. Names follow STYLE.md point 7: ``p_`` pointers, ``o_``
+offsets, ``m_`` masks, ``b_`` blocks, UPPER for constexpr.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
+import triton.language as tl
 
-__all__ = ["LOG2E", "dot_block"]
+from ._backend import triton_interpret
+
+__all__ = [
+    "LOG2E",
+    "attention_delta",
+    "attention_dscores",
+    "attention_probs",
+    "dot_block",
+    "load_rows",
+    "load_rows_t",
+    "online_softmax_step",
+    "store_rows",
+    "tile_row",
+]
 
 LOG2E = 1.4426950408889634  # 1 / ln(2): the softmax kernels work with exp2
 
@@ -18,3 +43,111 @@ def dot_block(n: int) -> int:
     """Block size covering ``n`` along a ``tl.dot`` dimension: a power of two, at least 16 (the
     smallest dot size); the kernels mask the padding."""
     return max(16, triton.next_power_of_2(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Device side: row blocks of a row-major [rows, D] matrix (a head of [B, H, L, D], a memory [S, D])
+
+
+@triton.jit
+def load_rows(p_x, o_r, m_r, o_d, D):
+    """``[R, BLOCK_D]`` block of rows ``o_r`` of the row-major ``[*, D]`` matrix at ``p_x``; masked
+    rows (``m_r`` false) and columns past ``D`` read 0."""
+    return tl.load(p_x + o_r[:, None] * D + o_d[None, :], mask=m_r[:, None] & (o_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def load_rows_t(p_x, o_r, m_r, o_d, D):
+    """The same rows transposed, ``[BLOCK_D, R]``: the right operand of ``q @ k^T``."""
+    return tl.load(p_x + o_r[None, :] * D + o_d[:, None], mask=m_r[None, :] & (o_d < D)[:, None], other=0.0)
+
+
+@triton.jit
+def store_rows(p_x, o_r, m_r, o_d, D, b_x):
+    """Store the ``[R, BLOCK_D]`` block ``b_x``, cast to the matrix's dtype, into rows ``o_r``."""
+    tl.store(
+        p_x + o_r[:, None] * D + o_d[None, :], b_x.to(p_x.dtype.element_ty), mask=m_r[:, None] & (o_d < D)[None, :]
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Device side: flash attention in base 2 (logits already multiplied by scale * LOG2E)
+
+
+@triton.jit
+def online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION: tl.constexpr, EMPTY_ROWS: tl.constexpr):
+    """Fold one block of keys into the running softmax of every query row.
+
+    ``b_s [M, N]`` are the base-2 logits with invisible keys at -inf, ``b_v [N, BLOCK_D]`` the values;
+    ``b_max``, ``b_sum [M]`` and ``b_acc [M, BLOCK_D]`` (fp32) are the row max, the row sum of
+    ``exp2(s - max)`` and the unnormalised output so far. Returns them updated. ``EMPTY_ROWS``: a row
+    may see no key of a block before it saw any at all; the max stays -inf, and exp2 is kept off
+    ``-inf - -inf``. Without it (every row sees a key of the first block) the guard is not compiled.
+    """
+    b_max_new = tl.maximum(b_max, tl.max(b_s, 1))
+    if EMPTY_ROWS:
+        b_max_new_safe = tl.where(b_max_new == float("-inf"), 0.0, b_max_new)
+    else:
+        b_max_new_safe = b_max_new
+    b_alpha = tl.exp2(b_max - b_max_new_safe)
+    b_p = tl.exp2(b_s - b_max_new_safe[:, None])
+    b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
+    b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
+    return b_max_new, b_sum, b_acc
+
+
+@triton.jit
+def attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION: tl.constexpr):
+    """The backward's probabilities of one ``[M, N]`` block of (query, key) pairs, recomputed from
+    the saved base-2 log-sum-exp ``b_lse [M]``: ``exp2(qk_scale * q k^T - lse)``, 0 where
+    ``m_visible`` is false. ``b_q [M, BLOCK_D]``, ``b_k [N, BLOCK_D]``; fp32 ``[M, N]``.
+    Then ``dV += P^T dO``."""
+    b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
+    return tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+
+
+@triton.jit
+def attention_dscores(b_p, b_do, b_v, b_delta, PRECISION: tl.constexpr):
+    """``dS = P * (dO V^T - delta)``, fp32 ``[M, N]``, with ``delta = rowsum(dO * O)`` ``[M]``
+    (:func:`attention_delta`). Then ``dK += scale * dS^T Q`` and ``dQ += scale * dS K``."""
+    b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
+    return b_p * (b_dp - b_delta[:, None])
+
+
+# ----------------------------------------------------------------------------------------------
+# Device side: tile tables
+
+
+@triton.jit
+def tile_row(p_tiles, i_tile):
+    """Row ``i_tile`` of a :func:`kernels._tiles.tile_table`: ``(scale_begin, p, tile_start, scale_id)``."""
+    p_row = p_tiles + i_tile * 4
+    return tl.load(p_row), tl.load(p_row + 1), tl.load(p_row + 2), tl.load(p_row + 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The attention backwards' preprocess (block-causal and neighborhood attention)
+
+
+@triton.jit
+def _bwd_delta_kernel(p_o, p_do, p_delta, L, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """delta[i] = sum_d dO[i, d] * O[i, d] in fp32 (the softmax backward's row term)."""
+    i_m, i_bh = tl.program_id(0), tl.program_id(1)
+    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    o_d = tl.arange(0, BLOCK_D)
+    m_m = o_m < L
+    base = i_bh.to(tl.int64) * L * D
+    b_o = load_rows(p_o + base, o_m, m_m, o_d, D).to(tl.float32)
+    b_do = load_rows(p_do + base, o_m, m_m, o_d, D).to(tl.float32)
+    tl.store(p_delta + i_bh.to(tl.int64) * L + o_m, tl.sum(b_o * b_do, 1), mask=m_m)
+
+
+def attention_delta(o_BHLD: torch.Tensor, do_BHLD: torch.Tensor) -> torch.Tensor:
+    """``rowsum(dO * O)`` in fp32, ``[B, H, L]``, of contiguous ``[B, H, L, D]`` tensors."""
+    B, H, L, D = o_BHLD.shape
+    delta_BHL = torch.empty((B, H, L), dtype=torch.float32, device=o_BHLD.device)
+    block_m = 16 if triton_interpret() else 64
+    _bwd_delta_kernel[(triton.cdiv(L, block_m), B * H)](
+        o_BHLD, do_BHLD, delta_BHL, L, D, BLOCK_M=block_m, BLOCK_D=dot_block(D)
+    )
+    return delta_BHL

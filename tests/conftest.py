@@ -37,7 +37,8 @@ def tiny_vae() -> MultiScaleVQVAE:
 # Kernel test fixtures (tests/test_kernels_*.py)
 
 # Tolerance of a Triton kernel against its PyTorch reference on the same inputs, per op family and
-# dtype. Attention: both sides accumulate in fp32; fp16 rounds P and dS to fp16 for tl.dot, as in
+# dtype: keyword arguments of torch.testing.assert_close (the kernel tests import the table).
+# Attention: both sides accumulate in fp32; fp16 rounds P and dS to fp16 for tl.dot, as in
 # FlashAttention. Spatial ops and external attention: the references compute in fp32 and cast.
 KERNEL_TOLERANCE = {
     ("attention", torch.float32): dict(atol=2e-5, rtol=1e-4),
@@ -45,12 +46,6 @@ KERNEL_TOLERANCE = {
     ("misc", torch.float32): dict(atol=1e-4, rtol=1e-4),
     ("misc", torch.float16): dict(atol=1e-2, rtol=1e-2),
 }
-
-
-@pytest.fixture
-def kernel_tolerance() -> dict:
-    """``kernel_tolerance[(family, dtype)]``: keyword arguments of ``torch.testing.assert_close``."""
-    return KERNEL_TOLERANCE
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import torch
 from conftest import KERNEL_TOLERANCE
 
 import kernels
+from kernels import _triton_helpers
 from kernels._scales import scale_boundaries
 from kernels.block_causal_attention import triton as bca_triton
 
@@ -68,7 +69,7 @@ BCA_KERNELS = ["_fwd_kernel", "_bwd_delta_kernel", "_bwd_dkdv_kernel", "_bwd_dq_
 @pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("patch_nums", PATCH_NUMS)
 def test_block_causal_matches_reference(patch_nums, D, dtype, nan_poisoned_empty, kernel_launches):
-    launches = kernel_launches(bca_triton.__name__)
+    launches = kernel_launches(bca_triton.__name__, _triton_helpers.__name__)  # delta's kernel is shared
     qkv = _qkv(patch_nums, D, dtype)
     got = _fwd_bwd(kernels.block_causal_attention, qkv, patch_nums, backend="triton")
     assert launches.counts() == {name: 1 for name in BCA_KERNELS}
@@ -109,7 +110,7 @@ def test_tile_table_skips_later_scales(block):
 # ----------------------------------------------------------------------------------------------
 # Neighborhood attention
 
-NA_KERNELS = ["_fwd_kernel", "_bwd_kernel"]
+NA_KERNELS = ["_fwd_kernel", "_bwd_delta_kernel", "_bwd_kernel"]
 NA_CASES = [
     # (patch_nums, kernel_size): windows smaller than the maps, windows clamped at borders on the
     # ragged 5 x 5 map (4 x 4 query patches under the interpreter), and kernel_size >= max(patch_nums).
@@ -127,10 +128,9 @@ NA_SLOW_CASES = [
 @pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("patch_nums, kernel_size", NA_CASES + NA_SLOW_CASES)
 def test_neighborhood_matches_reference(patch_nums, kernel_size, D, dtype, nan_poisoned_empty, kernel_launches):
-    launches = kernel_launches(na_triton.__name__)
+    launches = kernel_launches(na_triton.__name__, _triton_helpers.__name__)
     qkv = _qkv(patch_nums, D, dtype)
     got = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="triton")
-    # delta (rowsum(dO * O)) is launched from block_causal_attention's module, shared by both ops.
     assert launches.counts() == {name: 1 for name in NA_KERNELS}
     want = _fwd_bwd(kernels.neighborhood_attention, qkv, patch_nums, kernel_size, backend="torch")
     _assert_matches(got, want, dtype)

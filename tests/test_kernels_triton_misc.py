@@ -57,8 +57,8 @@ def _rand(*shape, dtype, seed):
 
 
 def _compare(fn, inputs: list[torch.Tensor], dtype, launches: list[str], fwd_kernels, bwd_kernels):
-    tol = KERNEL_TOLERANCE[("misc", dtype)]
     """Run ``fn(*inputs, backend=...)`` with both backends; compare outputs and all input gradients."""
+    tol = KERNEL_TOLERANCE[("misc", dtype)]
     out_ref = fn(*inputs, backend="torch")
     assert launches == []
     out = fn(*inputs, backend="triton")

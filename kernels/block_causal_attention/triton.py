@@ -13,8 +13,8 @@ computes 64% of them (:func:`visited_fraction`), where 128-token tiles blind to 
 Forward: online softmax in base 2 with fp32 accumulation, never an ``L x L`` matrix; it saves
 the row log-sum-exp (base 2, of the logits times ``scale * log2(e)``) for the backward.
 
-Backward (flash-attention-2, no atomics, deterministic): a preprocess kernel computes
-``delta = rowsum(dO * O)``; a dK/dV kernel runs one program per key tile and loops over the query
+Backward (flash-attention-2, no atomics, deterministic): the preprocess shared with neighborhood
+attention (:func:`kernels._triton_helpers.attention_delta`) computes ``delta = rowsum(dO * O)``; a dK/dV kernel runs one program per key tile and loops over the query
 tiles that can see it (a suffix of the tile table: the tiles of the scale holding the key tile's
 first key and of every later scale); a dQ kernel runs one program per query tile and loops over its
 visible key tiles like the forward. Probabilities are recomputed from the saved log-sum-exp.
@@ -40,7 +40,17 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import scale_boundaries
-from .._triton_helpers import LOG2E, dot_block
+from .._triton_helpers import (
+    LOG2E,
+    attention_delta,
+    attention_dscores,
+    attention_probs,
+    dot_block,
+    load_rows,
+    load_rows_t,
+    online_softmax_step,
+    store_rows,
+)
 
 __all__ = ["BlockCausalAttentionFunction", "block_causal_attention", "query_tiles", "visited_fraction"]
 
@@ -123,6 +133,12 @@ def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
 
 
 @triton.jit
+def _query_tile(p_tiles, i_t):
+    """Row ``i_t`` of the query tile table: ``(q_start, q_len, kv_end)``."""
+    return tl.load(p_tiles + i_t * 3), tl.load(p_tiles + i_t * 3 + 1), tl.load(p_tiles + i_t * 3 + 2)
+
+
+@triton.jit
 def _fwd_kernel(
     p_q,
     p_k,
@@ -139,57 +155,29 @@ def _fwd_kernel(
     PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_start = tl.load(p_tiles + i_t * 3)
-    q_len = tl.load(p_tiles + i_t * 3 + 1)
-    kv_end = tl.load(p_tiles + i_t * 3 + 2)
+    q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D
 
     o_m = tl.arange(0, BLOCK_M)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_m = o_m < q_len
-    m_d = o_d < D
-    b_q = tl.load(p_q + base + (q_start + o_m)[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
 
     b_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     b_sum = tl.zeros([BLOCK_M], tl.float32)
     b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for n0 in range(0, kv_end, BLOCK_N):
         m_n = (n0 + o_n) < kv_end
-        b_kt = tl.load(
-            p_k + base + (n0 + o_n)[None, :] * D + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0
-        )  # [BLOCK_D, BLOCK_N]
-        b_v = tl.load(p_v + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+        b_kt = load_rows_t(p_k + base, n0 + o_n, m_n, o_d, D)  # [BLOCK_D, BLOCK_N]
+        b_v = load_rows(p_v + base, n0 + o_n, m_n, o_d, D)
         b_s = tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale  # logits in base 2
         b_s = tl.where(m_n[None, :], b_s, float("-inf"))
         # Key 0 is in every tile's range, so the row max is finite from the first tile on.
-        b_max_new = tl.maximum(b_max, tl.max(b_s, 1))
-        b_alpha = tl.exp2(b_max - b_max_new)
-        b_p = tl.exp2(b_s - b_max_new[:, None])
-        b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
-        b_max = b_max_new
+        b_max, b_sum, b_acc = online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION, EMPTY_ROWS=False)
 
-    b_acc = b_acc / b_sum[:, None]
-    tl.store(
-        p_o + base + (q_start + o_m)[:, None] * D + o_d[None, :],
-        b_acc.to(p_o.dtype.element_ty),
-        mask=m_m[:, None] & m_d[None, :],
-    )
+    store_rows(p_o + base, q_start + o_m, m_m, o_d, D, b_acc / b_sum[:, None])
     tl.store(p_lse + i_bh.to(tl.int64) * L + q_start + o_m, b_max + tl.log2(b_sum), mask=m_m)
-
-
-@triton.jit
-def _bwd_delta_kernel(p_o, p_do, p_delta, L, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """delta[i] = sum_d dO[i, d] * O[i, d] in fp32 (the softmax backward's row term)."""
-    i_m, i_bh = tl.program_id(0), tl.program_id(1)
-    o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    o_d = tl.arange(0, BLOCK_D)
-    m_md = (o_m < L)[:, None] & (o_d < D)[None, :]
-    offset = i_bh.to(tl.int64) * L * D + o_m[:, None] * D + o_d[None, :]
-    b_o = tl.load(p_o + offset, mask=m_md, other=0.0).to(tl.float32)
-    b_do = tl.load(p_do + offset, mask=m_md, other=0.0).to(tl.float32)
-    tl.store(p_delta + i_bh.to(tl.int64) * L + o_m, tl.sum(b_o * b_do, 1), mask=o_m < L)
 
 
 @triton.jit
@@ -221,35 +209,26 @@ def _bwd_dkdv_kernel(
     o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_n = o_n < L
-    m_d = o_d < D
-    m_nd = m_n[:, None] & m_d[None, :]
-    b_k = tl.load(p_k + base + o_n[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
-    b_v = tl.load(p_v + base + o_n[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+    b_k = load_rows(p_k + base, o_n, m_n, o_d, D)  # [BLOCK_N, BLOCK_D]
+    b_v = load_rows(p_v + base, o_n, m_n, o_d, D)
     b_dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     b_dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
 
     for i_t in range(tl.load(p_first + i_n), n_tiles):
-        q_start = tl.load(p_tiles + i_t * 3)
-        q_len = tl.load(p_tiles + i_t * 3 + 1)
-        kv_end = tl.load(p_tiles + i_t * 3 + 2)
+        q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
         m_m = o_m < q_len
-        m_md = m_m[:, None] & m_d[None, :]
-        offset = base + (q_start + o_m)[:, None] * D + o_d[None, :]
-        b_q = tl.load(p_q + offset, mask=m_md, other=0.0)
-        b_do = tl.load(p_do + offset, mask=m_md, other=0.0)
+        b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
+        b_do = load_rows(p_do + base, q_start + o_m, m_m, o_d, D)
         b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
         b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
-
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
         m_visible = m_m[:, None] & (o_n[None, :] < kv_end)
-        b_p = tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
+        b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)  # [BLOCK_M, BLOCK_N]
         b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
         b_dk += tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION)
 
-    tl.store(p_dk + base + o_n[:, None] * D + o_d[None, :], (b_dk * scale).to(p_dk.dtype.element_ty), mask=m_nd)
-    tl.store(p_dv + base + o_n[:, None] * D + o_d[None, :], b_dv.to(p_dv.dtype.element_ty), mask=m_nd)
+    store_rows(p_dk + base, o_n, m_n, o_d, D, b_dk * scale)
+    store_rows(p_dv + base, o_n, m_n, o_d, D, b_dv)
 
 
 @triton.jit
@@ -272,9 +251,7 @@ def _bwd_dq_kernel(
     PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_start = tl.load(p_tiles + i_t * 3)
-    q_len = tl.load(p_tiles + i_t * 3 + 1)
-    kv_end = tl.load(p_tiles + i_t * 3 + 2)
+    q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
 
@@ -282,42 +259,26 @@ def _bwd_dq_kernel(
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_m = o_m < q_len
-    m_d = o_d < D
-    m_md = m_m[:, None] & m_d[None, :]
-    offset = base + (q_start + o_m)[:, None] * D + o_d[None, :]
-    b_q = tl.load(p_q + offset, mask=m_md, other=0.0)
-    b_do = tl.load(p_do + offset, mask=m_md, other=0.0)
+    b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
+    b_do = load_rows(p_do + base, q_start + o_m, m_m, o_d, D)
     b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
     b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     for n0 in range(0, kv_end, BLOCK_N):
         m_n = (n0 + o_n) < kv_end
-        m_nd = m_n[:, None] & m_d[None, :]
-        b_k = tl.load(p_k + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
-        b_v = tl.load(p_v + base + (n0 + o_n)[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
-        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-        b_p = tl.where(m_m[:, None] & m_n[None, :], tl.exp2(b_s - b_lse[:, None]), 0.0)
-        b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-        b_ds = b_p * (b_dp - b_delta[:, None])
+        b_k = load_rows(p_k + base, n0 + o_n, m_n, o_d, D)
+        b_v = load_rows(p_v + base, n0 + o_n, m_n, o_d, D)
+        m_visible = m_m[:, None] & m_n[None, :]
+        b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)
+        b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
         b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
 
-    tl.store(p_dq + offset, (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_md)
+    store_rows(p_dq + base, q_start + o_m, m_m, o_d, D, b_dq * scale)
 
 
 # ----------------------------------------------------------------------------------------------
 # Launchers
-
-
-def attention_delta(o_BHLD: torch.Tensor, do_BHLD: torch.Tensor) -> torch.Tensor:
-    """``rowsum(dO * O)`` in fp32, ``[B, H, L]`` (shared with the neighborhood kernel's backward)."""
-    B, H, L, D = o_BHLD.shape
-    delta_BHL = torch.empty((B, H, L), dtype=torch.float32, device=o_BHLD.device)
-    block_m = 16 if triton_interpret() else 64
-    _bwd_delta_kernel[(triton.cdiv(L, block_m), B * H)](
-        o_BHLD, do_BHLD, delta_BHL, L, D, BLOCK_M=block_m, BLOCK_D=dot_block(D)
-    )
-    return delta_BHL
 
 
 def _forward(

@@ -34,7 +34,7 @@ import triton.language as tl
 
 from .._precision import dot_precision
 from .._tiles import scale_offsets, tile_table
-from .._triton_helpers import dot_block
+from .._triton_helpers import dot_block, load_rows, load_rows_t, store_rows, tile_row
 from .reference import L1_EPS
 
 __all__ = ["ExternalAttentionFunction", "external_attention"]
@@ -44,10 +44,10 @@ BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on 
 
 @triton.jit
 def _lse_kernel(
-    q,
-    mem_k,
-    lse,
-    offsets,
+    p_q,
+    p_mem_k,
+    p_lse,
+    p_offsets,
     H,
     L,
     S,
@@ -65,32 +65,29 @@ def _lse_kernel(
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_s = o_s < S
-    m_d = o_d < D
-    p_kT = mem_k + i_h * S * D + o_s[None, :] * D + o_d[:, None]
-    b_kT = tl.load(p_kT, mask=m_d[:, None] & m_s[None, :], other=0.0)  # [D, S]
+    b_kT = load_rows_t(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_S], tl.float32)
     for i_s in range(NUM_SCALES):
-        begin = tl.load(offsets + i_s)
-        end = tl.load(offsets + i_s + 1)
+        begin = tl.load(p_offsets + i_s)
+        end = tl.load(p_offsets + i_s + 1)
         for t0 in range(begin, end, BLOCK_T):
             o_n = t0 + o_t
             m_n = o_n < end
-            p_q = q + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
-            b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_q = load_rows(p_q + i_bh * L * D, o_n, m_n, o_d, D)
             b_a = tl.dot(b_q, b_kT, input_precision=PRECISION) * sm_scale  # [T, S] fp32
             b_a = tl.where(m_n[:, None], b_a, float("-inf"))
             b_m_new = tl.maximum(b_m, tl.max(b_a, 0))  # finite: every tile holds a token
             b_l = b_l * tl.exp(b_m - b_m_new) + tl.sum(tl.exp(b_a - b_m_new[None, :]), 0)
             b_m = b_m_new
-        tl.store(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, b_m + tl.log(b_l), mask=m_s)
+        tl.store(p_lse + (i_bh * NUM_SCALES + i_s) * S + o_s, b_m + tl.log(b_l), mask=m_s)
 
 
 @triton.jit
 def _probs(
-    q,
-    mem_k,
-    lse,
+    p_q,
+    p_mem_k,
+    p_lse,
     i_bh,
     i_h,
     i_s,
@@ -111,10 +108,9 @@ def _probs(
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_s = o_s < S
-    m_d = o_d < D
-    b_kT = tl.load(mem_k + i_h * S * D + o_s[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_s[None, :], other=0.0)
-    b_q = tl.load(q + i_bh * L * D + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
-    b_lse = tl.load(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+    b_kT = load_rows_t(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)
+    b_q = load_rows(p_q + i_bh * L * D, o_n, m_n, o_d, D)
+    b_lse = tl.load(p_lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
     b_a = tl.dot(b_q, b_kT, input_precision=PRECISION) * sm_scale
     b_p = tl.exp(b_a - b_lse[None, :])
     b_p = tl.where(m_n[:, None] & m_s[None, :], b_p, 0.0)
@@ -124,12 +120,12 @@ def _probs(
 
 @triton.jit
 def _fwd_kernel(
-    q,
-    mem_k,
-    mem_v,
-    lse,
-    tiles,
-    out,
+    p_q,
+    p_mem_k,
+    p_mem_v,
+    p_lse,
+    p_tiles,
+    p_out,
     H,
     L,
     S,
@@ -145,37 +141,89 @@ def _fwd_kernel(
     i_tile = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_h = i_bh % H
-    scale_begin = tl.load(tiles + i_tile * 4)
-    p = tl.load(tiles + i_tile * 4 + 1)
-    tile_start = tl.load(tiles + i_tile * 4 + 2)
-    i_s = tl.load(tiles + i_tile * 4 + 3)
+    scale_begin, p, tile_start, i_s = tile_row(p_tiles, i_tile)
     o_t = tl.arange(0, BLOCK_T)
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_n = tile_start + o_t < p * p
     o_n = scale_begin + tile_start + o_t
     _, b_p, b_rinv = _probs(
-        q, mem_k, lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D, PRECISION
+        p_q,
+        p_mem_k,
+        p_lse,
+        i_bh,
+        i_h,
+        i_s,
+        o_n,
+        m_n,
+        H,
+        L,
+        S,
+        D,
+        NUM_SCALES,
+        sm_scale,
+        eps,
+        BLOCK_S,
+        BLOCK_D,
+        PRECISION,
     )
     b_A = b_p * b_rinv[:, None]
-    m_sd = (o_s[:, None] < S) & (o_d[None, :] < D)
-    b_v = tl.load(mem_v + i_h * S * D + o_s[:, None] * D + o_d[None, :], mask=m_sd, other=0.0)  # [S, D]
+    b_v = load_rows(p_mem_v + i_h * S * D, o_s, o_s < S, o_d, D)  # [S, D]
     b_o = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PRECISION)  # [T, D] fp32
-    p_o = out + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
-    tl.store(p_o, b_o.to(out.dtype.element_ty), mask=m_n[:, None] & (o_d[None, :] < D))
+    store_rows(p_out + i_bh * L * D, o_n, m_n, o_d, D, b_o)
+
+
+@triton.jit
+def _bwd_tile(
+    p_q,
+    p_mem_k,
+    p_lse,
+    p_do,
+    b_vT,
+    i_bh,
+    i_h,
+    i_s,
+    t0,
+    end,
+    H,
+    L,
+    S,
+    D,
+    NUM_SCALES,
+    sm_scale,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """What both visits of a tile (tokens ``t0 .. min(t0 + BLOCK_T, end) - 1``) recompute: the tile's
+    tokens and mask, q, P, A = P / r, dO and dP = (dA - delta) / r."""
+    o_n = t0 + tl.arange(0, BLOCK_T)
+    m_n = o_n < end
+    b_q, b_p, b_rinv = _probs(
+        p_q, p_mem_k, p_lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D,
+        PRECISION,
+    )  # fmt: skip
+    b_A = b_p * b_rinv[:, None]
+    b_do = load_rows(p_do + i_bh * L * D, o_n, m_n, tl.arange(0, BLOCK_D), D)
+    b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)  # [T, S]
+    b_delta = tl.sum(b_dA * b_A, 1)
+    b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
+    return o_n, m_n, b_q, b_p, b_A, b_do, b_dP
 
 
 @triton.jit
 def _bwd_kernel(
-    q,
-    mem_k,
-    mem_v,
-    lse,
-    offsets,
-    do,
-    dq,
-    dk_part,
-    dv_part,
+    p_q,
+    p_mem_k,
+    p_mem_v,
+    p_lse,
+    p_offsets,
+    p_do,
+    p_dq,
+    p_dk_part,
+    p_dv_part,
     H,
     L,
     S,
@@ -190,98 +238,43 @@ def _bwd_kernel(
 ):
     i_bh = tl.program_id(0)
     i_h = i_bh % H
-    o_t = tl.arange(0, BLOCK_T)
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_s = o_s < S
-    m_d = o_d < D
-    m_sd = m_s[:, None] & m_d[None, :]
-    b_k = tl.load(mem_k + i_h * S * D + o_s[:, None] * D + o_d[None, :], mask=m_sd, other=0.0)  # [S, D]
-    b_vT = tl.load(
-        mem_v + i_h * S * D + o_s[None, :] * D + o_d[:, None], mask=m_d[:, None] & m_s[None, :], other=0.0
-    )  # [D, S]
+    b_k = load_rows(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [S, D]
+    b_vT = load_rows_t(p_mem_v + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_dk = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
     b_dv = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
     b_R = tl.zeros([BLOCK_S], tl.float32)
     b_lse_next = tl.zeros([BLOCK_S], tl.float32)
     for j in range(NUM_SCALES):
         i_s = NUM_SCALES - 1 - j
-        begin = tl.load(offsets + i_s)
-        end = tl.load(offsets + i_s + 1)
-        b_lse = tl.load(lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+        begin = tl.load(p_offsets + i_s)
+        end = tl.load(p_offsets + i_s + 1)
+        b_lse = tl.load(p_lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
         # Visit 1: G[s] = sum over the scale's tokens of dP * P, and dmem_v += A^T dO.
         b_G = tl.zeros([BLOCK_S], tl.float32)
         for t0 in range(begin, end, BLOCK_T):
-            o_n = t0 + o_t
-            m_n = o_n < end
-            _, b_p, b_rinv = _probs(
-                q,
-                mem_k,
-                lse,
-                i_bh,
-                i_h,
-                i_s,
-                o_n,
-                m_n,
-                H,
-                L,
-                S,
-                D,
-                NUM_SCALES,
-                sm_scale,
-                eps,
-                BLOCK_S,
-                BLOCK_D,
-                PRECISION,
-            )
-            b_A = b_p * b_rinv[:, None]
-            p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
-            b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)  # [T, S]
-            b_delta = tl.sum(b_dA * b_A, 1)
-            b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
+            _, _, _, b_p, b_A, b_do, b_dP = _bwd_tile(
+                p_q, p_mem_k, p_lse, p_do, b_vT, i_bh, i_h, i_s, t0, end, H, L, S, D, NUM_SCALES, sm_scale, eps,
+                BLOCK_T, BLOCK_S, BLOCK_D, PRECISION,
+            )  # fmt: skip
             b_G += tl.sum(b_dP * b_p, 0)
             b_dv += tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do, input_precision=PRECISION)
         b_R = b_G + tl.exp(b_lse - b_lse_next) * b_R  # b_R is 0 on the finest scale
         b_lse_next = b_lse
         # Visit 2: da = P * (dP - R[s]); dq = scale * da @ mem_k; dmem_k += scale * da^T q.
         for t0 in range(begin, end, BLOCK_T):
-            o_n = t0 + o_t
-            m_n = o_n < end
-            b_q, b_p, b_rinv = _probs(
-                q,
-                mem_k,
-                lse,
-                i_bh,
-                i_h,
-                i_s,
-                o_n,
-                m_n,
-                H,
-                L,
-                S,
-                D,
-                NUM_SCALES,
-                sm_scale,
-                eps,
-                BLOCK_S,
-                BLOCK_D,
-                PRECISION,
-            )
-            b_A = b_p * b_rinv[:, None]
-            p_do = do + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
-            b_do = tl.load(p_do, mask=m_n[:, None] & m_d[None, :], other=0.0)
-            b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)
-            b_delta = tl.sum(b_dA * b_A, 1)
-            b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
+            o_n, m_n, b_q, b_p, _, _, b_dP = _bwd_tile(
+                p_q, p_mem_k, p_lse, p_do, b_vT, i_bh, i_h, i_s, t0, end, H, L, S, D, NUM_SCALES, sm_scale, eps,
+                BLOCK_T, BLOCK_S, BLOCK_D, PRECISION,
+            )  # fmt: skip
             b_da = b_p * (b_dP - b_R[None, :]) * sm_scale  # [T, S], includes the logit scale
             b_dq = tl.dot(b_da.to(b_k.dtype), b_k, input_precision=PRECISION)  # [T, D]
-            p_dq = dq + i_bh * L * D + o_n[:, None] * D + o_d[None, :]
-            tl.store(p_dq, b_dq.to(dq.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+            store_rows(p_dq + i_bh * L * D, o_n, m_n, o_d, D, b_dq)
             b_dk += tl.dot(tl.trans(b_da.to(b_q.dtype)), b_q, input_precision=PRECISION)
-    p_part = i_bh * S * D + o_s[:, None] * D + o_d[None, :]
-    tl.store(dk_part + p_part, b_dk, mask=m_sd)
-    tl.store(dv_part + p_part, b_dv, mask=m_sd)
+    store_rows(p_dk_part + i_bh * S * D, o_s, m_s, o_d, D, b_dk)
+    store_rows(p_dv_part + i_bh * S * D, o_s, m_s, o_d, D, b_dv)
 
 
 def _meta(q_BHLD: torch.Tensor, mem_k_HSD: torch.Tensor) -> dict:

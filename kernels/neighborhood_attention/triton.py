@@ -11,11 +11,12 @@ windows of all visible scales; the row log-sum-exp is saved for the backward. Sc
 ``n <= kernel_size`` have ``K = n``: the window is the whole map, so they are attended in full, and
 ``kernel_size >= max(patch_nums)`` gives exactly block-causal attention.
 
-Backward: ``delta = rowsum(dO * O)`` (the block-causal kernel's preprocess), then one program per
-query tile recomputes the probabilities from the log-sum-exp, accumulates dQ in registers and adds
-its dK, dV contributions to fp32 buffers with ``tl.atomic_add``: the reverse map (which query tiles
-see a key) is irregular across scales, and the coarse keys every query sees make a key-major pass
-no cheaper. Atomics make dK and dV order-nondeterministic in the last bits on GPU.
+Backward: ``delta = rowsum(dO * O)`` (:func:`kernels._triton_helpers.attention_delta`, shared with
+block-causal attention), then one program per query tile recomputes the probabilities from the
+log-sum-exp, accumulates dQ in registers and adds its dK, dV contributions to fp32 buffers with
+``tl.atomic_add``: the reverse map (which query tiles see a key) is irregular across scales, and the
+coarse keys every query sees make a key-major pass no cheaper. Atomics make dK and dV
+order-nondeterministic in the last bits on GPU.
 
 Layers (STYLE.md point 7): :func:`neighborhood_attention` (called by the public op)
 -> :class:`NeighborhoodAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the
@@ -38,8 +39,17 @@ import triton.language as tl
 from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import scale_boundaries
-from .._triton_helpers import LOG2E, dot_block
-from ..block_causal_attention.triton import attention_delta
+from .._triton_helpers import (
+    LOG2E,
+    attention_delta,
+    attention_dscores,
+    attention_probs,
+    dot_block,
+    load_rows,
+    load_rows_t,
+    online_softmax_step,
+    store_rows,
+)
 
 __all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
 
@@ -85,6 +95,42 @@ def _window_start(x, p, n, K):
 
 
 @triton.jit
+def _query_tile(p_tiles, p_side, p_begin, i_t, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Tile ``i_t``: its scale, first row and column, the scale's side ``p`` and first token, the
+    tile's last row and column inside the map, and per query its row, column, token and mask."""
+    q_scale = tl.load(p_tiles + i_t * 3)
+    r0 = tl.load(p_tiles + i_t * 3 + 1)
+    c0 = tl.load(p_tiles + i_t * 3 + 2)
+    p = tl.load(p_side + q_scale)
+    q_begin = tl.load(p_begin + q_scale)
+    o_m = tl.arange(0, BLOCK_R * BLOCK_C)
+    b_i = r0 + o_m // BLOCK_C
+    b_j = c0 + o_m % BLOCK_C
+    m_m = (b_i < p) & (b_j < p)
+    b_tok = q_begin + b_i * p + b_j
+    r_last = tl.minimum(r0 + BLOCK_R, p) - 1
+    c_last = tl.minimum(c0 + BLOCK_C, p) - 1
+    return q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m
+
+
+@triton.jit
+def _key_window(p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_last):
+    """The keys of scale ``s`` that a query tile of a side-``p`` scale sees: the first token and side
+    ``n`` of scale s, the window size ``K``, each query's window start ``(b_wi, b_wj)``, and the union
+    rectangle of the tile's windows (first row and column, columns, keys)."""
+    n = tl.load(p_side + s)
+    k_begin = tl.load(p_begin + s)
+    K = tl.minimum(kernel_size, n)
+    b_wi = _window_start(b_i, p, n, K)  # [BLOCK_M] each query's window rows [b_wi, b_wi + K)
+    b_wj = _window_start(b_j, p, n, K)
+    row0 = _window_start(r0, p, n, K)
+    col0 = _window_start(c0, p, n, K)
+    n_cols = _window_start(c_last, p, n, K) + K - col0
+    n_keys = (_window_start(r_last, p, n, K) + K - row0) * n_cols
+    return n, k_begin, K, b_wi, b_wj, row0, col0, n_cols, n_keys
+
+
+@triton.jit
 def _fwd_kernel(
     p_q,
     p_k,
@@ -105,46 +151,29 @@ def _fwd_kernel(
     PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale = tl.load(p_tiles + i_t * 3)
-    r0 = tl.load(p_tiles + i_t * 3 + 1)
-    c0 = tl.load(p_tiles + i_t * 3 + 2)
-    p = tl.load(p_side + q_scale)
-    q_begin = tl.load(p_begin + q_scale)
-    r_last = tl.minimum(r0 + BLOCK_R, p) - 1
-    c_last = tl.minimum(c0 + BLOCK_C, p) - 1
+    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+    )
     base = i_bh.to(tl.int64) * L * D
-
-    o_m = tl.arange(0, BLOCK_R * BLOCK_C)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
-    b_i = r0 + o_m // BLOCK_C
-    b_j = c0 + o_m % BLOCK_C
-    m_m = (b_i < p) & (b_j < p)
-    m_d = o_d < D
-    b_tok = q_begin + b_i * p + b_j
-    b_q = tl.load(p_q + base + b_tok[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)
+    b_q = load_rows(p_q + base, b_tok, m_m, o_d, D)
 
     b_max = tl.full([BLOCK_R * BLOCK_C], float("-inf"), tl.float32)
     b_sum = tl.zeros([BLOCK_R * BLOCK_C], tl.float32)
     b_acc = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
     for s in range(0, q_scale + 1):
-        n = tl.load(p_side + s)
-        k_begin = tl.load(p_begin + s)
-        K = tl.minimum(kernel_size, n)
-        b_wi = _window_start(b_i, p, n, K)  # [BLOCK_M] each query's window rows [b_wi, b_wi + K)
-        b_wj = _window_start(b_j, p, n, K)
-        row0 = _window_start(r0, p, n, K)  # the union rectangle of the patch's windows
-        n_cols = _window_start(c_last, p, n, K) + K - _window_start(c0, p, n, K)
-        col0 = _window_start(c0, p, n, K)
-        n_keys = (_window_start(r_last, p, n, K) + K - row0) * n_cols
+        n, k_begin, K, b_wi, b_wj, row0, col0, n_cols, n_keys = _key_window(
+            p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_last
+        )
         for t0 in range(0, n_keys, BLOCK_N):
             o_t = t0 + o_n
             m_n = o_t < n_keys
             b_kr = row0 + o_t // n_cols
             b_kc = col0 + o_t % n_cols
             b_key = k_begin + b_kr * n + b_kc
-            b_kt = tl.load(p_k + base + b_key[None, :] * D + o_d[:, None], mask=m_n[None, :] & m_d[:, None], other=0.0)
-            b_v = tl.load(p_v + base + b_key[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)
+            b_kt = load_rows_t(p_k + base, b_key, m_n, o_d, D)
+            b_v = load_rows(p_v + base, b_key, m_n, o_d, D)
             m_visible = (
                 m_n[None, :]
                 & (b_kr[None, :] >= b_wi[:, None])
@@ -153,22 +182,12 @@ def _fwd_kernel(
                 & (b_kc[None, :] < b_wj[:, None] + K)
             )
             b_s = tl.where(m_visible, tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale, float("-inf"))
-            b_max_new = tl.maximum(b_max, tl.max(b_s, 1))
-            # A row may see no key of a chunk before it saw any key at all: keep exp2 off -inf - -inf.
-            b_max_safe = tl.where(b_max_new == float("-inf"), 0.0, b_max_new)
-            b_alpha = tl.exp2(b_max - b_max_safe)
-            b_p = tl.exp2(b_s - b_max_safe[:, None])
-            b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
-            b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
-            b_max = b_max_new
+            # A row may see no key of a chunk before it saw any key at all.
+            b_max, b_sum, b_acc = online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION, EMPTY_ROWS=True)
 
     # Every real query sees at least its own key; padding rows (m_m false) are never stored.
     b_sum = tl.where(m_m, b_sum, 1.0)
-    tl.store(
-        p_o + base + b_tok[:, None] * D + o_d[None, :],
-        (b_acc / b_sum[:, None]).to(p_o.dtype.element_ty),
-        mask=m_m[:, None] & m_d[None, :],
-    )
+    store_rows(p_o + base, b_tok, m_m, o_d, D, b_acc / b_sum[:, None])
     tl.store(p_lse + i_bh.to(tl.int64) * L + b_tok, b_max + tl.log2(b_sum), mask=m_m)
 
 
@@ -198,50 +217,32 @@ def _bwd_kernel(
     PRECISION: tl.constexpr,
 ):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale = tl.load(p_tiles + i_t * 3)
-    r0 = tl.load(p_tiles + i_t * 3 + 1)
-    c0 = tl.load(p_tiles + i_t * 3 + 2)
-    p = tl.load(p_side + q_scale)
-    q_begin = tl.load(p_begin + q_scale)
-    r_last = tl.minimum(r0 + BLOCK_R, p) - 1
-    c_last = tl.minimum(c0 + BLOCK_C, p) - 1
+    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+    )
     base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
-
-    o_m = tl.arange(0, BLOCK_R * BLOCK_C)
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
-    b_i = r0 + o_m // BLOCK_C
-    b_j = c0 + o_m % BLOCK_C
-    m_m = (b_i < p) & (b_j < p)
     m_d = o_d < D
-    m_md = m_m[:, None] & m_d[None, :]
-    b_tok = q_begin + b_i * p + b_j
-    b_q = tl.load(p_q + base + b_tok[:, None] * D + o_d[None, :], mask=m_md, other=0.0)
-    b_do = tl.load(p_do + base + b_tok[:, None] * D + o_d[None, :], mask=m_md, other=0.0)
+    b_q = load_rows(p_q + base, b_tok, m_m, o_d, D)
+    b_do = load_rows(p_do + base, b_tok, m_m, o_d, D)
     b_lse = tl.load(p_lse + base_row + b_tok, mask=m_m, other=0.0)
     b_delta = tl.load(p_delta + base_row + b_tok, mask=m_m, other=0.0)
     b_dq = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
 
     for s in range(0, q_scale + 1):
-        n = tl.load(p_side + s)
-        k_begin = tl.load(p_begin + s)
-        K = tl.minimum(kernel_size, n)
-        b_wi = _window_start(b_i, p, n, K)
-        b_wj = _window_start(b_j, p, n, K)
-        row0 = _window_start(r0, p, n, K)
-        col0 = _window_start(c0, p, n, K)
-        n_cols = _window_start(c_last, p, n, K) + K - col0
-        n_keys = (_window_start(r_last, p, n, K) + K - row0) * n_cols
+        n, k_begin, K, b_wi, b_wj, row0, col0, n_cols, n_keys = _key_window(
+            p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_last
+        )
         for t0 in range(0, n_keys, BLOCK_N):
             o_t = t0 + o_n
             m_n = o_t < n_keys
-            m_nd = m_n[:, None] & m_d[None, :]
             b_kr = row0 + o_t // n_cols
             b_kc = col0 + o_t % n_cols
             b_key = k_begin + b_kr * n + b_kc
-            b_k = tl.load(p_k + base + b_key[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)  # [BLOCK_N, BLOCK_D]
-            b_v = tl.load(p_v + base + b_key[:, None] * D + o_d[None, :], mask=m_nd, other=0.0)
+            b_k = load_rows(p_k + base, b_key, m_n, o_d, D)  # [BLOCK_N, BLOCK_D]
+            b_v = load_rows(p_v + base, b_key, m_n, o_d, D)
             m_visible = (
                 m_m[:, None]
                 & m_n[None, :]
@@ -250,18 +251,18 @@ def _bwd_kernel(
                 & (b_kc[None, :] >= b_wj[:, None])
                 & (b_kc[None, :] < b_wj[:, None] + K)
             )
-            b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PRECISION) * qk_scale
-            b_p = tl.where(m_visible, tl.exp2(b_s - b_lse[:, None]), 0.0)
-            b_dp = tl.dot(b_do, tl.trans(b_v), input_precision=PRECISION)
-            b_ds = b_p * (b_dp - b_delta[:, None])
+            b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)
+            b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
             b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
             b_dv = tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
             b_dk = tl.dot(tl.trans(b_ds.to(b_q.dtype)), b_q, input_precision=PRECISION) * scale
+            # Atomics, fp32 buffers: the key rows are added to by every query tile that sees them.
             p_kv = base + b_key[:, None] * D + o_d[None, :]
+            m_nd = m_n[:, None] & m_d[None, :]
             tl.atomic_add(p_dv + p_kv, b_dv, mask=m_nd)
             tl.atomic_add(p_dk + p_kv, b_dk, mask=m_nd)
 
-    tl.store(p_dq + base + b_tok[:, None] * D + o_d[None, :], (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_md)
+    store_rows(p_dq + base, b_tok, m_m, o_d, D, b_dq * scale)
 
 
 # ----------------------------------------------------------------------------------------------

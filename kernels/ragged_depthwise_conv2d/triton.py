@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from .._tiles import tile_table
+from .._triton_helpers import tile_row
 
 __all__ = ["RaggedDepthwiseConv2dFunction", "ragged_depthwise_conv2d"]
 
@@ -58,9 +59,7 @@ def _conv_kernel(
     i_tile = tl.program_id(0)
     i_b = tl.program_id(1)
     i_c = tl.program_id(2)
-    scale_begin = tl.load(tiles + i_tile * 4)
-    p = tl.load(tiles + i_tile * 4 + 1)
-    tile_start = tl.load(tiles + i_tile * 4 + 2)
+    scale_begin, p, tile_start, _ = tile_row(tiles, i_tile)
     o_t = tile_start + tl.arange(0, BLOCK_T)  # token index inside the scale
     m_t = o_t < p * p
     o_i = o_t // p
@@ -104,9 +103,7 @@ def _wgrad_kernel(
 ):
     i_tile = tl.program_id(0)
     i_c = tl.program_id(1)
-    scale_begin = tl.load(tiles + i_tile * 4)
-    p = tl.load(tiles + i_tile * 4 + 1)
-    tile_start = tl.load(tiles + i_tile * 4 + 2)
+    scale_begin, p, tile_start, _ = tile_row(tiles, i_tile)
     o_t = tile_start + tl.arange(0, BLOCK_T)
     m_t = o_t < p * p
     o_i = o_t // p
@@ -139,7 +136,8 @@ def _block_c(C: int) -> int:
     return min(MAX_BLOCK_C, triton.next_power_of_2(C))
 
 
-def _conv(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
+def _forward(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
+    """The conv, one launch over every scale; also the input gradient (with the flipped filter)."""
     B, L, C = x_BLC.shape
     K = weight_Ckk.shape[-1]
     tiles = tile_table(patch_nums, BLOCK_T, x_BLC.device)
@@ -192,6 +190,19 @@ def _weight_grad(x_BLC, dy_BLC, patch_nums, K, dilation, has_bias):
     return dw_part.sum(0).t().reshape(C, K, K), db_part.sum(0) if has_bias else None
 
 
+def _backward(x_BLC, weight_Ckk, dy_BLC, patch_nums, dilation, has_bias, needs_dx, needs_dw):
+    """``(dx, dweight, dbias)``, each None when not needed (dbias also without a bias)."""
+    dx = dw = db = None
+    if needs_dx:
+        # Adjoint of a symmetric-pad 'same' correlation = correlation with the flipped filter.
+        dx = _forward(dy_BLC, patch_nums, weight_Ckk.flip(1, 2).contiguous(), None, dilation)
+    if needs_dw:
+        dw, db = _weight_grad(x_BLC, dy_BLC, patch_nums, weight_Ckk.shape[-1], dilation, has_bias)
+        dw = dw.to(weight_Ckk.dtype)
+        db = None if db is None else db.to(weight_Ckk.dtype)
+    return dx, dw, db
+
+
 class RaggedDepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
@@ -199,21 +210,16 @@ class RaggedDepthwiseConv2dFunction(torch.autograd.Function):
         bias_C = None if bias_C is None else bias_C.contiguous()
         ctx.save_for_backward(x_BLC, weight_Ckk)
         ctx.patch_nums, ctx.dilation, ctx.has_bias = patch_nums, dilation, bias_C is not None
-        return _conv(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
+        return _forward(x_BLC, patch_nums, weight_Ckk, bias_C, dilation)
 
     @staticmethod
     def backward(ctx, dy_BLC):
         x_BLC, weight_Ckk = ctx.saved_tensors
-        dy_BLC = dy_BLC.contiguous()
-        dx = dw = db = None
-        if ctx.needs_input_grad[0]:
-            # Adjoint of a symmetric-pad 'same' correlation = correlation with the flipped filter.
-            dx = _conv(dy_BLC, ctx.patch_nums, weight_Ckk.flip(1, 2).contiguous(), None, ctx.dilation)
-        if ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3]):
-            K = weight_Ckk.shape[-1]
-            dw, db = _weight_grad(x_BLC, dy_BLC, ctx.patch_nums, K, ctx.dilation, ctx.has_bias)
-            dw = dw.to(weight_Ckk.dtype)
-            db = None if db is None else db.to(weight_Ckk.dtype)
+        needs_dw = ctx.needs_input_grad[2] or (ctx.has_bias and ctx.needs_input_grad[3])
+        dx, dw, db = _backward(
+            x_BLC, weight_Ckk, dy_BLC.contiguous(), ctx.patch_nums, ctx.dilation, ctx.has_bias,
+            ctx.needs_input_grad[0], needs_dw,
+        )  # fmt: skip
         return dx, None, dw, db, None
 
 
