@@ -504,6 +504,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    # A resumed run reuses its own checkpoint folder, and its batches follow from (seed, step, rank) through
+    # `StepBatchSampler`, so Lightning's "not empty" and "dataloader is not resumable" warnings are false here.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     # `throughput_monitor` logs rates; the trainings measure no FLOPs (so no MFU) and need not be told so.
     warnings.filterwarnings(
         "ignore", message=r"When using the `ThroughputMonitor`, you need to define a `flops_per_batch`"
