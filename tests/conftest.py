@@ -16,6 +16,17 @@ from tokenizer import MultiScaleVQVAE, VQVAEConfig
 TINY_VAE = dict(ch=32, ch_mult=(1, 1, 2, 2), z_channels=8, vocab_size=64, patch_nums=(1, 2, 3, 4))  # 32 px
 
 
+@pytest.fixture(scope="session", autouse=True)
+def nextscale_cache(tmp_path_factory):
+    """One NEXTSCALE_CACHE folder for the whole run, never the user's ~/.cache: the digits judge that
+    `var demo`, `var eval --digits` and the judge tests use is trained once (seconds of CPU each time)
+    and shared, and nothing a test writes outlives the run."""
+    path = tmp_path_factory.mktemp("nextscale-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEXTSCALE_CACHE", str(path))
+        yield path
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for the training tests: on a shared 2-core machine OpenMP threads spin against
