@@ -13,7 +13,25 @@ import torch
 
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 
+# Under pytest-xdist (`-n 2`, the README's test command) every worker takes its share of the cores:
+# N workers each with an OpenMP pool of all cores spin against each other (a tiny training step gets
+# 10-20x slower, see `one_thread`).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
+
 TINY_VAE = dict(ch=32, ch_mult=(1, 1, 2, 2), z_channels=8, vocab_size=64, patch_nums=(1, 2, 3, 4))  # 32 px
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nextscale_cache(tmp_path_factory):
+    """One NEXTSCALE_CACHE folder for the whole run, never the user's ~/.cache: the digits judge that
+    `var demo`, `var eval --digits` and the judge tests use is trained once (seconds of CPU each time)
+    and shared, and nothing a test writes outlives the run."""
+    path = tmp_path_factory.mktemp("nextscale-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NEXTSCALE_CACHE", str(path))
+        yield path
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from var.digits_eval import frechet_distance, judge_samples, load_judge
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("judge")
+def cache(nextscale_cache):
+    return nextscale_cache  # the run's shared judge cache (conftest.py): the 16 px judge is trained once
 
 
 def test_judge_recognises_real_digits_and_caches(cache):

@@ -124,8 +124,7 @@ def test_cli_eval_bad_input(tmp_path, capsys, monkeypatch, args, message):
     assert message.format(tmp=tmp_path) in err and "\n" not in err and err.startswith("var eval: error:")
 
 
-def test_cli_eval_digits_on_real_digits(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NEXTSCALE_CACHE", str(tmp_path / "cache"))
+def test_cli_eval_digits_on_real_digits(tmp_path, capsys):
     val = DigitsDataset("val", image_size=16)
     keep = torch.cat([torch.nonzero(val.labels == c)[:4, 0] for c in range(10)])
     imgs = ((val.images[keep] + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()

@@ -163,7 +163,9 @@ def test_fused_and_reference_paths_agree_in_the_module(name):
     fused = build_mixer(name, 32, 2, patch_nums, backend="triton", **opts)
     ref = build_mixer(name, 32, 2, patch_nums, backend="torch", **opts)
     ref.load_state_dict(fused.state_dict())
-    x = torch.randn(2, 14, 32)
+    # gspn stacks its four scan directions on the kernel's batch axis (N = 4 B), so one image already runs
+    # the scan at N = 4; the Triton interpreter runs its N * C programs one by one.
+    x = torch.randn(1 if name == "gspn" else 2, 14, 32)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1, y2 = fused(x1), ref(x2)
     torch.testing.assert_close(y1, y2, atol=1e-4, rtol=1e-4)
