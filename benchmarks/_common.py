@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 MECHANISMS = ["full", "neighborhood", "external", "lka", "gspn", "hybrid"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,19 +83,28 @@ def gemm_flops_per_s(
     repeats: int = 3,
     budget_s: float = 5.0,
 ) -> tuple[float, tuple[int, int, int]]:
-    """The machine's matrix-multiply throughput in FLOP/s for `dtype`, and the [m, k] @ [k, n] product that
-    measured it: the median of `repeats` timed products after one warm-up, the yardstick of a workload's
-    "share of the limit". Where `dtype` is emulated (bf16 on a CPU without AVX512-BF16: about 0.1 GFLOP/s
-    on a Zen 2, against ~100 in fp32), every side is halved until the timed products fit in `budget_s`,
-    as estimated from a product of an eighth of each side."""
-    probe = torch.randn(m // 8, k // 8, device=device).to(dtype), torch.randn(k // 8, n // 8, device=device).to(dtype)
-    rate = 2 * (m // 8) * (k // 8) * (n // 8) / timed(lambda: probe[0] @ probe[1], device, repeats=1, warmup=1)
+    """The machine's matrix-multiply throughput in FLOP/s for `dtype`, and the product that measured it: a
+    linear layer's, ``F.linear([m, k], [n, k])`` (the weight transposed, as every layer of the models runs
+    it), the median of `repeats` timed products after one warm-up. Where `dtype` is emulated (bf16 on a CPU
+    without AVX512-BF16: about 0.1 GFLOP/s on a Zen 2, against ~100 in fp32), every side is halved until
+    the timed products fit in `budget_s`, as estimated from a product of an eighth of each side."""
+    probe = torch.randn(m // 8, k // 8, device=device).to(dtype), torch.randn(n // 8, k // 8, device=device).to(dtype)
+    rate = 2 * (m // 8) * (k // 8) * (n // 8) / timed(lambda: F.linear(*probe), device, repeats=1, warmup=1)
     while m > 256 and 2 * m * k * n * (repeats + 1) / rate > budget_s:
         m, k, n = m // 2, k // 2, n // 2
     a = torch.randn(m, k, device=device).to(dtype)
-    b = torch.randn(k, n, device=device).to(dtype)
-    seconds = timed(lambda: a @ b, device, repeats=repeats, warmup=1)
+    w = torch.randn(n, k, device=device).to(dtype)
+    seconds = timed(lambda: F.linear(a, w), device, repeats=repeats, warmup=1)
     return 2 * m * k * n / seconds, (m, k, n)
+
+
+def peak_gemm_flops_per_s(
+    dtype: torch.dtype, device: torch.device, shapes: Sequence[tuple[int, int, int]], budget_s: float = 5.0
+) -> tuple[float, tuple[int, int, int]]:
+    """The best of :func:`gemm_flops_per_s` over `shapes` (m, k, n): the yardstick of a workload's "share of
+    the limit" is the fastest product the machine runs among the workload's own layer shapes, so that no
+    share exceeds 1 because one shape happened to suit the BLAS worse than the workload's."""
+    return max(gemm_flops_per_s(dtype, device, m, k, n, budget_s=budget_s / len(shapes)) for m, k, n in shapes)
 
 
 def count_flops(fn: Callable[[], object]) -> float:

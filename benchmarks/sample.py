@@ -36,9 +36,9 @@ from _common import (
     MECHANISMS,
     attention_of,
     count_flops,
-    gemm_flops_per_s,
     markdown_table,
     metadata,
+    peak_gemm_flops_per_s,
     peak_mib,
     reset_peak,
     sync,
@@ -191,8 +191,10 @@ def main() -> None:
         **({"fp16": torch.float16} if device.type == "cuda" else {}),
     }
     gemm, gemm_shape = {}, {}
+    # the transformer's linear layers at d16 width (qkv, proj, fc1, fc2; the head is fc1's shape), 2048 rows
+    shapes = [(2048, 1024, 3072), (2048, 1024, 1024), (2048, 1024, 4096), (2048, 4096, 1024)]
     for name, dtype in gemm_dtypes.items():
-        gemm[name], gemm_shape[name] = gemm_flops_per_s(dtype, device)
+        gemm[name], gemm_shape[name] = peak_gemm_flops_per_s(dtype, device, shapes)
         print(f"GEMM {name} {'x'.join(map(str, gemm_shape[name]))}: {gemm[name] / 1e9:.3g} GFLOP/s", flush=True)
     rows = []
     for res in map(int, args.resolutions.split(",")):

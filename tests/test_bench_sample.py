@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from _common import count_flops, gemm_flops_per_s
+from _common import count_flops, gemm_flops_per_s, peak_gemm_flops_per_s
 from report import _line
 
 
@@ -23,6 +23,16 @@ def test_gemm_throughput_shrinks_the_product_to_its_time_budget():
     assert rate > 0 and shape == (512, 512, 512)
     rate, shape = gemm_flops_per_s(torch.float32, torch.device("cpu"), m=2048, k=2048, n=2048, budget_s=1e-6)
     assert rate > 0 and shape == (256, 256, 256)  # halved down to the smallest product
+
+
+def test_peak_gemm_is_the_fastest_of_the_shapes(monkeypatch):
+    import _common
+
+    rates = {(64, 32, 16): 5.0, (16, 16, 16): 9.0, (32, 64, 16): 7.0}
+    monkeypatch.setattr(
+        _common, "gemm_flops_per_s", lambda dtype, device, m, k, n, budget_s: (rates[m, k, n], (m, k, n))
+    )
+    assert peak_gemm_flops_per_s(torch.float32, torch.device("cpu"), list(rates)) == (9.0, (16, 16, 16))
 
 
 def test_readme_line_names_the_resolved_precision_and_both_gemm_shares():
