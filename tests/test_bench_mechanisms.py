@@ -124,7 +124,7 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_mechanisms_script_end_to_end(tmp_path, capsys):
+def test_mechanisms_script_end_to_end(tmp_path, capsys, one_thread):
     """Tokenizer, cache, two mechanisms at equal steps and at equal wall time, samples, grids, profile, tables."""
     out = tmp_path / "results"
     args = ["--steps", "3", "--mechanisms", "full,lka", "--samples-per-class", "2", "--grid-columns", "2"]
@@ -135,8 +135,10 @@ def test_mechanisms_script_end_to_end(tmp_path, capsys):
     rows = data["rows"]
     assert [(r["mechanism"], r["budget"]) for r in rows[:3]] == [("full", "steps"), ("lka", "steps"), ("full", "time")]
     assert rows[2]["same_as_equal_steps"] and rows[2]["steps"] == 3
-    if len(rows) == 4:  # lka at equal time: its own run, unless its rate rounds to exactly 3 steps
-        assert rows[3]["mechanism"] == "lka" and rows[3]["budget"] == "time" and rows[3]["steps"] != 3
+    # lka at equal time: the steps its loop rate fits in full's time; a run of its own unless that is 3 again
+    expected = mechanisms.equal_time_steps(3, rows[1]["tokens_per_s"], rows[0]["tokens_per_s"])
+    assert len(rows) == 4 and (rows[3]["mechanism"], rows[3]["budget"], rows[3]["steps"]) == ("lka", "time", expected)
+    assert rows[3].get("same_as_equal_steps", False) == (expected == 3)
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["min_class_accuracy"] <= r["accuracy"] + 1e-12
         assert r["frechet"] >= 0 and r["heldout_loss"] > 0 and r["nn_ratio"] >= 0 and 0 <= r["exact_copies"] <= 1
@@ -155,11 +157,14 @@ def test_mechanisms_script_end_to_end(tmp_path, capsys):
     # a second run reuses every finished run
     capsys.readouterr()
     mechanisms.main([a for a in args if a != "--profile"])
-    assert "training" not in capsys.readouterr().out.replace("reusing", "")
+    again = capsys.readouterr().out
+    ran = [r for r in rows if not r.get("same_as_equal_steps")]
+    assert "training (blocks" not in again and again.count("): reusing") == len(ran)
 
 
-def test_scaling_script_end_to_end(tmp_path):
+def test_scaling_script_end_to_end(tmp_path, monkeypatch):
     """Two tiny scale lists, two mechanisms, each in its own process; a timeout becomes a skipped row."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers: see the one_thread fixture
     out = tmp_path / "results"
     base = scaling.main(["--resolutions", "32,64", "--mechanisms", "full,gspn", "--repeats", "1", "--out", str(out)])
     data = json.loads(base.with_suffix(".json").read_text())
