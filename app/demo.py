@@ -180,6 +180,10 @@ def attention_options_used(model_cfg) -> dict:
     return {name: dict(o) for name, o in model_cfg.attention_options.items() if name in used}
 
 
+def _described(mechanism: str | None, options: dict) -> str:
+    return f"{mechanism} {options}" if options else str(mechanism)
+
+
 def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
     from var.train import train_var
 
@@ -195,8 +199,8 @@ def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
         if info.get("mechanism") == opts.mechanism and info.get("attention_options", {}) == options:
             _say(f"transformer: reusing {model_dir} ({opts.mechanism})")
             return info
-        was = f"{info.get('mechanism')} {info.get('attention_options', {})}".rstrip(" {}")
-        _say(f"transformer: {model_dir} uses {was}, retraining with {opts.mechanism} {options}".rstrip(" {}"))
+        was = _described(info.get("mechanism"), info.get("attention_options", {}))
+        _say(f"transformer: {model_dir} uses {was}, retraining with {_described(opts.mechanism, options)}")
     _say(f"3/4 training the transformer ({opts.mechanism}, depth {cfg.model.depth}, {cfg.max_steps} steps)")
     t0 = time.time()
     exported = train_var(cfg)
