@@ -5,6 +5,7 @@ Stages (each reused when a previous `var demo` finished it in the same work fold
 1. train the tokenizer (configs/tokenizer/digits.yaml)  -> DIR/tokenizer
 2. tokenize the digits once (configs/tokens/digits.yaml) -> DIR/runs/tokens
 3. train the transformer (configs/var/digits.yaml)      -> DIR/model (what `var sample` and `var app` take)
+   with `--mechanism` in every block (`hybrid`: the hybrid preset's per-block list at the model's depth)
 4. sample a grid, one row per class, and judge it       -> DIR/samples.png
 5. serve the web UI on DIR/model (unless --no-app)
 
@@ -27,7 +28,16 @@ import torch
 from scaffold.errors import UserError
 from scaffold.io import atomic_path, remove_stale_temporaries, write_atomic
 
-__all__ = ["add_arguments", "run", "run_demo"]
+__all__ = [
+    "DigitSamples",
+    "add_arguments",
+    "mechanisms",
+    "run",
+    "run_demo",
+    "sample_digits",
+    "save_grid",
+    "transformer_config",
+]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -135,30 +145,64 @@ def stage_tokens(opts: DemoOptions) -> Path:
     return cache
 
 
+def mechanisms() -> list[str]:
+    """What `--mechanism` takes: every registered mechanism, and `hybrid` (a per-block mix)."""
+    from var import MIXERS
+
+    return [*MIXERS, "hybrid"]
+
+
+def transformer_config(
+    tokenizer_dir: Path,
+    cache: Path,
+    run_dir: Path,
+    mechanism: str = "full",
+    steps: int | None = None,
+    extra: list[str] | tuple[str, ...] = (),
+):
+    """The demo's transformer run (a `VARTrainConfig`): configs/var/digits.yaml on the token `cache` of
+    `tokenizer_dir`, written to `run_dir`, with `mechanism` in every block (`hybrid`: `var.hybrid_attention`
+    at the preset's depth). `steps` replaces the preset's step count (and turns its sample grids off);
+    `extra` holds further key=value overrides."""
+    from scaffold import load_config
+    from var import hybrid_attention
+    from var.train import VARTrainConfig
+
+    overrides = [f"tokenizer={tokenizer_dir}", f"data.cache={cache}", f"out_dir={run_dir}", "resume=true"]
+    if steps is not None:
+        overrides += [f"max_steps={steps}", f"ckpt_every_n_steps={max(1, steps)}", "samples.every_n_steps=0"]
+    cfg = load_config(VARTrainConfig, _preset(CONFIGS / "var" / "digits.yaml"), [*overrides, *extra])
+    cfg.model.attention = hybrid_attention(cfg.model.depth) if mechanism == "hybrid" else mechanism
+    return cfg
+
+
+def attention_options_used(model_cfg) -> dict:
+    """The `attention_options` of the mechanisms that some block of `model_cfg` (a VARConfig) uses."""
+    used = set(model_cfg.block_attention())
+    return {name: dict(o) for name, o in model_cfg.attention_options.items() if name in used}
+
+
+def _described(mechanism: str | None, options: dict) -> str:
+    return f"{mechanism} {options}" if options else str(mechanism)
+
+
 def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
+    from var.train import train_var
+
     done = _done(opts, "transformer")
     model_dir = opts.workdir / "model"
+    run_dir = opts.workdir / "runs" / f"var-{opts.mechanism}"
+    cfg = transformer_config(opts.workdir / "tokenizer", cache, run_dir, opts.mechanism, opts.var_steps)
+    options = attention_options_used(cfg.model)
     if done.is_file() and (model_dir / "config.yaml").is_file():
         info = json.loads(done.read_text())
-        if info.get("mechanism") == opts.mechanism:
+        # A finished stage records the options its mechanism ran with (none before they were recorded): a
+        # neighborhood model of an older demo, with the window that covered every scale, is trained again.
+        if info.get("mechanism") == opts.mechanism and info.get("attention_options", {}) == options:
             _say(f"transformer: reusing {model_dir} ({opts.mechanism})")
             return info
-        _say(f"transformer: {model_dir} uses {info.get('mechanism')}, retraining with {opts.mechanism}")
-    from scaffold import load_config
-    from var.train import VARTrainConfig, train_var
-
-    run_dir = opts.workdir / "runs" / f"var-{opts.mechanism}"
-    overrides = [
-        f"tokenizer={opts.workdir / 'tokenizer'}",
-        f"data.cache={cache}",
-        f"out_dir={run_dir}",
-        f"model.attention={opts.mechanism}",
-        "resume=true",
-    ]
-    if opts.var_steps is not None:
-        overrides += [f"max_steps={opts.var_steps}", f"ckpt_every_n_steps={max(1, opts.var_steps)}"]
-        overrides += ["samples.every_n_steps=0"]
-    cfg = load_config(VARTrainConfig, _preset(CONFIGS / "var" / "digits.yaml"), overrides)
+        was = _described(info.get("mechanism"), info.get("attention_options", {}))
+        _say(f"transformer: {model_dir} uses {was}, retraining with {_described(opts.mechanism, options)}")
     _say(f"3/4 training the transformer ({opts.mechanism}, depth {cfg.model.depth}, {cfg.max_steps} steps)")
     t0 = time.time()
     exported = train_var(cfg)
@@ -166,6 +210,8 @@ def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
     info = {
         "seconds": time.time() - t0,
         "mechanism": opts.mechanism,
+        "attention": cfg.model.block_attention(),
+        "attention_options": options,
         "train_loss": last_logged(run_dir, "train/loss_mean"),
         "heldout_loss": heldout_loss(model_dir),
     }
@@ -198,37 +244,64 @@ def heldout_loss(model_dir: Path) -> float:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.cat(idx, 1).flatten()).item()
 
 
-def stage_samples(opts: DemoOptions) -> dict:
-    """A grid (one row per class) and the judge's per-class accuracy over `samples_per_class` each."""
-    from PIL import Image
+@dataclass
+class DigitSamples:
+    images: torch.Tensor  # [C * n, 3, H, W] in [0, 1]: n samples of class 0, then n of class 1, ...
+    labels: torch.Tensor  # [C * n]
+    tokens: list[torch.Tensor]  # per scale [C * n, pn * pn]
+    seconds: float  # sampling time (the tokenizer's decoder included)
 
-    from var.digits_eval import judge_samples
-    from var.export import load_model
+
+def sample_digits(m, per_class: int, seed: int = 0) -> DigitSamples:
+    """`per_class` samples of every class of the loaded model `m` (a `var.LoadedModel`) with its exported
+    sampling settings, in one batch; image i is drawn with its own generator, seeded `seed * 1_000_003 + i`."""
     from var.sample import sample
 
-    m = load_model(opts.workdir / "model")
-    s = m.sampling
-    C, n = m.num_classes, max(opts.samples_per_class, opts.grid_per_class)
-    labels = torch.arange(C).repeat_interleave(n)
-    seeds = [opts.seed * 1_000_003 + i for i in range(len(labels))]
-    _say(f"4/4 sampling {len(labels)} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
+    labels = torch.arange(m.num_classes).repeat_interleave(per_class)
+    seeds = [seed * 1_000_003 + i for i in range(len(labels))]
     t0 = time.time()
-    imgs = sample(m.model, m.vae, labels, s, seed=seeds)
-    seconds = time.time() - t0
-    report = judge_samples(imgs, labels)
-    grid = imgs.view(C, n, *imgs.shape[1:])[:, : opts.grid_per_class]  # [C, G, 3, H, W]
+    imgs, tokens = sample(m.model, m.vae, labels, m.sampling, seed=seeds, return_tokens=True)
+    return DigitSamples(imgs, labels, tokens, time.time() - t0)
+
+
+def save_grid(
+    images: torch.Tensor, per_class: int, columns: int, path: Path, tile_px: int = 96, grayscale: bool = False
+) -> Path:
+    """A PNG of class-major `images` (`per_class` of each class, as `sample_digits` gives them): one row per
+    class, its first `columns` samples, gray gutters, each tile scaled (nearest) to about `tile_px` pixels;
+    `grayscale` stores the mean of the channels (the digits are gray: a third of the file)."""
+    from PIL import Image
+
+    C = len(images) // per_class
+    grid = images.view(C, per_class, *images.shape[1:])[:, :columns]  # [C, G, 3, H, W]
     grid = torch.nn.functional.pad(grid, (1, 1, 1, 1), value=0.35)  # gray gutters between the tiles
     G, H = grid.shape[1], grid.shape[-1]
     rows = grid.permute(0, 3, 1, 4, 2).reshape(C * H, G * H, 3)  # row c: the samples of class c
     arr = (rows.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    up = max(1, 96 // H)  # digits are 16 px: make the grid readable
+    up = max(1, tile_px // H)  # digits are 16 px: make the grid readable
     img = Image.fromarray(arr).resize((arr.shape[1] * up, arr.shape[0] * up), Image.NEAREST)
-    path = opts.workdir / "samples.png"
+    if grayscale:
+        img = img.convert("L")
     with atomic_path(path, suffix=".png") as tmp:
-        img.save(tmp)
+        img.save(tmp, optimize=True)
+    return path
+
+
+def stage_samples(opts: DemoOptions) -> dict:
+    """A grid (one row per class) and the judge's per-class accuracy over `samples_per_class` each."""
+    from var.digits_eval import judge_samples
+    from var.export import load_model
+
+    m = load_model(opts.workdir / "model")
+    s = m.sampling
+    n = max(opts.samples_per_class, opts.grid_per_class)
+    _say(f"4/4 sampling {m.num_classes * n} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
+    smp = sample_digits(m, n, opts.seed)
+    report = judge_samples(smp.images, smp.labels)
+    path = save_grid(smp.images, n, opts.grid_per_class, opts.workdir / "samples.png")
     return {
-        "seconds": seconds,
-        "images": len(labels),
+        "seconds": smp.seconds,
+        "images": len(smp.labels),
         "accuracy": report.accuracy,
         "min_class_accuracy": report.min_class_accuracy,
         "per_class": report.per_class,
@@ -240,10 +313,8 @@ def stage_samples(opts: DemoOptions) -> dict:
 
 # ------------------------------------------------------------------------------------------ main
 def run_demo(opts: DemoOptions) -> dict:
-    from var import MIXERS
-
-    if opts.mechanism not in MIXERS:
-        raise DemoError(f"unknown mechanism {opts.mechanism!r}; choose one of {', '.join(sorted(MIXERS))}")
+    if opts.mechanism not in mechanisms():
+        raise DemoError(f"unknown mechanism {opts.mechanism!r}; choose one of {', '.join(mechanisms())}")
     opts.workdir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(opts.workdir)  # a `.model.tmp-PID` copy that a killed demo left (_publish)
     t0 = time.time()
@@ -276,7 +347,11 @@ def run_demo(opts: DemoOptions) -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo"), help="where everything goes (default ./demo)")
-    parser.add_argument("--mechanism", default="full", help="attention mechanism of the transformer (default full)")
+    parser.add_argument(
+        "--mechanism",
+        default="full",
+        help="token mixer of the transformer's blocks: full (default), neighborhood, external, lka, gspn or hybrid",
+    )
     parser.add_argument("--no-app", action="store_true", help="stop after the sample grid")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)

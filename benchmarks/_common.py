@@ -25,11 +25,11 @@ if str(ROOT) not in sys.path:
 
 
 def attention_of(mechanism: str, depth: int) -> str | list[str]:
-    """The hybrid preset's pattern at any depth: lka in the first quarter, neighborhood in the second, then full."""
-    if mechanism != "hybrid":
-        return mechanism
-    q = max(depth // 4, 1)
-    return ["lka"] * q + ["neighborhood"] * q + ["full"] * (depth - 2 * q)
+    """`model.attention` for a benchmark's mechanism name: "hybrid" is the hybrid preset's pattern at `depth`
+    (`var.hybrid_attention`: lka, neighborhood, then full in the second half; at depth 2 lka then full)."""
+    from var import hybrid_attention
+
+    return hybrid_attention(depth) if mechanism == "hybrid" else mechanism
 
 
 def device_name(device: torch.device) -> str:
@@ -172,10 +172,15 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def result_base(out_dir: str | os.PathLike, name: str, meta: dict) -> Path:
+    """`<out_dir>/<name>-<device slug>-<date>`: the results' path without a suffix."""
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:48]
+    return Path(out_dir) / f"{name}-{slug}-{meta['date']}"
+
+
 def write_results(out_dir: str | os.PathLike, name: str, meta: dict, rows: list[dict], markdown: str) -> Path:
     """`<out_dir>/<name>-<device slug>-<date>.json` and `.md`, each written atomically."""
-    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:48]
-    base = Path(out_dir) / f"{name}-{slug}-{meta['date']}"
+    base = result_base(out_dir, name, meta)
     base.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", markdown)):
         tmp = base.with_name(base.name + suffix + ".tmp")

@@ -1,20 +1,29 @@
-"""The README's benchmark table, generated from benchmarks/results/*.json (one line per measured row
-that carries a ratio, with its device and date), so that the README never quotes a number by hand.
+"""The README's benchmark tables, generated from benchmarks/results/*.json, so that the README never quotes
+a number by hand: the bench table (one line per measured row that carries a ratio, with its device and
+date), and from the newest results of `benchmarks/mechanisms.py` and `benchmarks/scaling.py` the mechanism
+comparison (with the sample grids) and the cost against resolution (with the plot).
 
-    python benchmarks/report.py            # print the table
-    python benchmarks/report.py --write    # replace the block between the README's bench-table markers
+    python benchmarks/report.py            # print the tables
+    python benchmarks/report.py --write    # replace the README's blocks between their markers:
+                                           # bench-table (required), mechanisms-table, scaling-table
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import re
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
+BLOCKS = (
+    "mechanisms",
+    "scaling",
+)  # results kinds with a block of their own: <!-- KIND-table --> ... <!-- /KIND-table -->
 
 
 def _line(kind: str, meta: dict, row: dict) -> str | None:
@@ -62,19 +71,56 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def write_readme(readme: Path = ROOT / "README.md") -> None:
+def newest(kind: str, results: Path = RESULTS) -> Path | None:
+    """The most recent `<kind>-*.json` of `results` (by the date it records, then by name)."""
+    found = [(json.loads(p.read_text())["meta"]["date"], p.name, p) for p in results.glob(f"{kind}-*.json")]
+    return max(found)[2] if found else None
+
+
+def kind_block(kind: str, results: Path = RESULTS) -> str | None:
+    """The README block of `kind` ("mechanisms" or "scaling") from its newest results, None without any."""
+    path = newest(kind, results)
+    if path is None:
+        return None
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)  # the benchmark scripts own their tables
+    md = path.with_suffix(".md").resolve()
+    source = md.relative_to(ROOT).as_posix() if md.is_relative_to(ROOT) else md.as_posix()
+    return importlib.import_module(kind).readme_block(json.loads(path.read_text()), source)
+
+
+def _replace(text: str, begin: str, end: str, body: str) -> tuple[str, int]:
+    block = f"{begin}\n{body}\n{end}"
+    return re.subn(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+
+
+def write_readme(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> None:
     text = readme.read_text()
-    block = f"{BEGIN}\n{table()}\n{END}"
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    text, n = _replace(text, BEGIN, END, table())
     if n != 1:
         raise SystemExit(f"{readme}: expected one {BEGIN} ... {END} block, found {n}")
-    readme.write_text(new)
+    for kind in BLOCKS:
+        body = kind_block(kind, results)
+        begin, end = f"<!-- {kind}-table -->", f"<!-- /{kind}-table -->"
+        if body is None:
+            continue
+        text, n = _replace(text, begin, end, body)
+        if n == 0:
+            print(f"{readme} has no {begin} ... {end} block: the {kind} table is not written there")
+        elif n > 1:
+            raise SystemExit(f"{readme}: expected one {begin} ... {end} block, found {n}")
+    readme.write_text(text)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help="rewrite the README's bench-table block")
+    p.add_argument("--write", action="store_true", help="rewrite the README's table blocks")
     if p.parse_args().write:
         write_readme()
     else:
         print(table())
+        for kind in BLOCKS:
+            body = kind_block(kind)
+            if body is not None:
+                print(f"\n<!-- {kind}-table -->\n{body}\n<!-- /{kind}-table -->")

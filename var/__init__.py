@@ -3,7 +3,7 @@
 from var.attention import MIXERS, TokenMixer, register_mixer
 from var.edit import edit
 from var.export import LoadedModel, export_model, load_model
-from var.model import PRESETS, VAR, VARConfig, preset
+from var.model import PRESETS, VAR, VARConfig, hybrid_attention, preset
 from var.official import load_official_var
 from var.sample import generate, sample, sample_progressive
 from var.settings import MODEL_DEFAULTS, SamplingSettings
@@ -20,6 +20,7 @@ __all__ = [
     "edit",
     "export_model",
     "generate",
+    "hybrid_attention",
     "load_model",
     "load_official_var",
     "preset",

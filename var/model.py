@@ -20,7 +20,7 @@ from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
 from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
 from var.attention import TokenMixer, build_mixer, scale_ids
 
-__all__ = ["PRESETS", "VAR", "VARConfig", "preset"]
+__all__ = ["PRESETS", "VAR", "VARConfig", "hybrid_attention", "preset"]
 
 
 @dataclass
@@ -88,6 +88,18 @@ def preset(name: str, **overrides: Any) -> VARConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+def hybrid_attention(depth: int) -> list[str]:
+    """The mechanism of every block of the hybrid preset (configs/var/d16_hybrid.yaml) at any depth: local
+    mechanisms early, global ones late - lka in the first quarter of the blocks, neighborhood in the second,
+    full in the rest. Below depth 4 a quarter rounds to nothing: one lka block, then full (the digits
+    model, depth 2: lka, full), so that the preset stays a mix of local and global."""
+    if depth < 2:
+        raise ValueError(f"the hybrid preset mixes local and global blocks: it needs depth >= 2, got {depth}")
+    quarter = depth // 4
+    lka = max(quarter, 1)
+    return ["lka"] * lka + ["neighborhood"] * quarter + ["full"] * (depth - lka - quarter)
 
 
 class FFN(nn.Module):
