@@ -187,7 +187,7 @@ class RunConfig:
         checkpoint path, which must load (checked now: a wrong path is one message before anything starts)."""
         value = _resume_value(self.resume)
         if value == "last" and not _checkpoints(Path(self.out_dir) / "checkpoints"):
-            log.warning("resume=last but %s holds no checkpoint yet: starting a fresh run", Path(self.out_dir))
+            log.info("resume=last: %s holds no checkpoint yet, starting a fresh run", Path(self.out_dir))
             return None
         if value not in (None, "last"):
             find_resume_checkpoint(self.out_dir, value)
