@@ -7,6 +7,7 @@ from var import VAR, SamplingSettings, generate, sample, sample_progressive
 from var.sample import (
     CompiledStep,
     PrecisionError,
+    decode,
     filter_top_k_top_p,
     guidance_ratio,
     guide,
@@ -256,3 +257,11 @@ def test_inductor_compiled_step_matches_eager_on_cpu(model, vae):
     imgs, idx = sample(model, vae, labels, top_k=1, top_p=0.0, seed=0, return_tokens=True, step=step)
     assert [t.tolist() for t in idx] == [t.tolist() for t in ref_idx]
     torch.testing.assert_close(imgs, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_decode_is_never_recorded_for_autograd(model, vae):
+    """The web UI's progressive path calls decode outside any no_grad block: the decoder keeps no activations."""
+    steps = list(generate(model, vae, [1], top_k=1))
+    assert torch.is_grad_enabled()
+    img = decode(vae, steps[-1].f_hat, "fp32")
+    assert not img.requires_grad and img.grad_fn is None
