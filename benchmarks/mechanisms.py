@@ -222,7 +222,7 @@ def profile_mechanism(b: Bench, mechanism: str, steps: int = 3, top: int = 10) -
     sizes = [pn * pn for pn in cfg.model.patch_nums]
     torch.manual_seed(0)
     model = VAR(cfg.model).train()
-    model.init_weights(init_adaln_gamma=cfg.init_adaln_gamma)
+    model.init_weights()  # model.init_adaln_gamma, as the training does
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.05)
     vae = load_tokenizer(b.tokenizer)
     cache = TokenCache(b.cache)
