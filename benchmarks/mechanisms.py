@@ -281,7 +281,9 @@ def summary_rows(rows: list[dict], budget: str) -> list[dict]:
         rs = [r for r in rows if r["mechanism"] == mech and r["budget"] == budget]
         if not rs:
             continue
-        col = {k: [r[k] for r in rs] for k in rs[0] if isinstance(rs[0][k], (int, float))}
+        # the numbers every seed's row has (a stand-in equal-step row carries a flag the others lack)
+        numeric = [k for k, v in rs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        col = {k: [r[k] for r in rs] for k in numeric if all(k in r for r in rs)}
         out.append(
             {
                 "mechanism": mech,

@@ -197,3 +197,18 @@ def test_scaling_model_config_is_the_published_lists():
 
     assert scaling.PATCH_NUMS[256] == PATCH_NUMS_256 and scaling.PATCH_NUMS[512] == PATCH_NUMS_512
     assert scaling.tokens(1024) == 10521 and scaling.PATCH_NUMS[1024][-1] == 64  # 1024 px / f16
+
+
+def test_summary_over_seeds_where_one_equal_time_run_is_the_equal_step_run():
+    """Seed 0's equal-time run of a mechanism may stand in for its equal-step run (a flagged copy) while seed 1
+    trains its own: the summary averages what both rows measured."""
+
+    def row(seed, budget, acc, **extra):
+        numbers = dict(steps=1000, accuracy=acc, min_class_accuracy=0.9, frechet=40.0, heldout_loss=4.0)
+        numbers.update(nn_ratio=1.0, exact_copies=0.0, train_s=60.0, tokens_per_s=3e4, sample_images_per_s=900.0)
+        return dict(mechanism="lka", attention=["lka", "lka"], seed=seed, budget=budget, **numbers, **extra)
+
+    rows = [row(0, "steps", 0.98), row(1, "steps", 1.0)]
+    rows += [row(0, "time", 0.98, same_as_equal_steps=True), row(1, "time", 0.96)]
+    (timed,) = mechanisms.summary_rows(rows, "time")
+    assert timed["judged"] == "97.0% ± 1.4%" and timed["steps"].startswith("1000")
