@@ -119,16 +119,20 @@ def memorisation(images: torch.Tensor, tokens: list[torch.Tensor], ref: Referenc
 
 
 # ------------------------------------------------------------------------------------------ a run
+LOOP_RATE = "train/device/items_per_sec"  # tokens/s: the transformer training counts its items in tokens
+
+
 def loop_tokens_per_s(run_dir: Path) -> float | None:
     """Tokens/s of the training loop alone: the harmonic mean of the rates the run logged (each over the
-    same number of steps, so this is total tokens over total time); None if it logged none."""
+    same number of steps, so this is total tokens over total time); None if it logged none. The rate is
+    `ThroughputMonitor`'s tokens/s of the one device (`scaffold.training.throughput_monitor`)."""
     import csv
 
     logs = sorted(run_dir.glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)
     if not logs:
         return None
     with logs[-1].open() as f:
-        rates = [float(r["train/tokens_per_s"]) for r in csv.DictReader(f) if r.get("train/tokens_per_s")]
+        rates = [float(r[LOOP_RATE]) for r in csv.DictReader(f) if r.get(LOOP_RATE)]
     return len(rates) / sum(1 / r for r in rates) if rates else None
 
 

@@ -91,7 +91,7 @@ def test_equal_time_steps_and_loop_rate(tmp_path):
     assert mechanisms.equal_time_steps(10, 1.0, 1e6) == 1
     log = tmp_path / "logs" / "version_0" / "metrics.csv"
     log.parent.mkdir(parents=True)
-    log.write_text("step,train/tokens_per_s,train/loss_mean\n49,,2.0\n99,100.0,1.9\n149,300.0,1.8\n")
+    log.write_text("step,train/device/items_per_sec,train/loss_mean\n49,,2.0\n99,100.0,1.9\n149,300.0,1.8\n")
     # equal step counts per interval: total tokens / total time = the harmonic mean
     assert mechanisms.loop_tokens_per_s(tmp_path) == pytest.approx(2 / (1 / 100 + 1 / 300))
     assert mechanisms.loop_tokens_per_s(tmp_path / "nothing") is None
