@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -94,8 +96,20 @@ def gemm_flops_per_s(
         m, k, n = m // 2, k // 2, n // 2
     a = torch.randn(m, k, device=device).to(dtype)
     w = torch.randn(n, k, device=device).to(dtype)
-    seconds = timed(lambda: F.linear(a, w), device, repeats=repeats, warmup=1)
+    seconds = min(timed(partial(product, a, w), device, repeats=repeats, warmup=1) for product in _products(a))
     return 2 * m * k * n / seconds, (m, k, n)
+
+
+def _products(a: torch.Tensor) -> list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """The libraries that run a linear layer of `a`'s dtype and device: ``F.linear`` (BLAS: MKL on an x86 CPU),
+    and for fp32 on a CPU oneDNN too (:mod:`var.linear`: MKL runs its AVX2 code on AMD CPUs). The fastest is
+    the machine's limit, whichever library the models use."""
+    from var.linear import onednn_linear_available
+
+    products = [F.linear]
+    if a.device.type == "cpu" and a.dtype == torch.float32 and onednn_linear_available():
+        products.append(lambda a, w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
+    return products
 
 
 def peak_gemm_flops_per_s(
@@ -112,12 +126,21 @@ def count_flops(fn: Callable[[], object]) -> float:
     by torch's FlopCounterMode; the CPU attention kernel, missing from its table, is counted as on GPU."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+    from var.linear import onednn_linear_available
+
     def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)
 
+    def onednn_linear(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:  # var.linear's oneDNN GEMM
+        return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
+
     aten = torch.ops.aten
     with FlopCounterMode(
-        display=False, custom_mapping={aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+        display=False,
+        custom_mapping={
+            aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
+            **({torch.ops.mkldnn._linear_pointwise.default: onednn_linear} if onednn_linear_available() else {}),
+        },
     ) as counter:
         fn()
     return float(counter.get_total_flops())

@@ -15,6 +15,7 @@ from var.sample import (
     resolve_precision,
     static_states,
 )
+from var.linear import CPU_GEMM_ENV_VAR
 from var.settings import SettingsError
 
 
@@ -222,9 +223,10 @@ def test_a_scale_step_leaves_its_input_and_reuses_its_caches(model, vae):
 
 
 @pytest.mark.parametrize("cfg", [0.0, 1.5], ids=["no_guidance", "guidance"])
-def test_compiled_step_with_static_caches_gives_the_eager_samples(model, vae, cfg):
+def test_compiled_step_with_static_caches_gives_the_eager_samples(model, vae, cfg, monkeypatch):
     """The GPU path's mechanism on CPU: dynamo traces every scale's step as one graph (fullgraph) over
     static caches, and two calls through the same caches give the eager samples and logits exactly."""
+    monkeypatch.setenv(CPU_GEMM_ENV_VAR, "blas")  # a compiled graph keeps F.linear: the same GEMM for both
     torch._dynamo.reset()
     step = CompiledStep(model, backend="eager")
     labels = torch.tensor([1, 4, 7])
@@ -248,8 +250,9 @@ def test_static_states_refuse_a_state_rebuilt_at_every_scale():
 
 
 @pytest.mark.slow
-def test_inductor_compiled_step_matches_eager_on_cpu(model, vae):
+def test_inductor_compiled_step_matches_eager_on_cpu(model, vae, monkeypatch):
     """The compiled step (inductor, default mode: CUDA graphs need a GPU) samples the eager tokens."""
+    monkeypatch.setenv(CPU_GEMM_ENV_VAR, "blas")
     torch._dynamo.reset()
     step = CompiledStep(model, mode=None)
     labels = torch.tensor([1, 4])

@@ -11,6 +11,7 @@ from helpers import seeded_weights
 
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var import VAR, VARConfig, sample
+from var.linear import CPU_GEMM_ENV_VAR
 
 PATCH_NUMS = (1, 2, 3, 4)
 CONFIG = VARConfig(depth=2, num_classes=10, patch_nums=PATCH_NUMS, vocab_size=64, c_vae=8)
@@ -45,8 +46,17 @@ GOLDEN_GREEDY_IDX = [
 ]
 GOLDEN_GREEDY_IMG_SUM = 12476.716544598341
 
+# inference's fp32 linear layers run on oneDNN or on BLAS (var.linear): both must reproduce the published code
+gemm = pytest.mark.parametrize("cpu_gemm", ["onednn", "blas"], indirect=True)
 
-def test_teacher_forcing_logits_match_published_code():
+
+@pytest.fixture
+def cpu_gemm(request, monkeypatch):
+    monkeypatch.setenv(CPU_GEMM_ENV_VAR, request.param)
+
+
+@gemm
+def test_teacher_forcing_logits_match_published_code(cpu_gemm):
     var, _ = models()
     x = torch.randn(2, 29, 8, generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
@@ -56,7 +66,8 @@ def test_teacher_forcing_logits_match_published_code():
     assert logits[1, 17, :6].tolist() == pytest.approx(GOLDEN_LOGITS_ROW, abs=1e-5)
 
 
-def test_greedy_sampling_matches_published_code():
+@gemm
+def test_greedy_sampling_matches_published_code(cpu_gemm):
     var, vae = models()
     imgs, idx = sample(var, vae, [1, 10], cfg=1.5, top_k=1, top_p=0.0, seed=7, return_tokens=True)
     assert [t.tolist() for t in idx] == GOLDEN_GREEDY_IDX

@@ -22,6 +22,7 @@ import kernels
 from kernels.neighborhood_attention.reference import neighborhood_mask
 
 from .attention import FullAttention, TokenMixer, backend_repr, register_mixer
+from .linear import Linear
 
 __all__ = ["ExternalAttention", "ExternalState", "GSPNMixer", "LargeKernelAttention", "NeighborhoodAttention"]
 
@@ -128,11 +129,11 @@ class ExternalAttention(TokenMixer):
         super().__init__(dim, num_heads, patch_nums)
         del attn_l2_norm  # a property of softmax attention over keys; the memories are learned directly
         self.num_slots, self.backend = num_slots, backend
-        self.mat_q = nn.Linear(dim, dim)
+        self.mat_q = Linear(dim, dim)
         std = 1.0 / math.sqrt(self.head_dim)
         self.mem_k = nn.Parameter(torch.randn(num_heads, num_slots, self.head_dim) * std)
         self.mem_v = nn.Parameter(torch.randn(num_heads, num_slots, self.head_dim) * std)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.scale = self.head_dim**-0.5
 
     def _q(self, x_BlC: torch.Tensor) -> torch.Tensor:
@@ -200,11 +201,11 @@ class LargeKernelAttention(TokenMixer):
         super().__init__(dim, num_heads, patch_nums)
         del attn_l2_norm
         self.backend, self.dilation = backend, dilation
-        self.proj_1 = nn.Linear(dim, dim)
+        self.proj_1 = Linear(dim, dim)
         self.dw_weight, self.dw_bias = _depthwise_weight(dim, kernel_size)
         self.dwd_weight, self.dwd_bias = _depthwise_weight(dim, dilated_kernel_size)
-        self.pw = nn.Linear(dim, dim)  # the 1x1 conv
-        self.proj = nn.Linear(dim, dim)
+        self.pw = Linear(dim, dim)  # the 1x1 conv
+        self.proj = Linear(dim, dim)
 
     def _mix(self, x_BlC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
         u = F.gelu(self.proj_1(x_BlC))
@@ -340,12 +341,12 @@ class GSPNMixer(TokenMixer):
         del attn_l2_norm
         self.chunk, self.backend = chunk, backend
         G, nd = num_heads, self.DIRECTIONS
-        self.proj_in = nn.Linear(dim, dim)
+        self.proj_in = Linear(dim, dim)
         # per direction and head: 3 raw gates, lam, u
-        self.gate_proj = nn.Linear(dim, nd * 5 * G)
+        self.gate_proj = Linear(dim, nd * 5 * G)
         self.skip_d = nn.Parameter(torch.ones(nd, dim))
         self.merge_w = nn.Parameter(torch.full((nd, dim), 1.0 / nd))
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def _mix_scale(self, x_BlC: torch.Tensor, pn: int) -> torch.Tensor:
         B, _l, C = x_BlC.shape

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
 from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
 from var.attention import TokenMixer, build_mixer, scale_ids
+from var.linear import Linear, linear
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "hybrid_attention", "preset"]
 
@@ -105,11 +105,11 @@ def hybrid_attention(depth: int) -> list[str]:
 class FFN(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, activation="gelu_tanh"))
 
 
 def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -136,7 +136,7 @@ class AdaLNBlock(nn.Module):
         if shared_aln:
             self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim**0.5)
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``cond``: ``[B, D]`` class embedding, or ``[B, 1, 6, C]`` from the shared AdaLN -> six ``[B, 1, C]``."""
@@ -169,7 +169,7 @@ class AdaLNBeforeHead(nn.Module):
         super().__init__()
         self.dim = dim
         self.ln = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond_BD).view(-1, 1, 2, self.dim).unbind(2)
@@ -197,7 +197,7 @@ class VAR(nn.Module):
             self.begin_ends.append((start, start + pn * pn))
             start += pn * pn
 
-        self.word_embed = nn.Linear(config.c_vae, C)
+        self.word_embed = Linear(config.c_vae, C)
         self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: the null class for guidance
         self.pos_start = nn.Parameter(torch.empty(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
@@ -210,7 +210,7 @@ class VAR(nn.Module):
         # the checkpoint's copy against the mask and drops it.
 
         if config.shared_aln:
-            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
         else:
             self.shared_ada_lin = nn.Identity()
         rate = config.resolved_drop_path_rate()
@@ -236,7 +236,7 @@ class VAR(nn.Module):
             ]
         )
         self.head_nm = AdaLNBeforeHead(C, config.norm_eps)
-        self.head = nn.Linear(C, V)
+        self.head = Linear(C, V)
         self.init_weights()
 
     @torch.no_grad()
