@@ -139,7 +139,7 @@ def count_flops(fn: Callable[[], object]) -> float:
         display=False,
         custom_mapping={
             aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa,
-            **({torch.ops.mkldnn._linear_pointwise.default: onednn_linear} if onednn_linear_available() else {}),
+            **({torch.ops.mkldnn._linear_pointwise: onednn_linear} if onednn_linear_available() else {}),
         },
     ) as counter:
         fn()

@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,12 +11,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import count_flops, gemm_flops_per_s, peak_gemm_flops_per_s
 from report import _line
 
+from var.linear import onednn_linear_available
+
 
 def test_count_flops_includes_the_cpu_attention_kernel():
     q, k = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8)
     # QK^T and PV: 2 products of 2*3*5*7*8 MACs, 2 FLOPs each
     assert count_flops(lambda: F.scaled_dot_product_attention(q, k, k)) == 2 * 2 * (2 * 3 * 5 * 7 * 8)
     assert count_flops(lambda: torch.randn(4, 5) @ torch.randn(5, 6)) == 2 * 4 * 5 * 6
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear")
+def test_count_flops_includes_the_onednn_linear():
+    x, w = torch.randn(2, 3, 8), torch.randn(5, 8)
+    linear_flops = count_flops(lambda: torch.ops.mkldnn._linear_pointwise(x, w, None, "gelu", [], "tanh"))
+    assert linear_flops == 2 * 2 * 3 * 8 * 5
+
+
+def test_the_gemm_yardstick_is_the_faster_library_on_a_cpu(monkeypatch):
+    """fp32 on a CPU: both F.linear (MKL) and oneDNN are timed, and the faster one is the limit."""
+    import _common
+
+    products = _common._products(torch.randn(4, 4))
+    assert products[0] is F.linear and len(products) == (2 if onednn_linear_available() else 1)
+    assert len(_common._products(torch.randn(4, 4, dtype=torch.bfloat16))) == 1  # bf16 F.linear is oneDNN already
+    calls = iter([1e-3, 0.5, 0.25])  # the probe, then the two libraries
+    monkeypatch.setattr(_common, "timed", lambda fn, device, repeats, warmup: next(calls))
+    monkeypatch.setattr(_common, "_products", lambda a: [F.linear, F.linear])
+    rate, _ = gemm_flops_per_s(torch.float32, torch.device("cpu"), m=256, k=256, n=256, repeats=1, budget_s=1e6)
+    assert rate == 2 * 256**3 / 0.25
 
 
 def test_gemm_throughput_shrinks_the_product_to_its_time_budget():

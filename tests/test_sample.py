@@ -4,6 +4,7 @@ from helpers import tiny_var
 
 from scaffold.errors import UserError
 from var import VAR, SamplingSettings, generate, sample, sample_progressive
+from var.linear import CPU_GEMM_ENV_VAR
 from var.sample import (
     CompiledStep,
     PrecisionError,
@@ -15,7 +16,6 @@ from var.sample import (
     resolve_precision,
     static_states,
 )
-from var.linear import CPU_GEMM_ENV_VAR
 from var.settings import SettingsError
 
 
