@@ -59,6 +59,18 @@ def test_peak_gemm_is_the_fastest_of_the_shapes(monkeypatch):
     assert peak_gemm_flops_per_s(torch.float32, torch.device("cpu"), list(rates)) == (9.0, (16, 16, 16))
 
 
+def test_the_cpu_is_named_with_its_family_and_isa(tmp_path, monkeypatch):
+    import _common
+
+    info = tmp_path / "cpuinfo"
+    block = "vendor_id\t: AuthenticAMD\ncpu family\t: {f}\nmodel\t\t: {m}\nmodel name\t: AMD EPYC\n"
+    info.write_text(block.format(f=26, m=2) + "\n" + block.format(f=23, m=49))  # only the first block counts
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_f": True, "avx512_bf16": True})
+    assert _common.cpu_description(str(info)) == ["AMD EPYC", "family 26 model 2", "avx512_bf16"]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True})
+    assert _common.cpu_description(str(tmp_path / "missing"))[1:] == ["avx2"]
+
+
 def test_readme_line_names_the_resolved_precision_and_both_gemm_shares():
     meta = {"device": "cpu (AMD EPYC, 2 threads)", "date": "2026-12-02", "depth": 16, "gemm_gflops": {"fp32": 150.4}}
     row = dict(
