@@ -215,7 +215,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
 def result_base(out_dir: str | os.PathLike, name: str, meta: dict) -> Path:
     """`<out_dir>/<name>-<device slug>-<date>`: the results' path without a suffix."""
-    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:48]
+    slug = re.sub(r"[^a-z0-9]+", "-", meta["device"].lower()).strip("-")[:64]
     return Path(out_dir) / f"{name}-{slug}-{meta['date']}"
 
 

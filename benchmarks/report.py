@@ -44,6 +44,14 @@ def _line(kind: str, meta: dict, row: dict) -> str | None:
                 f"; share of the {row['resolved']} GEMM limit ({limit:.0f} GFLOP/s): transformer "
                 f"{row['transformer_gemm_share']:.0%}, decoder {row['decoder_gemm_share']:.0%}"
             )
+    elif kind == "parity":
+        what = f"VAR-d{meta.get('depth')} and VQVAE vs the published code, fp32 linears on `{row['cpu_gemm']}`"
+        value = (
+            f"teacher-forcing logits max abs diff {row['logits_max_abs_diff']:.2g} (largest logit "
+            f"{row['logits_max_abs']:.2g}); greedy tokens {'identical' if row['greedy_tokens_equal'] else 'DIFFER'}"
+            f"; greedy images max abs diff {row['greedy_images_max_abs_diff']:.2g}, "
+            f"{row['greedy_uint8_values_differing']:.2%} of 8-bit values one level apart"
+        )
     elif kind == "sample":
         what = f"sampling (quick, depth {meta.get('depth')}) `{row['mechanism']}`, batch {row['batch']}"
         value = f"{row['images_per_s']:.3g} images/s"

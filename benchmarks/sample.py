@@ -78,8 +78,8 @@ def build(
     return model.to(device).eval(), MultiScaleVQVAE(vae_cfg).to(device).eval()
 
 
-def published_sampler(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torch.device):
-    """The published VAR and VQVAE with our weights; returns `fn(B, labels) -> images`."""
+def published_models(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torch.device):
+    """The published VAR and VQVAE (from the checkout `repo`) holding the weights of `model` and `vae`, in eval mode."""
     sys.path.insert(0, str(repo))
     from models.var import VAR as PublishedVAR
     from models.vqvae import VQVAE as PublishedVQVAE
@@ -108,8 +108,12 @@ def published_sampler(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torc
     )
     sd = {**model.state_dict(), "attn_bias_for_masking": official_mask_bias(model.patch_nums)}
     pub.load_state_dict(sd, strict=True)
-    pub = pub.to(device).eval()
-    pub_vae.to(device)
+    return pub.to(device).eval(), pub_vae.to(device)
+
+
+def published_sampler(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torch.device):
+    """The published sampler with our weights: `fn(labels, autocast_dtype) -> images`."""
+    pub, _ = published_models(repo, model, vae, device)
 
     def run(labels: torch.Tensor, autocast_dtype: torch.dtype | None):
         with (
