@@ -1,10 +1,11 @@
 """The transformer's linear layers, with their fp32 GEMM on x86 CPUs routed to the faster of two libraries.
 
 PyTorch's CPU wheel runs an fp32 ``F.linear`` through MKL. On AMD CPUs MKL takes its AVX2 code path and
-leaves the AVX-512 units idle: on a 2-core AMD EPYC with AVX-512 (2026-12-02) it reached 101-168 GFLOP/s at
-the d16 shapes, where oneDNN - the library PyTorch's own convolutions and bf16 matmuls already use - reached
-285-380 GFLOP/s on the same shapes, in exact fp32 (``benchmarks/results/``). On Intel CPUs MKL runs at the
-machine's fp32 peak (375 GFLOP/s on a 2-core Xeon), so it stays there.
+leaves the AVX-512 units idle: on a 2-core AMD EPYC (Zen 5, 2026-12-02) ``F.linear`` reached 101-168 GFLOP/s
+at d16's shapes (2048 rows; 1024 -> 3072, 1024 -> 4096, 4096 -> 1024), where oneDNN - the library PyTorch's
+own convolutions and bf16 matmuls already use - reached 285-380 GFLOP/s, in exact fp32, and d16 sampling went
+from 1.12x to 1.70x the published sampler (``benchmarks/results/sample-d16-cpu-amd-epyc-family-26-*``). On Intel CPUs MKL runs
+at the machine's fp32 peak (375 GFLOP/s on a 2-core Xeon), so it stays there.
 
 Rule (:func:`cpu_gemm`): ``"onednn"`` on x86 CPUs whose vendor is not Intel, ``"blas"`` (PyTorch's own
 ``F.linear``) everywhere else; the environment variable ``VAR_CPU_GEMM`` (auto | onednn | blas) overrides it.
@@ -81,6 +82,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
+        and weight.is_contiguous()
         and not torch.is_autocast_enabled("cpu")
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         and cpu_gemm() == "onednn"
