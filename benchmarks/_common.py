@@ -44,16 +44,9 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     """The CPU's model name, and where /proc/cpuinfo has them its x86 family and model numbers and the widest
     matrix ISA torch finds: virtual machines often call every generation "AMD EPYC" (a Zen 2 with AVX2 and a
     Zen 5 with AVX512-BF16 both were), and the two differ 4x in fp32 and 1000x in bf16 GEMM throughput."""
-    fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if not line.strip():
-                    break  # the first processor's block only
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    from var.linear import cpu_info
+
+    fields = cpu_info(cpuinfo)
     parts = [fields.get("model name") or platform.processor() or platform.machine()]
     if "cpu family" in fields and "model" in fields:
         parts.append(f"family {fields['cpu family']} model {fields['model']}")

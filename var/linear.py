@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CPU_GEMM_ENV_VAR", "Linear", "cpu_gemm", "cpu_vendor", "linear", "onednn_linear_available"]
+__all__ = ["CPU_GEMM_ENV_VAR", "Linear", "cpu_gemm", "cpu_info", "cpu_vendor", "linear", "onednn_linear_available"]
 
 CPU_GEMM_ENV_VAR = "VAR_CPU_GEMM"
 CpuGemm = Literal["onednn", "blas"]
@@ -39,16 +39,25 @@ Activation = Optional[Literal["gelu_tanh"]]
 
 
 @functools.cache
-def cpu_vendor() -> str:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; "" elsewhere."""
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``vendor_id``, ``cpu family``, ``model name``, ...);
+    empty where there is no such file (not Linux)."""
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; "" elsewhere."""
+    return cpu_info().get("vendor_id", "")
 
 
 @functools.cache
