@@ -1,4 +1,5 @@
-"""Image datasets (DESIGN.md section 10): the bundled `digits` and an ImageNet-layout `imagefolder`.
+"""Image datasets (DESIGN.md section 10): the bundled `digits`, the downloaded `emoji` (tokenizer/emoji.py) and an
+ImageNet-layout `imagefolder`.
 
 Every dataset yields `(img_3HW in [-1, 1], label)`. No torchvision: there is no CPU build of it for
 every torch we support, and PIL does the little we need (resize, crop, flip).
@@ -41,8 +42,8 @@ class DatasetError(UserError, RuntimeError):
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # "digits" | "imagefolder"
-    root: str | None = None  # imagefolder: root/<class>/<image>
+    name: str = "digits"  # "digits" | "emoji" | "imagefolder"
+    root: str | None = None  # imagefolder: root/<class>/<image>; emoji: an unpacked package (else the cache's)
     val_root: str | None = None  # imagefolder: held-out images in the same layout; else split `root`
     image_size: int = 32
     val_fraction: float = 0.1  # held-out share when there is no separate validation folder
@@ -52,8 +53,8 @@ class DataConfig:
     mid_ratio: float = 1.125  # imagefolder: resize the short side to mid_ratio*size, then crop
 
     def validate(self) -> None:
-        if self.name not in ("digits", "imagefolder"):
-            raise ValueError(f"data.name must be 'digits' or 'imagefolder', got {self.name!r}")
+        if self.name not in ("digits", "emoji", "imagefolder"):
+            raise ValueError(f"data.name must be 'digits', 'emoji' or 'imagefolder', got {self.name!r}")
         if self.name == "imagefolder" and not self.root:
             raise ValueError("data.root is required for data.name=imagefolder (root/<class>/<image>)")
         if self.on_error not in ("skip", "fail"):
@@ -221,6 +222,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
     if cfg.name == "digits":
         kw = dict(image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed)
         return DigitsDataset("train", **kw), DigitsDataset("val", **kw)
+    if cfg.name == "emoji":
+        from .emoji import EmojiDataset
+
+        if cfg.hflip:
+            raise DatasetError("data.hflip=true is refused for the emoji: flags and text do not survive a mirror")
+        kw = dict(image_size=cfg.image_size, val_fraction=cfg.val_fraction, seed=cfg.seed, root=cfg.root)
+        return EmojiDataset("train", **kw), EmojiDataset("val", **kw)
     kw = dict(image_size=cfg.image_size, hflip=cfg.hflip, mid_ratio=cfg.mid_ratio, on_error=cfg.on_error)
     if cfg.val_root:
         return ImageFolderDataset(cfg.root, train=True, **kw), ImageFolderDataset(cfg.val_root, train=False, **kw)

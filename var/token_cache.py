@@ -77,8 +77,8 @@ class TokenizeConfig:
             raise ValueError(f"split must be 'train' or 'val', got {self.split!r}")
         if self.views < 1 or self.batch_size < 1 or self.chunk < 1 or self.max_images < 0:
             raise ValueError("views, batch_size and chunk must be >= 1, max_images >= 0")
-        if self.views > 1 and self.data.name == "digits":
-            raise ValueError("views > 1 needs data.name=imagefolder: the digits have no random crops")
+        if self.views > 1 and self.data.name != "imagefolder":
+            raise ValueError(f"views > 1 needs data.name=imagefolder: the {self.data.name} have no random crops")
 
 
 @dataclass
