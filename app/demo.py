@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import time
@@ -408,6 +409,10 @@ def stage_judge(opts: DemoOptions, image_size: int) -> dict:
     return info
 
 
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
 def stage_emoji_samples(opts: DemoOptions) -> dict:
     """Samples of every category (at least as many as it has held-out emoji), judged (var.emoji_eval), and a
     grid of the first `grid_per_class` of each."""
@@ -442,9 +447,10 @@ def stage_emoji_samples(opts: DemoOptions) -> dict:
         "real_accuracy": report.real_accuracy,
         "accuracy_ratio": report.accuracy_ratio,
         "per_class": {train.class_names[c]: a for c, a in report.per_class.items()},
-        "frechet": report.frechet,
-        "frechet_floor": report.frechet_floor,
-        "frechet_ceiling": report.frechet_ceiling,
+        "frechet": _finite(report.frechet),  # None where no category has 2 held-out emoji
+        "frechet_floor": _finite(report.frechet_floor),
+        "frechet_ceiling": _finite(report.frechet_ceiling),
+        "frechet_left_out": [train.class_names[c] for c in report.frechet_left_out],
         "nn_distance": report.nn_distance,
         "heldout_nn_distance": report.heldout_nn_distance,
         "nn_ratio": report.nn_ratio,
@@ -546,7 +552,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--tokenizer-steps", type=int, help="override the preset's tokenizer steps (quick runs)")
     parser.add_argument("--var-steps", type=int, help="override the preset's transformer steps (quick runs)")
-    parser.add_argument("--samples-per-class", type=int, default=20, help="samples judged per class (default 20)")
+    parser.add_argument("--judge-steps", type=int, default=600, help="emoji: the judge's training steps (quick runs)")
+    parser.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=20,
+        help="samples judged per class (default 20; the emoji take at least as many as a category has held-out images)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -558,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer_steps=args.tokenizer_steps,
         var_steps=args.var_steps,
         samples_per_class=args.samples_per_class,
+        judge_steps=args.judge_steps,
     )
     run_demo(opts)
     if not args.no_app:

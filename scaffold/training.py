@@ -50,6 +50,7 @@ from .config import ConfigError, load_config
 from .errors import UserError
 from .io import atomic_path, remove_stale_temporaries, write_atomic
 from .loggers import LOGGERS, make_logger
+from .precision import training_precision
 
 __all__ = [
     "PRECISIONS",
@@ -76,7 +77,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")  # auto: scaffold.precision.training_precision
 LAST = "last.ckpt"
 
 
@@ -136,7 +137,7 @@ class RunConfig:
     resume: str = "false"  # "false", "last" or "true" (the newest checkpoint of out_dir that loads), or a path
     max_steps: int = 100_000
     batch_size: int = 16  # per device
-    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed"
+    precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed", or "auto" (bf16-mixed where native)
     ckpt_every_n_steps: int = 1000
     keep_checkpoints: int = 2  # step checkpoints kept besides last.ckpt (the newest)
     log_every_n_steps: int = 50
@@ -536,7 +537,7 @@ def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -
     args = dict(
         max_steps=cfg.max_steps,
         max_epochs=-1,
-        precision=cfg.precision,
+        precision=training_precision(cfg.precision, tc.accelerator),
         accelerator=tc.accelerator,
         devices=parse_devices(tc.devices),
         num_nodes=tc.num_nodes,

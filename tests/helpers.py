@@ -1,7 +1,14 @@
-"""Shared test helpers: tiny VAR configs with non-trivial weights."""
+"""Shared test helpers: tiny VAR configs with non-trivial weights, a tiny emoji package."""
 
+import io
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 
+from tokenizer.emoji import CATEGORIES
 from var import VAR, VARConfig
 
 TINY_VAR = dict(depth=2, num_classes=10, patch_nums=(1, 2, 3, 4), vocab_size=64, c_vae=8)
@@ -80,3 +87,48 @@ def full_disk(monkeypatch, room: int = 100) -> None:
         return FullFile(builtins.open(*args, **kwargs))  # closed by the caller's `with`
 
     monkeypatch.setattr("scaffold.io.open", full_open, raising=False)
+
+
+def _png(color: tuple[int, int, int, int], size: int = 8) -> bytes:
+    arr = np.zeros((size, size, 4), np.uint8)
+    arr[2:6, 2:6] = color  # an opaque square on a transparent ground
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def emoji_package_files(per_category: int = 4) -> dict[str, bytes]:
+    """emoji.json, LICENSE, package.json and the PNGs of a package with `per_category` emoji in each of the
+    nine categories (the first of each with two skin-tone variants) and one "Component" emoji."""
+    entries, files = [], {}
+    n = 0
+    for c, cat in enumerate(CATEGORIES):
+        for j in range(per_category):
+            n += 1
+            code = f"1F{n:03X}"
+            entry = {"unified": code, "image": f"{code.lower()}.png", "category": cat, "has_img_google": True}
+            files[f"img/google/64/{code.lower()}.png"] = _png((20 * c, 10 * j, 200, 255))
+            if j == 0:
+                entry["skin_variations"] = {}
+                for tone in ("1F3FB", "1F3FF"):
+                    name = f"{code.lower()}-{tone.lower()}.png"
+                    entry["skin_variations"][tone] = {
+                        "unified": f"{code}-{tone}",
+                        "image": name,
+                        "has_img_google": True,
+                    }
+                    files[f"img/google/64/{name}"] = _png((20 * c, 10 * j, 100, 255))
+            entries.append(entry)
+    entries.append({"unified": "1F3FB", "image": "1f3fb.png", "category": "Component", "has_img_google": True})
+    files["img/google/64/1f3fb.png"] = _png((1, 2, 3, 255))
+    files["emoji.json"] = json.dumps(entries).encode()
+    files["LICENSE"] = b"MIT"
+    files["package.json"] = b'{"name": "emoji-datasource-google", "version": "16.0.0"}'
+    return files
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    return root

@@ -35,6 +35,41 @@ def test_demo_wiring_and_reuse(tmp_path, capsys):
     assert "tokenizer: reusing" in again and "transformer: reusing" in again and "training the" not in again
 
 
+def test_emoji_demo_wiring_on_a_tiny_package(tmp_path, capsys):
+    """`--data emoji` runs every stage on a package-shaped fixture (data root given, nothing downloaded), prints
+    the three judged figures with their references, keeps its own work folder apart from the digits'."""
+    from helpers import emoji_package_files, write_files
+
+    from tokenizer.emoji import EmojiDataset
+
+    package = write_files(tmp_path / "package", emoji_package_files(per_category=3))
+    work = tmp_path / "emoji"
+    args = ["demo", "--data", "emoji", "--data-root", str(package), "--no-app", "--workdir", str(work)]
+    quick = ["--tokenizer-steps", "2", "--var-steps", "2", "--judge-steps", "2", "--samples-per-class", "2"]
+    assert main(args + quick) == 0
+    out = capsys.readouterr().out
+    for stage in (
+        "1/5 training the tokenizer",
+        "2/5 tokenizing",
+        "3/5 training the transformer",
+        "4/5 training the judge",
+    ):
+        assert stage in out
+    assert "category accuracy" in out and "copy check" in out
+    summary = json.loads((work / "summary.json").read_text())
+    s = summary["samples"]
+    assert summary["data"] == "emoji" and s["images"] == 9 * 10  # the grid's 10 a category
+    # a category whose one held-out emoji has no skin tones has one image: no covariance, so it is left out
+    # of the distance and named, not a crash
+    val = EmojiDataset("val", image_size=64, root=package)
+    single = {val.class_names[c] for c in range(9) if (val.labels == c).sum() < 2}
+    assert 0 < len(single) < 9 and set(s["frechet_left_out"]) == single and s["frechet"] >= 0
+    assert "left out, under 2 held-out emoji" in out and set(s["goals"]) == {"accuracy", "frechet", "copying"}
+    assert (work / "samples.png").is_file() and (work / "model" / "config.yaml").is_file()
+    assert main(["demo", "--no-app", "--workdir", str(work)]) == 2  # the digits demo refuses the emoji folder
+    assert "holds the emoji demo" in capsys.readouterr().err
+
+
 def test_demo_bad_mechanism(tmp_path, capsys):
     assert main(["demo", "--no-app", "--workdir", str(tmp_path), "--mechanism", "flash"]) == 2
     assert "unknown mechanism 'flash'" in capsys.readouterr().err

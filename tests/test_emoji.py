@@ -7,59 +7,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers import emoji_package_files as package_files
+from helpers import write_files as write_package
 
 from tokenizer import DataConfig, DatasetError, build_datasets
 from tokenizer import emoji as E
-
-CATS = E.CATEGORIES
-
-
-def _png(color: tuple[int, int, int, int], size: int = 8) -> bytes:
-    arr = np.zeros((size, size, 4), np.uint8)
-    arr[2:6, 2:6] = color  # an opaque square on a transparent ground
-    buf = io.BytesIO()
-    Image.fromarray(arr, "RGBA").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def package_files(per_category: int = 4) -> dict[str, bytes]:
-    """emoji.json, LICENSE, package.json and the PNGs of a package with `per_category` emoji in each of the
-    nine categories (the first of each with two skin-tone variants) and one "Component" emoji."""
-    entries, files = [], {}
-    n = 0
-    for c, cat in enumerate(CATS):
-        for j in range(per_category):
-            n += 1
-            code = f"1F{n:03X}"
-            entry = {"unified": code, "image": f"{code.lower()}.png", "category": cat, "has_img_google": True}
-            files[f"img/google/64/{code.lower()}.png"] = _png((20 * c, 10 * j, 200, 255))
-            if j == 0:
-                entry["skin_variations"] = {}
-                for tone in ("1F3FB", "1F3FF"):
-                    name = f"{code.lower()}-{tone.lower()}.png"
-                    entry["skin_variations"][tone] = {"unified": f"{code}-{tone}", "image": name, "has_img_google": True}
-                    files[f"img/google/64/{name}"] = _png((20 * c, 10 * j, 100, 255))
-            entries.append(entry)
-    entries.append({"unified": "1F3FB", "image": "1f3fb.png", "category": "Component", "has_img_google": True})
-    files["img/google/64/1f3fb.png"] = _png((1, 2, 3, 255))
-    files["emoji.json"] = json.dumps(entries).encode()
-    files["LICENSE"] = b"MIT"
-    files["package.json"] = b'{"name": "emoji-datasource-google", "version": "16.0.0"}'
-    return files
-
-
-def write_package(root: Path, files: dict[str, bytes]) -> Path:
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return root
 
 
 def write_tarball(path: Path, files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> str:
@@ -124,7 +80,7 @@ def test_split_is_by_emoji_per_category_and_deterministic(package):
 def test_dataset_composites_on_white_and_keeps_splits_apart(package):
     kw = dict(image_size=8, val_fraction=0.25, root=package)
     train, val = E.EmojiDataset("train", **kw), E.EmojiDataset("val", **kw)
-    assert train.images.shape[1:] == (3, 8, 8) and train.class_names == list(CATS)
+    assert train.images.shape[1:] == (3, 8, 8) and train.class_names == list(E.CATEGORIES)
     assert train.images[:, :, 0, 0].eq(1.0).all()  # transparent corners composite to white
     assert not set(train.emoji) & set(val.emoji)
     assert len(train) + len(val) == 54

@@ -279,3 +279,14 @@ def test_a_logger_whose_package_is_missing_says_what_to_install(tmp_path, monkey
     cfg = run_config(tmp_path, f"logger={kind}")
     with pytest.raises(ConfigError, match=rf"logger={kind} needs the {packages[0]} package: pip install {packages[0]}"):
         make_trainer(cfg)
+
+
+def test_auto_training_precision_is_bf16_only_where_native(monkeypatch):
+    from scaffold import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
+    assert precision.training_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
+    assert precision.training_precision("auto", "cpu") == "32-true"
+    assert precision.training_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice is kept
+    assert precision.training_precision("auto", "tpu") == "32-true"

@@ -118,11 +118,22 @@ def _project(feats: torch.Tensor, basis: torch.Tensor, mean: torch.Tensor) -> np
     return ((feats - mean) @ basis).numpy()
 
 
-def conditional_frechet(sample_f: np.ndarray, sample_y: np.ndarray, real_f: np.ndarray, real_y: np.ndarray) -> float:
-    """The mean over the classes of `real_y` of the Frechet distance between the first n samples of the class
-    and its n real images (n = min of the two counts)."""
+def frechet_classes(real_y: np.ndarray) -> np.ndarray:
+    """The classes with at least 2 real images: a covariance needs 2, so the others are left out of every
+    Frechet figure (the same classes for the distance, its floor and its ceiling)."""
+    c, n = np.unique(real_y, return_counts=True)
+    return c[n >= 2]
+
+
+def conditional_frechet(
+    sample_f: np.ndarray, sample_y: np.ndarray, real_f: np.ndarray, real_y: np.ndarray, classes: np.ndarray
+) -> float:
+    """The mean over `classes` of the Frechet distance between the first n samples of the class and its n
+    real images (n = min of the two counts); NaN when `classes` is empty."""
+    if len(classes) == 0:
+        return math.nan
     out = []
-    for c in np.unique(real_y):
+    for c in classes:
         a, b = sample_f[sample_y == c], real_f[real_y == c]
         n = min(len(a), len(b))
         if n < 2:
@@ -150,6 +161,7 @@ class EmojiReport:
     nn_distance: float  # median nearest-training distance of the samples
     heldout_nn_distance: float  # the same for the held-out emoji's reconstructions
     class_names: list[str] = field(default_factory=list)
+    frechet_left_out: list[int] = field(default_factory=list)  # classes with under 2 held-out images
 
     @property
     def accuracy_ratio(self) -> float:
@@ -173,9 +185,20 @@ class EmojiReport:
         ceiling, and samples no closer to the training set than 0.9 of the held-out emoji's distance."""
         return {
             "accuracy": self.accuracy_ratio >= 0.8,
-            "frechet": self.frechet_position < 0.5,
+            "frechet": bool(self.frechet_position < 0.5),  # NaN (not measured) is a miss
             "copying": self.nn_ratio >= 0.9,
         }
+
+    def _frechet_line(self, verdict: str) -> str:
+        names = [self.class_names[c] if c < len(self.class_names) else str(c) for c in self.frechet_left_out]
+        left = f"; left out, under 2 held-out emoji: {', '.join(names)}" if names else ""
+        if math.isnan(self.frechet):
+            return f"Frechet distance not measured: no category has 2 held-out emoji{left}"
+        return (
+            f"Frechet distance {self.frechet:.2f} (floor, real vs real: {self.frechet_floor:.2f}; ceiling, a model "
+            f"that ignores the label: {self.frechet_ceiling:.2f}; position {self.frechet_position:.2f}, goal < 0.5: "
+            f"{verdict}{left})"
+        )
 
     def lines(self) -> list[str]:
         g = self.goals()
@@ -183,9 +206,7 @@ class EmojiReport:
         return [
             f"category accuracy {self.accuracy:.1%} (balanced) = {self.accuracy_ratio:.2f}x the judge's "
             f"{self.real_accuracy:.1%} on held-out real emoji (goal >= 0.80x: {mark[g['accuracy']]})",
-            f"Frechet distance {self.frechet:.2f} (floor, real vs real: {self.frechet_floor:.2f}; ceiling, a model "
-            f"that ignores the label: {self.frechet_ceiling:.2f}; position {self.frechet_position:.2f}, goal < 0.5: "
-            f"{mark[g['frechet']]})",
+            self._frechet_line(mark[g["frechet"]]),
             f"copy check: median nearest-training distance {self.nn_distance:.4f} against {self.heldout_nn_distance:.4f} "
             f"for held-out emoji, ratio {self.nn_ratio:.2f} (goal >= 0.90: {mark[g['copying']]})",
         ]
@@ -223,24 +244,39 @@ def judge_emoji(
     tf = _project(train_f, basis, mean)
     sy, vy, ty = sample_labels.numpy(), val_labels.numpy(), train_labels.numpy()
 
-    fd = conditional_frechet(sf, sy, vf, vy)
+    classes = frechet_classes(vy)
+    fd = conditional_frechet(sf, sy, vf, vy, classes)
     # floor: training images of each class (a random subset of the held-out count) against the held-out ones
-    pick = np.concatenate([rng.permutation(np.flatnonzero(ty == c)) for c in np.unique(vy)])
-    floor = conditional_frechet(tf[pick], ty[pick], vf, vy)
+    pick = np.concatenate([rng.permutation(np.flatnonzero(ty == c)) for c in classes] + [np.zeros(0, np.int64)])
+    floor = conditional_frechet(tf[pick], ty[pick], vf, vy, classes)
     # ceiling: a model that ignores the label draws each class's images from all the samples
-    ceiling = _label_ignored(sf, vf, vy, rng)
+    ceiling = _label_ignored(sf, vf, vy, classes, rng)
 
     nn_s = nearest_distance(samples.flatten(1).float(), train_rec.flatten(1))
     nn_v = nearest_distance(val_rec.flatten(1), train_rec.flatten(1))
+    left_out = sorted(set(np.unique(vy).tolist()) - set(classes.tolist()))
     return EmojiReport(
-        acc, real_acc, counts, fd, floor, ceiling, nn_s.median().item(), nn_v.median().item(), list(class_names or [])
+        acc,
+        real_acc,
+        counts,
+        fd,
+        floor,
+        ceiling,
+        nn_s.median().item(),
+        nn_v.median().item(),
+        list(class_names or []),
+        left_out,
     )
 
 
-def _label_ignored(sf: np.ndarray, vf: np.ndarray, vy: np.ndarray, rng: np.random.Generator) -> float:
+def _label_ignored(
+    sf: np.ndarray, vf: np.ndarray, vy: np.ndarray, classes: np.ndarray, rng: np.random.Generator
+) -> float:
     """Per class, as many samples as the class has held-out images, drawn from the samples of every class."""
+    if len(classes) == 0:
+        return math.nan
     out = []
-    for c in np.unique(vy):
+    for c in classes:
         b = vf[vy == c]
         a = sf[rng.choice(len(sf), size=len(b), replace=len(b) > len(sf))]
         out.append(frechet_distance(a, b))

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from scaffold.errors import UserError
+from scaffold.precision import native_bf16
 from var.attention import KVCache
 from var.model import VAR
 from var.settings import PRECISIONS, SamplingSettings, merge_settings
@@ -151,23 +152,6 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16} 
 
 class PrecisionError(UserError, ValueError):
     """A sampling precision that is not one of "auto", "fp32", "bf16", "fp16"."""
-
-
-def native_bf16(device: Union[torch.device, str]) -> bool:
-    """Whether ``device`` computes bf16 natively, from torch's own capability queries: CUDA with compute
-    capability 8.0 or more (Ampere), or an x86 CPU with AVX512-BF16 or AMX-BF16 (``torch.cpu.get_capabilities``).
-
-    Not ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: it asks oneDNN whether bf16 *runs*, which is true on
-    any AVX-512 CPU, where oneDNN emulates bf16 and a d16 sample was 3.8x slower than fp32 (issue 20).
-    Other CPUs (no AVX-512, ARM) answer False: bf16 there is unmeasured, and fp32 is never the slow choice.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    if device.type == "cpu":
-        caps = torch.cpu.get_capabilities()
-        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
-    return False
 
 
 def resolve_precision(precision: str, device: Union[torch.device, str]) -> str:
