@@ -36,7 +36,7 @@ def test_defaults_file_and_overrides(tmp_path):
         (["model.patch_nums=[1,a]"], "wrong type for key 'model.patch_nums'"),
         (["lr"], "not of the form key=value"),
         (["model.patch_nums=[3,2]"], r"strictly increasing.*\(in 'model'\)"),
-        (["data.name=cifar"], "data.name must be 'digits' or 'imagefolder'"),
+        (["data.name=cifar"], "data.name must be 'digits', 'emoji' or 'imagefolder'"),
     ],
     ids=["typo", "type", "list-type", "no-equals", "validate", "validate-data"],
 )

@@ -90,7 +90,7 @@ def test_bad_inputs(tmp_path, tok_dir, capsys):
 def test_shipped_configs_load():
     folder = Path(__file__).resolve().parents[1] / "configs" / "tokens"
     shipped = sorted(folder.glob("*.yaml"))
-    assert {p.stem for p in shipped} == {"digits", "imagenet256"}
+    assert {p.stem for p in shipped} == {"digits", "emoji", "imagenet256"}
     for path in shipped:
         cfg = load_config(TokenizeConfig, path)
-        assert cfg.tokenizer and cfg.out_dir and cfg.data.image_size in (16, 256)
+        assert cfg.tokenizer and cfg.out_dir and cfg.data.image_size in (16, 64, 256)

@@ -321,7 +321,7 @@ def test_cli_config_typo_is_one_line_naming_the_key(capsys):
 
 def test_presets_load():
     shipped = sorted(PRESETS.glob("*.yaml"))
-    assert {p.stem for p in shipped} == {"digits", "vae_f16_256"}
+    assert {p.stem for p in shipped} == {"digits", "emoji", "vae_f16_256"}
     for path in shipped:
         cfg = load_config(TokenizerTrainConfig, path)
         assert cfg.data.image_size == cfg.model.image_size
@@ -330,6 +330,9 @@ def test_presets_load():
     big = load_config(TokenizerTrainConfig, PRESETS / "vae_f16_256.yaml")
     assert (big.model.ch, big.model.vocab_size, big.model.z_channels) == (160, 4096, 32)
     assert big.model.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) and big.precision == "bf16-mixed"
+    emoji = load_config(TokenizerTrainConfig, PRESETS / "emoji.yaml")
+    assert emoji.data.name == "emoji" and emoji.model.image_size == 64 and emoji.data.hflip is False
+    assert len(emoji.model.patch_nums) >= 7 and emoji.model.patch_nums[-1] == 64 // emoji.model.downsample
 
 
 def test_bad_inputs_are_one_clear_message(tmp_path, capsys):

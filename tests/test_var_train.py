@@ -227,7 +227,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, cache, monkeypatch):
 
 # Every shipped config as it is meant to be used: d16.yaml alone, each overlay over it, digits.yaml alone.
 OVERLAYS = ["neighborhood", "external", "lka", "gspn", "hybrid"]
-SHIPPED = [["d16.yaml"], *(["d16.yaml", f"d16_{m}.yaml"] for m in OVERLAYS), ["digits.yaml"]]
+SHIPPED = [["d16.yaml"], *(["d16.yaml", f"d16_{m}.yaml"] for m in OVERLAYS), ["digits.yaml"], ["emoji.yaml"]]
 
 
 def test_every_shipped_config_is_tested():
@@ -253,6 +253,10 @@ def test_shipped_configs_load_and_build(files):
             "attention_options",
         }
         assert (combo == base) == (len(files) == 1)
+    if files[0] == "emoji.yaml":  # the multi-scale regime: 7+ scales, the largest wider than the local window
+        pn = cfg.model.patch_nums
+        assert len(pn) >= 7 and pn[-1] >= 8 and cfg.model.num_classes == 9
+        assert pn[-1] > cfg.model.attention_options["neighborhood"]["kernel_size"]
 
 
 def test_a_model_preset_from_the_command_line_keeps_the_files_settings():
