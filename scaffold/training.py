@@ -12,7 +12,8 @@ copy left a 0-byte or half-written `last.ckpt` (issue 16).
 What survives an interruption: every checkpoint file is either the old one or the new one. A kill can
 leave a `.NAME.tmp-PID` temporary; the next start of the run removes it (`prepare_run_folder`). Step
 checkpoints are pruned after each save to the `keep` newest (by modification time) besides `last.ckpt`.
-Resuming is Lightning's own `trainer.fit(ckpt_path=...)`: `resume=last` (or `true`) passes "last", which
+Every checkpoint is read with `torch.load(weights_only=True)`: a file that holds anything but tensors and plain
+values is refused naming it, never unpickled. Resuming is Lightning's own `trainer.fit(ckpt_path=...)`: `resume=last` (or `true`) passes "last", which
 Lightning resolves through `StepCheckpoint`: the newest checkpoint of the run that loads, saying which it
 skipped and why (Lightning alone would take the newest `last.ckpt` even when a kill cut it short).
 `resume=PATH` passes that checkpoint, checked before the run starts.
@@ -27,6 +28,8 @@ import inspect
 import io
 import logging
 import os
+import pickle
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -312,16 +315,32 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomic(path, buffer.getbuffer())
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        # Always weights only, whatever Lightning asks for: a checkpoint file is data, never code (issue 27).
         if not Path(path).is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
         kwargs = {} if map_location is None else {"map_location": map_location}
         try:
-            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+            with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+                return super().load_checkpoint(path, weights_only=True, **kwargs)
         except Exception as err:
             raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
 
 
+# What `torch.load(weights_only=True)` may build besides tensors, containers and plain values. A checkpoint of
+# both trainings holds nothing else (their state is tensors, numbers, strings, lists and dicts): the list is
+# empty on purpose, and a type is added here only when a checkpoint this project writes needs it.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
 def _reason(err: Exception) -> str:
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).lower():
+        # torch's message is many lines of advice to load with weights_only=False: exactly what must not happen.
+        found = re.search(r"GLOBAL (\S+)|global ['`]?([\w.]+)", str(err))
+        what = f" ({next(g for g in found.groups() if g)})" if found else ""
+        return (
+            f"it holds objects other than tensors and plain values{what}; refused, as loading them would run "
+            f"code from the file (a checkpoint of this project never holds any)"
+        )
     text = str(err).splitlines()[0] if str(err) else "no details"
     return f"{type(err).__name__}: {text}"
 
@@ -376,7 +395,8 @@ def probe_checkpoint(path: str | os.PathLike) -> int:
             f"cannot read checkpoint {path}: it is cut short or not a checkpoint ({size} bytes, no zip directory at its end)"
         )
     try:
-        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception as err:
         raise CheckpointError(f"cannot read checkpoint {path}: {_reason(err)}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:

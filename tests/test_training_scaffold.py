@@ -207,6 +207,34 @@ def test_a_corrupt_explicit_resume_checkpoint_is_one_message(tmp_path):
         find_resume_checkpoint(tmp_path, str(tmp_path / "missing.ckpt"))
 
 
+class RunsCode:
+    """Unpickled, it creates the folder `marker`: the stand-in for any code a crafted checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(tmp_path, caplog):
+    """Issue 27, item 1: a file dropped into a run's checkpoint folder must not run code when the run resumes."""
+    train(tmp_path, max_steps=2)
+    marker = tmp_path / "ran"
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": {}, "global_step": 99, "payload": RunsCode(marker)}, last)  # the newest file
+    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+        chosen = find_resume_checkpoint(tmp_path, "last")
+    assert chosen == str(tmp_path / "checkpoints" / "step0000002.ckpt")
+    assert f"skipping cannot read checkpoint {last}: it holds objects other than tensors" in caplog.text
+    for load in (probe_checkpoint, AtomicCheckpointIO().load_checkpoint, lambda p: find_resume_checkpoint(tmp_path, p)):
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint {last}: .*posix.mkdir.*refused"):
+            load(str(last))
+    trainer = train(tmp_path, max_steps=3, ckpt_path="last")  # Lightning's own resume goes through the same checks
+    assert trainer.global_step == 3
+    assert not marker.exists()
+
+
 def test_disk_full_during_a_checkpoint_save_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     train(tmp_path, max_steps=1)
     last = tmp_path / "checkpoints" / "last.ckpt"
