@@ -22,6 +22,7 @@ skipped and why (Lightning alone would take the newest `last.ckpt` even when a k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import functools
 import inspect
@@ -52,6 +53,7 @@ from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .errors import UserError
 from .io import atomic_path, remove_stale_temporaries, write_atomic
+from .lock import folder_lock
 from .loggers import LOGGERS, make_logger
 from .precision import training_precision
 
@@ -63,6 +65,7 @@ __all__ = [
     "StepCheckpoint",
     "TrainerConfig",
     "TrainingError",
+    "check_run_folder",
     "find_resume_checkpoint",
     "fit_and_checkpoint",
     "make_trainer",
@@ -70,7 +73,9 @@ __all__ = [
     "ordered_loader",
     "parse_devices",
     "prepare_run_folder",
+    "previous_run",
     "probe_checkpoint",
+    "run_folder_lock",
     "run_training",
     "save_grid_rows",
     "start_run",
@@ -82,6 +87,8 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "auto")  # auto: scaffold.precision.training_precision
 LAST = "last.ckpt"
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed_everything's range
+EXPORTS = ("model", "tokenizer")  # the folders the trainings export into out_dir
 
 
 class TrainingError(UserError, RuntimeError):
@@ -137,7 +144,8 @@ class RunConfig:
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     out_dir: str = "runs/train"
-    resume: str = "false"  # "false", "last" or "true" (the newest checkpoint of out_dir that loads), or a path
+    resume: str = "false"  # "false", "last" or "true" (the latest step of out_dir that loads), or a path
+    overwrite: bool = False  # start afresh in an out_dir that holds a run: its checkpoints are removed (logged)
     max_steps: int = 100_000
     batch_size: int = 16  # per device
     precision: str = "bf16-mixed"  # "32-true", "bf16-mixed", "16-mixed", or "auto" (bf16-mixed where native)
@@ -146,7 +154,8 @@ class RunConfig:
     log_every_n_steps: int = 50
     logger: str = "csv"  # out_dir/logs as "csv" (metrics.csv), "tensorboard" or "wandb" (when installed), or "none"
     ema_decay: float = 0.999  # 0 turns the EMA off (then the live weights are evaluated and exported)
-    seed: int = 0
+    seed: int = 0  # 0 to 2**32 - 1 (what every RNG of the run takes)
+    nonfinite_steps: int = 0  # steps with a non-finite loss or gradient norm skipped (no update) before a stop
 
     # lightning.Trainer arguments a run sets from its own keys: trainer.<name> is refused, saying what to set instead.
     # (Those a stage's build_trainer sets besides are refused when the Trainer is built: `make_trainer`.)
@@ -172,6 +181,12 @@ class RunConfig:
         for name in ("max_steps", "batch_size", "ckpt_every_n_steps", "keep_checkpoints", "log_every_n_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.nonfinite_steps < 0:
+            raise ValueError(f"nonfinite_steps must be >= 0 (0 stops at the first), got {self.nonfinite_steps}")
+        if self.overwrite and _resume_value(self.resume) is not None:
+            raise ValueError(f"overwrite=true starts afresh but resume={self.resume!r} continues a run: pick one")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.logger not in LOGGERS:
@@ -419,16 +434,19 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 
 def newest_loadable(folder: Path) -> str | None:
-    """The newest checkpoint in `folder` that loads (those that do not are named in a warning with the
-    reason), or None when it holds none; a TrainingError when none of them loads."""
-    skipped = []
+    """The checkpoint in `folder` of the highest training step among those that load (last.ckpt on a tie;
+    those that do not load are named in a warning with the reason), or None when it holds none; a
+    TrainingError when none of them loads. The step is read from each file, not its time: a copied or
+    touched file does not take a run back."""
+    skipped, intact = [], []
     for path in _checkpoints(folder):
         try:
-            step = probe_checkpoint(path)
+            intact.append((probe_checkpoint(path), path.name == LAST, path))
         except CheckpointError as err:
             log.warning("resume: skipping %s", err)
             skipped.append(str(err))
-            continue
+    if intact:
+        step, _, path = max(intact, key=lambda t: (t[0], t[1]))
         log.info("resuming from %s (step %d)", path, step)
         return str(path)
     if skipped:
@@ -442,7 +460,7 @@ def newest_loadable(folder: Path) -> str | None:
 def find_resume_checkpoint(out_dir: str | os.PathLike, resume: str) -> str | None:
     """The checkpoint file a run resumes from, or None for a fresh run.
 
-    `resume`: "false" (fresh), "last" or "true" (`newest_loadable` of `out_dir/checkpoints`; None when it
+    `resume`: "false" (fresh), "last" or "true" (`newest_loadable` of `out_dir/checkpoints`: the highest step; None when it
     holds none yet) or a checkpoint path (it must load).
     """
     value = _resume_value(resume)
@@ -462,9 +480,63 @@ def prepare_run_folder(out_dir: str | os.PathLike) -> None:
         log.info("removed %s, left behind by an interrupted run", path)
 
 
+def previous_run(out_dir: str | os.PathLike) -> list[Path]:
+    """What of an earlier run `out_dir` holds: its checkpoints and its exported folders."""
+    out = Path(out_dir)
+    found = sorted(p for p in (out / "checkpoints").glob("*.ckpt") if p.is_file())
+    return found + [out / name for name in EXPORTS if (out / name / "config.yaml").is_file()]
+
+
+def check_run_folder(cfg: RunConfig) -> None:
+    """Refuse to start a fresh run over another (issue 27): a folder that holds a run takes `resume=true`
+    or `overwrite=true`, which removes the old checkpoints and says so; a `resume=PATH` from elsewhere
+    is refused there too (the new run's pruning would delete the folder's own checkpoints)."""
+    found = previous_run(cfg.out_dir)
+    if not found:
+        return
+    value = _resume_value(cfg.resume)
+    names = ", ".join(str(p.relative_to(cfg.out_dir)) for p in found[:4]) + (", ..." if len(found) > 4 else "")
+    if value is None and not cfg.overwrite:
+        raise TrainingError(
+            f"out_dir={cfg.out_dir} holds a run ({names}): pass resume=true to continue it, overwrite=true to "
+            f"start afresh (its checkpoints are removed), or choose another out_dir"
+        )
+    own = (Path(cfg.out_dir) / "checkpoints").resolve()
+    if value not in (None, "last") and Path(value).resolve().parent != own:
+        raise TrainingError(
+            f"resume={value} continues a checkpoint of another folder, but out_dir={cfg.out_dir} holds a run of "
+            f"its own ({names}): choose an empty out_dir"
+        )
+    if cfg.overwrite:
+        old = [p for p in found if p.suffix == ".ckpt"]
+        for path in old:
+            path.unlink(missing_ok=True)
+        if old:
+            log.warning("overwrite=true: removed the %d checkpoints of the previous run in %s", len(old), own)
+
+
+def is_launching_process() -> bool:
+    """Whether this process is the run's global rank 0, from the launchers' environment (torchrun's RANK,
+    SLURM's SLURM_PROCID, Lightning's NODE_RANK and LOCAL_RANK): known before any process group exists."""
+    env = os.environ
+    for name in ("RANK", "SLURM_PROCID"):
+        if env.get(name, "").strip().isdigit():
+            return int(env[name]) == 0
+    return all(int(env.get(name, "0") or 0) == 0 for name in ("NODE_RANK", "GROUP_RANK", "LOCAL_RANK"))
+
+
+def run_folder_lock(out_dir: str | os.PathLike) -> contextlib.AbstractContextManager:
+    """The lock a training holds on `out_dir` for its whole run (`scaffold.lock.folder_lock`), taken by
+    global rank 0 only: the other ranks of the same run write there too."""
+    return folder_lock(out_dir) if is_launching_process() else contextlib.nullcontext(None)
+
+
 def start_run(cfg: RunConfig) -> str | None:
-    """Seed every RNG, remove what killed runs left in out_dir, and return `trainer.fit`'s `ckpt_path`."""
+    """Seed every RNG, refuse a folder that holds another run (`check_run_folder`), remove what killed
+    runs left in out_dir, and return `trainer.fit`'s `ckpt_path`. Call it holding `run_folder_lock`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if is_launching_process():
+        check_run_folder(cfg)
     prepare_run_folder(cfg.out_dir)
     return cfg.ckpt_path()
 

@@ -132,3 +132,59 @@ def write_files(root: Path, files: dict[str, bytes]) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
+
+
+_HOLD_LOCK = """
+import sys, time
+from scaffold.lock import folder_lock
+with folder_lock(sys.argv[1], sys.argv[2] or None):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+class LockHolder:
+    """A real second process holding `scaffold.lock.folder_lock` on a folder (see `lock_held_elsewhere`)."""
+
+    def __init__(self, folder, lock_file=None):
+        import os
+        import subprocess
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        args = [sys.executable, "-c", _HOLD_LOCK, str(folder), str(lock_file or "")]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline().strip()
+        assert line == "locked", f"the lock holder did not start: {line!r}"
+        self.pid = self.proc.pid
+
+    def kill9(self) -> None:
+        import signal
+
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.kill9()
+        self.proc.stdout.close()
+
+
+def lock_held_elsewhere(folder, lock_file=None) -> LockHolder:
+    """`with lock_held_elsewhere(folder) as holder:` another process holds the folder's lock until the block ends
+    (or `holder.kill9()`, which ends it as kill -9 does)."""
+    return LockHolder(folder, lock_file)
+
+
+def assert_locked_out(err: str, folder, holder: LockHolder) -> None:
+    """`err` is the one line a command prints when `holder` has the lock on `folder`."""
+    import socket
+
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert f"{folder} is being written by another process" in lines[0], err
+    assert f"host {socket.gethostname()}, PID {holder.pid}, since " in lines[0], err

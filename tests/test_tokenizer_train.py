@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import full_disk
+from helpers import assert_locked_out, full_disk, lock_held_elsewhere
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from app.cli import main
@@ -353,6 +353,38 @@ def test_bad_inputs_are_one_clear_message(tmp_path, capsys):
     # A Lightning argument that does not fit the module: the tokenizer steps its optimizers itself.
     with pytest.raises(TrainingError, match=r"refused the run's settings: Automatic gradient accumulation is not"):
         train_tokenizer(tiny_config(tmp_path, "trainer.accumulate_grad_batches=2"), logger=False)
+
+
+def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_deletes_nothing(tmp_path, capsys, caplog):
+    """Issue 27, item 2: resume=false over an earlier run silently deleted its checkpoints."""
+    run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4", "max_steps=2"]
+    assert main(run) == 0
+    folder = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main([*run, "seed=1"]) == 2
+    err = capsys.readouterr().err
+    assert f"out_dir={tmp_path} holds a run (checkpoints/last.ckpt" in err
+    assert "pass resume=true to continue it, overwrite=true to start afresh" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert main([*run, "overwrite=true", "resume=true"]) == 2
+    assert "overwrite=true starts afresh but resume='True' continues a run" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        assert main([*run, "seed=1", "overwrite=true"]) == 0  # the explicit choice: removed, and said so
+    assert "overwrite=true: removed the 3 checkpoints of the previous run" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == sorted(before)
+    assert (folder / "last.ckpt").read_bytes() != before["last.ckpt"]
+
+
+def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, capsys):
+    """Issue 27, item 3: a real second process holds out_dir; the lock goes with it on kill -9."""
+    run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "batch_size=4", "max_steps=1"]
+    with lock_held_elsewhere(tmp_path) as holder:
+        assert main(run) == 2
+        assert_locked_out(capsys.readouterr().err, tmp_path, holder)
+        assert not (tmp_path / "checkpoints").exists()
+        holder.kill9()  # nothing runs after SIGKILL: the kernel drops the flock
+        assert main(run) == 0
 
 
 def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):

@@ -187,6 +187,19 @@ def test_lightning_s_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_p
         train(empty, max_steps=1, ckpt_path="last")
 
 
+def test_resume_last_takes_the_highest_step_not_the_newest_file(tmp_path, caplog):
+    """Issue 27, item 10: a copied or touched older checkpoint (the newest file) must not take a run back."""
+    train(tmp_path, max_steps=3, keep=2)
+    folder = tmp_path / "checkpoints"
+    for name in ("last.ckpt", "step0000003.ckpt"):
+        os.utime(folder / name, (1_000_000, 1_000_000))  # step 2 is now the newest file by far
+    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+        assert find_resume_checkpoint(tmp_path, "last") == str(folder / "last.ckpt")
+    assert "(step 3)" in caplog.text
+    (folder / "last.ckpt").write_bytes(b"")  # among the intact ones only
+    assert find_resume_checkpoint(tmp_path, "last") == str(folder / "step0000003.ckpt")
+
+
 def test_resume_with_no_loadable_checkpoint_is_one_message(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
@@ -292,6 +305,13 @@ def test_trainer_arguments_lightning_or_the_stage_refuses_name_the_key(tmp_path)
         make_trainer(run_config(tmp_path, "trainer.limit_train_batches=-1"))
     with pytest.raises(ConfigError, match=r"trainer.val_check_interval is not passed .*this training sets it .*=5"):
         make_trainer(run_config(tmp_path, "trainer.val_check_interval=3"), val_check_interval=5)
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "true"])
+def test_the_run_seed_is_checked(tmp_path, seed):
+    with pytest.raises(ConfigError, match=r"seed must be between 0 and 4294967295|seed.*(bool|int)"):
+        run_config(tmp_path, f"seed={seed}")
+    assert run_config(tmp_path, "seed=4294967295").seed == 2**32 - 1
 
 
 def test_logger_choice(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_locked_out, lock_held_elsewhere
 from torch import nn
 
 from app.cli import main
@@ -160,7 +161,7 @@ def test_on_the_fly_tokenization_from_images(tmp_path, cache):
     _, losses = fit(cfg)
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     with pytest.raises(TrainingError, match="tokenizer= is required with data.source=images"):
-        train_var(tiny_config(tmp_path, cache, "data.source=images"))
+        train_var(tiny_config(tmp_path / "other", cache, "data.source=images"))
 
 
 def test_weight_decay_only_on_matrices():
@@ -214,6 +215,14 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, cache, monkeypat
         train_var(cfg, logger=False)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, cache, capsys):
+    """Issue 27, item 3: `var train` holds out_dir for its whole run."""
+    with lock_held_elsewhere(tmp_path) as holder:
+        assert main(["train", *TINY, f"data.cache={cache}", f"out_dir={tmp_path}", "max_steps=1"]) == 2
+        assert_locked_out(capsys.readouterr().err, tmp_path, holder)
+        assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "model").exists()
 
 
 def test_out_of_memory_names_the_batch_size(tmp_path, cache, monkeypatch):

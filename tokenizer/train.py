@@ -33,6 +33,7 @@ from scaffold.training import (
     fit_and_checkpoint,
     make_trainer,
     ordered_loader,
+    run_folder_lock,
     run_training,
     save_grid_rows,
     start_run,
@@ -378,17 +379,18 @@ def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
 
 def train_tokenizer(cfg: TokenizerTrainConfig, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/tokenizer`; returns that folder."""
-    ckpt_path = start_run(cfg)
-    data = TokenizerData(cfg.data, cfg.batch_size, cfg.trainer.num_workers, cfg.seed)
-    data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer
-    module = TokenizerTraining(cfg)
-    trainer = build_trainer(cfg, **trainer_overrides)
-    fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size)
-    export_dir = Path(cfg.out_dir) / "tokenizer"
-    if trainer.is_global_zero:
-        export_tokenizer(module.eval_model, export_dir)
-        log.info("exported the tokenizer to %s (load it with tokenizer.load_tokenizer)", export_dir)
-    return export_dir
+    with run_folder_lock(cfg.out_dir):  # one run at a time in out_dir, gone with the process
+        ckpt_path = start_run(cfg)
+        data = TokenizerData(cfg.data, cfg.batch_size, cfg.trainer.num_workers, cfg.seed)
+        data.setup("fit")  # dataset problems surface now, as one message, not inside the trainer
+        module = TokenizerTraining(cfg)
+        trainer = build_trainer(cfg, **trainer_overrides)
+        fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size)
+        export_dir = Path(cfg.out_dir) / "tokenizer"
+        if trainer.is_global_zero:
+            export_tokenizer(module.eval_model, export_dir)
+            log.info("exported the tokenizer to %s (load it with tokenizer.load_tokenizer)", export_dir)
+        return export_dir
 
 
 # ------------------------------------------------------------------------------------------- CLI

@@ -35,6 +35,7 @@ from scaffold.training import (
     TrainingError,
     fit_and_checkpoint,
     make_trainer,
+    run_folder_lock,
     run_training,
     save_grid_rows,
     start_run,
@@ -361,23 +362,24 @@ def resolve_tokenizer(cfg: VARTrainConfig) -> str:
 
 def train_var(cfg: VARTrainConfig, vae: MultiScaleVQVAE | None = None, **trainer_overrides) -> Path:
     """Train (or resume), checkpoint, and export the EMA weights to `out_dir/model`; returns that folder."""
-    ckpt_path = start_run(cfg)
-    vae = vae if vae is not None else load_vae(resolve_tokenizer(cfg))
-    data = VARData(cfg, vae)
-    data.setup("fit")  # data problems surface now, as one message, not inside the trainer
-    module = VARTraining(cfg, vae, data.class_names)
-    trainer = build_trainer(cfg, **trainer_overrides)
-    hint = "; optim.lr follows the global batch"
-    fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
-    export_dir = Path(cfg.out_dir) / "model"
-    weights = full_state_dict(trainer, "ema.module." if module.ema is not None else "var.")  # on every rank
-    with full_weights(module):  # FSDP: the tokenizer, gathered on every rank
-        if trainer.is_global_zero:
-            export_model(
-                module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
-            )
-        log.info("exported the model to %s (load it with var.load_model, sample it with `var sample`)", export_dir)
-    return export_dir
+    with run_folder_lock(cfg.out_dir):  # one run at a time in out_dir, gone with the process
+        ckpt_path = start_run(cfg)
+        vae = vae if vae is not None else load_vae(resolve_tokenizer(cfg))
+        data = VARData(cfg, vae)
+        data.setup("fit")  # data problems surface now, as one message, not inside the trainer
+        module = VARTraining(cfg, vae, data.class_names)
+        trainer = build_trainer(cfg, **trainer_overrides)
+        hint = "; optim.lr follows the global batch"
+        fit_and_checkpoint(trainer, module, data, ckpt_path, cfg.out_dir, cfg.batch_size, hint)
+        export_dir = Path(cfg.out_dir) / "model"
+        weights = full_state_dict(trainer, "ema.module." if module.ema is not None else "var.")  # on every rank
+        with full_weights(module):  # FSDP: the tokenizer, gathered on every rank
+            if trainer.is_global_zero:
+                export_model(
+                    module.var, vae, export_dir, class_names=data.class_names, sampling=cfg.sampling, state_dict=weights
+                )
+            log.info("exported the model to %s (load it with var.load_model, sample it with `var sample`)", export_dir)
+        return export_dir
 
 
 # ------------------------------------------------------------------------------------------- CLI
