@@ -4,7 +4,8 @@ Regenerates the masked part of one image - in-painting (no class), class-conditi
 class), out-painting (a mask over the border) - with :func:`var.edit.edit`, exactly as the Edit tab
 does: the image is center-cropped to a square and resized to the model's resolution, and the mask,
 given as a mask image of the same size as the image (white = regenerate) or as a pixel box, is
-cropped and resized with it. The result is written atomically as a PNG::
+cropped and resized with it. The result is written atomically as a PNG, under a lock (``.OUT.lock``
+beside it, scaffold.lock) that refuses a second `var edit` to the same file while this one runs::
 
     var edit --model demo/model --image in.png --box 8,8,24,24 --class 3 --out out.png
     var edit --model d16 --image photo.jpg --mask mask.png --class "golden retriever" --out dog.png
@@ -20,10 +21,16 @@ import torch
 
 from app.logic import InputError, center_square, parse_label, square_mask, to_pil
 from scaffold.io import write_atomic
+from scaffold.lock import folder_lock
 from tokenizer.data import read_rgb
 from var.settings import add_sampling_arguments, given_settings
 
-__all__ = ["add_arguments", "mask_array", "parse_class", "run"]
+__all__ = ["add_arguments", "lock_file", "mask_array", "parse_class", "run"]
+
+
+def lock_file(out: Path) -> Path:
+    """The lock `var edit` holds while it writes `out`: ``.NAME.lock`` beside it (scaffold.lock)."""
+    return out.with_name(f".{out.name}.lock")
 
 
 def parse_class(value: str, class_names: list[str]) -> int:
@@ -109,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     label = parse_class(args.label, loaded.class_names)
     size = loaded.vae.image_size
     image_3HW, mask_HW = center_square(image, size), square_mask(mask, size)
-    result = edit(loaded.model, loaded.vae, image_3HW, mask_HW, label, settings, seed=[settings.seed])
-    write_atomic(out, lambda f: to_pil(result)[0].save(f, format="PNG"))
+    with folder_lock(out, lock_file=lock_file(out)):  # a second `var edit` to the same --out is refused
+        result = edit(loaded.model, loaded.vae, image_3HW, mask_HW, label, settings, seed=[settings.seed])
+        write_atomic(out, lambda f: to_pil(result)[0].save(f, format="PNG"))
     what = "in-painted" if label == loaded.num_classes else f"edited as class {label} ({loaded.class_names[label]})"
     share = float((mask_HW > 0.5).float().mean())
     print(f"{image_path} {what}, {share:.0%} of it regenerated -> {out}")

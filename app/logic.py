@@ -22,7 +22,7 @@ from tokenizer.data import to_rgb
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample
-from var.settings import MAX_SEED, SamplingSettings, count, integer, merge_settings
+from var.settings import MAX_SEED, SamplingSettings, SettingsError, count, integer, merge_settings
 
 __all__ = [
     "MAX_IMAGES",
@@ -79,7 +79,12 @@ def request_settings(defaults: SamplingSettings, num_images: Any = 1, **changes:
     """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's) with the given
     ``changes`` of its fields (text, numbers; ``None`` keeps the default)."""
     n = count(num_images, "number of images", 1, MAX_IMAGES)
-    return n, merge_settings(defaults, changes)
+    s = merge_settings(defaults, changes)
+    if s.seed + n - 1 > MAX_SEED:  # image i uses seed + i: the last one must still be a seed
+        raise SettingsError(
+            f"seed must be at most {MAX_SEED - n + 1} for {n} images (image i uses seed + i), got {s.seed}", "seed"
+        )
+    return n, s
 
 
 # ----------------------------------------------------------------------------- images

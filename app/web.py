@@ -257,8 +257,10 @@ def build_demo(models: Sequence[LoadedModel]):
             api_visibility="private",
             queue=False,
         )
-        for button, box in ((dice, seed), (e_dice, e_seed)):
-            button.click(lambda: random.randint(0, MAX_SEED), None, box, api_visibility="private", queue=False)
+        for button, box in ((dice, seed), (e_dice, e_seed)):  # a seed that any number of images can start from
+            button.click(
+                lambda: random.randint(0, MAX_SEED - MAX_IMAGES + 1), None, box, api_visibility="private", queue=False
+            )
         go.click(
             _friendly(on_generate),
             [model_dd, label, num_images, seed, cfg, top_k, top_p, smooth],

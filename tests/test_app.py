@@ -118,6 +118,11 @@ def test_labels_and_choices():
         (dict(cfg=-0.5), r"guidance \(cfg\) must be >= 0"),
         (dict(cfg=float("nan")), "must be finite"),
         (dict(seed=-1), "seed must be between 0 and"),
+        (dict(cfg=1e39), r"guidance \(cfg\) must be at most 100, got 1e\+39"),
+        (
+            dict(num_images=4, seed=2**32 - 2),
+            "seed must be at most 4294967292 for 4 images .image i uses seed . i., got",
+        ),
         (dict(num_images=2.5), "number of images must be an integer, got 2.5"),
         (dict(top_k=2.5), "top-k must be an integer, got 2.5"),
         (dict(more_smooth="maybe"), "more_smooth must be true or false, got 'maybe'"),
@@ -128,6 +133,11 @@ def test_validation_messages(kwargs, message):
     args = {**dict(num_images=1, seed=0, cfg=1.5, top_k=900, top_p=0.96), **kwargs}
     with pytest.raises(UserError, match=message):
         request_settings(SamplingSettings(), **args)
+
+
+def test_the_last_image_s_seed_is_a_seed_too():
+    n, s = request_settings(SamplingSettings(), 4, seed=2**32 - 4)  # seeds up to MAX_SEED itself
+    assert (n, s.seed + n - 1) == (4, 2**32 - 1)
 
 
 def test_unset_settings_are_the_model_s_and_values_are_converted(models):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import TINY_VAE
-from helpers import tiny_var
+from helpers import assert_locked_out, lock_held_elsewhere, tiny_var
 from PIL import Image
 
 import var.batch_sample as batch
@@ -246,9 +246,12 @@ def test_a_folder_from_before_the_record_is_refused(tmp_path, model_dir, capsys)
         (["--per-class", "2.5"], "--per-class must be an integer, got '2.5'"),
         (["--classes", "0-10"], "class ids must be in 0..9"),
         (["--out", ""], "--out is empty"),
+        (["--cfg", "1e39"], "guidance (cfg) must be at most 100, got 1e+39"),  # finite, but inf in the logits
+        (["--out", "."], "--out . is the working folder or one above it"),
+        (["--out", ".."], "--out .. is the working folder or one above it"),
     ],
     ids=["cfg-nan", "cfg-inf", "top-k-negative", "top-k-fraction", "top-p-2", "seed", "precision", "per-class",
-         "classes", "out-empty"],
+         "classes", "out-empty", "cfg-absurd", "out-here", "out-above"],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--out ''` must not write into the current folder
@@ -305,3 +308,40 @@ def test_temporaries_of_a_killed_run_are_removed_on_the_next(tmp_path, model_dir
     live.write_bytes(b"writing")
     assert _sample(tmp_path, model_dir, out) == 0
     assert not any(p.exists() for p in left) and live.exists()
+
+
+def test_a_second_sample_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, model_dir, capsys):
+    """Issue 27, item 3: two `var sample` into one --out mixed their images into one npz."""
+    out = tmp_path / "s"
+    with lock_held_elsewhere(out) as holder:
+        assert _sample(tmp_path, model_dir, out, "--seed", "1") == 2
+        assert_locked_out(capsys.readouterr().err, out, holder)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no record, no image
+        assert not npz_path(out).exists()
+        holder.kill9()
+        assert _sample(tmp_path, model_dir, out, "--seed", "1") == 0
+    assert json.loads((out / "sampling.json").read_text())["settings"]["seed"] == 1
+
+
+def test_write_npz_holds_the_images_once(tmp_path):
+    """Minor item of issue 27: a list of images and their stack held every image twice."""
+    import tracemalloc
+
+    out = tmp_path / "s"
+    classes, per_class = [0, 1], 60
+    img = np.full((256, 256, 3), 7, np.uint8)
+    for c in classes:
+        for i in range(per_class):
+            batch.image_path(out, c, i).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(batch.image_path(out, c, i))
+    size = img.nbytes * len(classes) * per_class  # 23.6 MB; np.savez writes a zip member in 16 MiB chunks
+    tracemalloc.start()
+    try:
+        write_npz(out, classes, per_class)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.85 * size, peak / size  # the images once, plus one chunk being written (was ~2.7x)
+    with np.load(npz_path(out)) as z:
+        assert z["arr_0"].shape == (120, 256, 256, 3) and (z["arr_0"] == 7).all()
+        assert z["arr_1"].tolist() == [0] * 60 + [1] * 60

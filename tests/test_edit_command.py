@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY_VAE
-from helpers import tiny_var
+from helpers import assert_locked_out, lock_held_elsewhere, tiny_var
 from PIL import Image
 
 from app.cli import main
-from app.edit_command import mask_array, parse_class
+from app.edit_command import lock_file, mask_array, parse_class
 from app.logic import InputError, center_square, square_mask
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var.edit import edit
@@ -122,3 +122,15 @@ def test_parse_class_accepts_none_ids_and_names():
 def test_mask_array_box_covers_exactly_the_box():
     m = mask_array(None, "1,2,4,3", 5, 4)
     assert m.shape == (4, 5) and m.sum() == 3 and m[2, 1:4].min() == 1
+
+
+def test_a_second_edit_to_a_locked_output_exits_2_naming_the_holder(model_dir, image_file, tmp_path, capsys):
+    """Issue 27, item 3: `var edit` holds its --out while it computes and writes it."""
+    out = tmp_path / "out.png"
+    with lock_held_elsewhere(out, lock_file(out)) as holder:
+        assert _edit(model_dir, image_file, out, "--box", "8,0,40,24") == 2
+        assert_locked_out(capsys.readouterr().err, out, holder)
+        assert not out.exists()
+        holder.kill9()
+        assert _edit(model_dir, image_file, out, "--box", "8,0,40,24") == 0
+    assert Image.open(out).size == (32, 32)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_locked_out, lock_held_elsewhere
 from PIL import Image
 
 from app.cli import main
@@ -64,7 +65,7 @@ def test_interrupted_tokenize_continues_to_the_identical_cache(tmp_path, tok_dir
     dead.wait()
     (part / ".partial" / f".progress.json.tmp-{dead.pid}").write_text('{"images_')  # a kill mid-write
     tokenize(config(tok_dir, part, *common))  # continues at the recorded image
-    assert sorted(p.name for p in part.iterdir()) == ["header.yaml", "labels.npy", "tokens.npy"]
+    assert sorted(p.name for p in part.iterdir()) == [".lock", "header.yaml", "labels.npy", "tokens.npy"]
     for name in ("tokens.npy", "labels.npy", "header.yaml"):
         assert (whole / name).read_bytes() == (part / name).read_bytes(), name
     cache = TokenCache(part)
@@ -85,6 +86,19 @@ def test_bad_inputs(tmp_path, tok_dir, capsys):
     assert "data.image_size=16 but the tokenizer takes 32 px" in capsys.readouterr().err
     assert main(["tokenize", "views=2", f"out_dir={tmp_path / 'y'}"]) == 2
     assert "views > 1 needs data.name=imagefolder" in capsys.readouterr().err
+
+
+def test_a_second_tokenize_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, tok_dir, capsys):
+    """Issue 27, item 3: `var tokenize` holds out_dir; the lock goes with its process on kill -9."""
+    out = tmp_path / "c"
+    args = ["tokenize", f"tokenizer={tok_dir}", "data.image_size=32", f"out_dir={out}", "device=cpu", "max_images=4"]
+    with lock_held_elsewhere(out) as holder:
+        assert main(args) == 2
+        assert_locked_out(capsys.readouterr().err, out, holder)
+        assert not (out / ".partial").exists()
+        holder.kill9()
+        assert main(args) == 0
+    assert TokenCache(out).header.num_images == 4
 
 
 def test_shipped_configs_load():

@@ -14,6 +14,10 @@ decoded from its tokens alone. Its bytes therefore depend on the global seed, th
 sampling settings and the device's arithmetic, never on the batch size, the number of processes, or
 where an interrupted run resumed.
 
+Lock: the process writing OUT (rank 0) holds ``OUT/.lock`` (scaffold.lock) from the check of its record
+to the end of OUT.npz; a second `var sample` into OUT exits 2 naming it, and the lock ends with the
+process (kill -9 included).
+
 Resume: an image whose PNG exists is skipped; the settings are validated, and the folder's record
 compared with the model, before anything is written. Temporaries that a killed run left behind
 (``.N.png.tmp-PID``, ``.OUT.npz.tmp-PID``) are removed when the next run starts.
@@ -26,6 +30,7 @@ watching the files) and writes the `.npz`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import json
@@ -40,6 +45,7 @@ from PIL import Image
 
 from scaffold.errors import UserError
 from scaffold.io import atomic_open, remove_stale_temporaries, write_atomic
+from scaffold.lock import folder_lock
 from var.settings import SamplingSettings, add_sampling_arguments, count, given_settings
 
 __all__ = [
@@ -124,6 +130,12 @@ def _check_out(out: str | os.PathLike) -> Path:
     if not str(out).strip():
         raise SampleError("--out is empty: name the output folder (OUT.npz is written beside it)")
     out = Path(out)
+    here = Path.cwd()
+    if Path(os.path.abspath(out)) in (here, *here.parents):
+        raise SampleError(
+            f"--out {out} is the working folder or one above it: name a folder of its own "
+            f"(its images go in it, OUT.npz beside it)"
+        )
     if out.exists() and not out.is_dir():
         raise SampleError(f"cannot write to the output folder {out}: it is a file")
     existing = out.absolute()
@@ -261,9 +273,17 @@ def write_npz(out: str | os.PathLike, classes: Sequence[int], per_class: int) ->
     missing = _missing(out, classes, per_class)
     if missing:
         raise SampleError(f"{len(missing)} images are missing (first: {missing[0]}); rerun `var sample` to finish")
-    imgs = np.stack(
-        [np.asarray(Image.open(image_path(out, c, i)).convert("RGB")) for c in classes for i in range(per_class)]
-    )
+    paths = [image_path(out, c, i) for c in classes for i in range(per_class)]
+    imgs: np.ndarray | None = None  # filled in place: the images are held once, not as a list and a stack
+    for k, p in enumerate(paths):
+        with Image.open(p) as im:
+            img = np.asarray(im.convert("RGB"))
+        if imgs is None:
+            imgs = np.empty((len(paths), *img.shape), np.uint8)
+        if img.shape != imgs.shape[1:]:
+            raise SampleError(f"{p} is {img.shape[1]}x{img.shape[0]} but {paths[0]} is {imgs.shape[2]}x{imgs.shape[1]}")
+        imgs[k] = img
+        del img
     labels = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
     path = npz_path(out)
     with atomic_open(path) as f:
@@ -329,22 +349,25 @@ def run(args: argparse.Namespace) -> int:
     settings = loaded.sampling.replace(**given_settings(args))
     if rank == 0:
         print(f"{loaded.describe()}; {len(classes)} classes x {per_class} images -> {out}")
-    generate_folder(
-        loaded,
-        out,
-        classes,
-        per_class,
-        settings,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-        progress=rank == 0 and not args.no_progress,
-    )
-    if rank == 0:
-        _wait_for_all(out, classes, per_class)
-        path = write_npz(out, classes, per_class)
-        print(f"wrote {len(classes) * per_class} images to {out}/ and {path}")
-    elif _process_group():
+    # Rank 0 holds the folder from its record's check to OUT.npz: a second `var sample` into it is refused
+    # (the other ranks of this run write there too, and take no lock).
+    with folder_lock(out) if rank == 0 else contextlib.nullcontext():
+        generate_folder(
+            loaded,
+            out,
+            classes,
+            per_class,
+            settings,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            progress=rank == 0 and not args.no_progress,
+        )
+        if rank == 0:
+            _wait_for_all(out, classes, per_class)
+            path = write_npz(out, classes, per_class)
+            print(f"wrote {len(classes) * per_class} images to {out}/ and {path}")
+    if rank != 0 and _process_group():
         torch.distributed.barrier()  # rank 0's, in _wait_for_all
     if _process_group():
         torch.distributed.destroy_process_group()

@@ -35,6 +35,7 @@ from typing import Any
 from scaffold.errors import UserError
 
 __all__ = [
+    "MAX_CFG",
     "MAX_SEED",
     "MODEL_DEFAULTS",
     "PRECISIONS",
@@ -51,6 +52,7 @@ __all__ = [
 # "auto" lets the sampler pick per device (see var.sample); the others force an autocast dtype.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # what a web form's number field and every device's generator take
+MAX_CFG = 100.0  # guidance beyond this only saturates; 1e39 is finite in float64 but inf in the logits' dtype
 
 
 class SettingsError(UserError, ValueError):
@@ -123,7 +125,7 @@ class SamplingSettings:
     """What a sampled image depends on besides its class and its seeding: the one home of these defaults.
 
     The defaults are the paper's FID setting (cfg 1.5, top-k 900, top-p 0.96; VAR README) in exact fp32.
-    ``cfg``: classifier-free guidance, >= 0 (0 turns it off); ``top_k``: >= 0 (0 keeps every token);
+    ``cfg``: classifier-free guidance, 0 to :data:`MAX_CFG` (0 turns it off); ``top_k``: >= 0 (0 keeps every token);
     ``top_p``: in [0, 1] (0 or 1 keep every token); ``more_smooth``: Gumbel-softmax embeddings, for
     visuals only. ``seed``: the global seed, 0 to :data:`MAX_SEED`: the sampling functions seed one
     generator for the batch with it unless given per-call seeds, `var sample` derives each image's seed
@@ -147,6 +149,8 @@ class SamplingSettings:
         g = number(self.cfg, "guidance (cfg)", "cfg")
         if g < 0:
             raise SettingsError(f"guidance (cfg) must be >= 0, got {g}", "cfg")
+        if g > MAX_CFG:
+            raise SettingsError(f"guidance (cfg) must be at most {MAX_CFG:g}, got {g:g}", "cfg")
         k = integer(self.top_k, "top-k", "top_k")
         if k < 0:
             raise SettingsError(f"top-k must be >= 0 (0 keeps every token), got {k}", "top_k")
@@ -227,7 +231,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> N
     """The sampling flags of `var sample` and `var edit`. Numbers are read as text and checked by
     :class:`SamplingSettings` (the web UI's checks, ranges and messages); an unset flag is None, the model's."""
     parser.add_argument("--seed", default=None, help=seed_help)
-    parser.add_argument("--cfg", default=None, help="guidance, >= 0 (default: the model's)")
+    parser.add_argument("--cfg", default=None, help=f"guidance, 0 to {MAX_CFG:g} (default: the model's)")
     parser.add_argument("--top-k", default=None, help="top-k, 0 disables (default: the model's)")
     parser.add_argument("--top-p", default=None, help="top-p in [0, 1], 0 or 1 disable (default: the model's)")
     parser.add_argument(

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 from scaffold.config import add_config_arguments, config_to_dict, load_config
 from scaffold.errors import UserError
 from scaffold.io import remove_stale_temporaries, write_atomic
+from scaffold.lock import folder_lock
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets, load_official_vae, load_tokenizer
 from tokenizer.data import class_names as dataset_class_names
 
@@ -224,64 +225,65 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
         data=config_to_dict(cfg.data),
         split=cfg.split,
     )
-    if (out / HEADER).is_file():
-        done = TokenCache(out).header
-        if asdict(done) == asdict(header):
-            log.info("token cache %s is complete already", out)
-            return out
-        raise TokenCacheError(
-            f"{out} holds another token cache (other tokenizer, data or views): choose another out_dir"
-        )
+    with folder_lock(out):  # one writer at a time, gone with its process (kill -9 included)
+        if (out / HEADER).is_file():
+            done = TokenCache(out).header
+            if asdict(done) == asdict(header):
+                log.info("token cache %s is complete already", out)
+                return out
+            raise TokenCacheError(
+                f"{out} holds another token cache (other tokenizer, data or views): choose another out_dir"
+            )
 
-    partial = out / PARTIAL
-    fingerprint = {**config_to_dict(header), "seed": cfg.seed}
-    progress_file = partial / PROGRESS
-    remove_stale_temporaries(partial)  # a progress or header write cut short by a kill
-    start = 0
-    if progress_file.is_file():
-        progress = json.loads(progress_file.read_text())
-        if progress.get("fingerprint") == fingerprint:
-            start = int(progress["images_done"])
-            log.info("continuing the interrupted token cache %s at image %d of %d", out, start, n)
-        else:
-            log.warning("%s holds an unfinished cache of other settings: starting over", partial)
-    if start == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        np.lib.format.open_memmap(partial / TOKENS, mode="w+", dtype=dtype, shape=(n * views, L)).flush()
-        np.lib.format.open_memmap(partial / LABELS, mode="w+", dtype=np.int32, shape=(n * views,)).flush()
-        write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": 0}))
+        partial = out / PARTIAL
+        fingerprint = {**config_to_dict(header), "seed": cfg.seed}
+        progress_file = partial / PROGRESS
+        remove_stale_temporaries(partial)  # a progress or header write cut short by a kill
+        start = 0
+        if progress_file.is_file():
+            progress = json.loads(progress_file.read_text())
+            if progress.get("fingerprint") == fingerprint:
+                start = int(progress["images_done"])
+                log.info("continuing the interrupted token cache %s at image %d of %d", out, start, n)
+            else:
+                log.warning("%s holds an unfinished cache of other settings: starting over", partial)
+        if start == 0:
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            np.lib.format.open_memmap(partial / TOKENS, mode="w+", dtype=dtype, shape=(n * views, L)).flush()
+            np.lib.format.open_memmap(partial / LABELS, mode="w+", dtype=np.int32, shape=(n * views,)).flush()
+            write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": 0}))
 
-    device = _device(cfg.device)
-    vae = vae.to(device).eval()
-    tokens = np.load(partial / TOKENS, mmap_mode="r+")
-    labels = np.load(partial / LABELS, mmap_mode="r+")
-    for chunks, c0 in enumerate(range(start, n, cfg.chunk), start=1):
-        c1 = min(n, c0 + cfg.chunk)
-        items = [(i, v) for i in range(c0, c1) for v in range(views)]  # row order: image-major
-        for b0 in range(0, len(items), cfg.batch_size):
-            batch = items[b0 : b0 + cfg.batch_size]
-            loaded = [_load_view(dataset, i, v, cfg.seed) for i, v in batch]
-            img = torch.stack([x for x, _ in loaded]).to(device)
-            idx_BL = torch.cat(vae.img_to_idx(img), dim=1)  # [B, L]
-            rows = [i * views + v for i, v in batch]
-            tokens[rows[0] : rows[-1] + 1] = idx_BL.cpu().numpy().astype(dtype)
-            labels[rows[0] : rows[-1] + 1] = np.array([y for _, y in loaded], dtype=np.int32)
-        tokens.flush()
-        labels.flush()
-        write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": c1}))
-        log.info("tokenized %d / %d images", c1, n)
-        if stop_after_chunks is not None and chunks >= stop_after_chunks and c1 < n:
-            return partial
-    del tokens, labels
-    write_atomic(partial / HEADER, OmegaConf.to_yaml(config_to_dict(header)))
-    progress_file.unlink()
-    # The finished files move out of .partial/ and the header comes last: a cache with a header is complete.
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (TOKENS, LABELS, HEADER):
-        os.replace(partial / name, out / name)
-    partial.rmdir()
-    return out
+        device = _device(cfg.device)
+        vae = vae.to(device).eval()
+        tokens = np.load(partial / TOKENS, mmap_mode="r+")
+        labels = np.load(partial / LABELS, mmap_mode="r+")
+        for chunks, c0 in enumerate(range(start, n, cfg.chunk), start=1):
+            c1 = min(n, c0 + cfg.chunk)
+            items = [(i, v) for i in range(c0, c1) for v in range(views)]  # row order: image-major
+            for b0 in range(0, len(items), cfg.batch_size):
+                batch = items[b0 : b0 + cfg.batch_size]
+                loaded = [_load_view(dataset, i, v, cfg.seed) for i, v in batch]
+                img = torch.stack([x for x, _ in loaded]).to(device)
+                idx_BL = torch.cat(vae.img_to_idx(img), dim=1)  # [B, L]
+                rows = [i * views + v for i, v in batch]
+                tokens[rows[0] : rows[-1] + 1] = idx_BL.cpu().numpy().astype(dtype)
+                labels[rows[0] : rows[-1] + 1] = np.array([y for _, y in loaded], dtype=np.int32)
+            tokens.flush()
+            labels.flush()
+            write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": c1}))
+            log.info("tokenized %d / %d images", c1, n)
+            if stop_after_chunks is not None and chunks >= stop_after_chunks and c1 < n:
+                return partial
+        del tokens, labels
+        write_atomic(partial / HEADER, OmegaConf.to_yaml(config_to_dict(header)))
+        progress_file.unlink()
+        # The finished files move out of .partial/ and the header comes last: a cache with a header is complete.
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (TOKENS, LABELS, HEADER):
+            os.replace(partial / name, out / name)
+        partial.rmdir()
+        return out
 
 
 # ------------------------------------------------------------------------------------------- CLI
