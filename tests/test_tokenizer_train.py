@@ -1,6 +1,7 @@
 """Tokenizer training: losses, codebook health, manual optimization, exact resume, export, CLI errors."""
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -385,6 +386,48 @@ def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_pa
         assert not (tmp_path / "checkpoints").exists()
         holder.kill9()  # nothing runs after SIGKILL: the kernel drops the flock
         assert main(run) == 0
+
+
+def test_a_diverging_loss_stops_the_run_and_exports_nothing(tmp_path, capsys):
+    """Issue 27, item 4: optim.lr=1e30 finished and exported a tokenizer of NaN weights."""
+    run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4", "max_steps=6"]
+    assert main([*run, "optim.lr=1e30", "loss.disc_start=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"var train-tokenizer: error: the (weights are not finite after step \d+|.* is \S+ at step \d+)"
+                        r".*the last good checkpoint is .*last.ckpt.*Lower optim.lr.*", err), err  # fmt: skip
+    assert not (tmp_path / "tokenizer").exists()
+    for path in (tmp_path / "checkpoints").glob("*.ckpt"):  # whatever was saved is finite
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
+
+
+def test_non_finite_gradients_skip_the_update_up_to_nonfinite_steps(tmp_path, caplog):
+    cfg = tiny_config(tmp_path, "max_steps=4", "loss.adversarial=0", "nonfinite_steps=2")
+    module = TokenizerTraining(cfg)
+    weight = module.vae.decoder.conv_out.weight
+    calls = []
+
+    def poison(grad):  # steps 1 and 2 (of 0..3) get an infinite gradient, the loss stays finite
+        calls.append(1)
+        return grad * float("inf") if len(calls) in (2, 3) else grad
+
+    weight.register_hook(poison)
+    data = __import__("tokenizer.train", fromlist=["TokenizerData"]).TokenizerData(cfg.data, cfg.batch_size, 0, 0)
+    snapshots = []
+    module.on_train_batch_end = lambda *a: snapshots.append(weight.detach().clone())
+    with caplog.at_level(logging.WARNING):
+        build_trainer(cfg, logger=False).fit(module, datamodule=data)
+    assert (
+        "the generator's gradient norm is inf at step 1: its update is skipped (1 of nonfinite_steps=2)" in caplog.text
+    )
+    assert torch.equal(snapshots[0], snapshots[1]) and torch.equal(snapshots[1], snapshots[2])  # no update
+    assert not torch.equal(snapshots[2], snapshots[3]) and torch.isfinite(weight).all()
+    calls.clear()
+    cfg = tiny_config(tmp_path / "b", "max_steps=4", "loss.adversarial=0", "nonfinite_steps=1")
+    module = TokenizerTraining(cfg)
+    module.vae.decoder.conv_out.weight.register_hook(poison)
+    with pytest.raises(TrainingError, match=r"gradient norm is inf at step 2: training stopped .*nonfinite_steps=1"):
+        build_trainer(cfg, logger=False).fit(module, datamodule=data)
 
 
 def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):

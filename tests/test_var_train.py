@@ -213,6 +213,10 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, cache, monkeypat
     monkeypatch.setattr(VARTraining, "_tokens", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan at step 3.*last good checkpoint is .*last.ckpt"):
         train_var(cfg, logger=False)
+    assert not (tmp_path / "model").exists()
+    cfg = tiny_config(tmp_path / "b", cache, "max_steps=6", "ckpt_every_n_steps=2", "nonfinite_steps=1")
+    with pytest.raises(TrainingError, match=r"loss is nan at step 3: .*\(2 non-finite steps, nonfinite_steps=1\)"):
+        train_var(cfg, logger=False)  # the first bad step is skipped, the weights stay NaN: the second stops it
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
 

@@ -30,12 +30,14 @@ from scaffold.training import (
     StepBatchSampler,
     TrainerConfig,
     TrainingError,
+    check_finite_weights,
     fit_and_checkpoint,
     make_trainer,
     ordered_loader,
     run_folder_lock,
     run_training,
     save_grid_rows,
+    skip_nonfinite,
     start_run,
     step_batch_loader,
     throughput_monitor,
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+HINT = "Lower optim.lr and optim.disc_lr, raise optim.warmup_steps or use precision=32-true"
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -220,12 +223,22 @@ class TokenizerTraining(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Manual optimization has no automatic clipping. This hook runs after the AMP grad scaler has
         # unscaled the gradients (Lightning's MixedPrecision.optimizer_step), so the norm is the true one.
-        if self.cfg.optim.grad_clip <= 0:
-            return
+        # A non-finite norm skips the update (no gradient: AdamW leaves the weights); fp16's scaler does that itself.
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if not params:
+            return
         name = "g" if optimizer is self._raw_optimizers()[0] else "d"
-        self.log(f"train/grad_norm_{name}", norm, on_step=True, on_epoch=False)
+        clip = self.cfg.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.nn.utils.get_total_norm(params)
+        what = "generator" if name == "g" else "discriminator"
+        if not str(self.trainer.precision).startswith("16") and skip_nonfinite(
+            self, f"{what}'s gradient norm", norm, HINT
+        ):
+            for p in params:
+                p.grad = None
+            return
+        if clip > 0:
+            self.log(f"train/grad_norm_{name}", norm, on_step=True, on_epoch=False)
 
     def _raw_optimizers(self) -> list[torch.optim.Optimizer]:
         opts = self.optimizers(use_pl_optimizer=False)
@@ -258,6 +271,8 @@ class TokenizerTraining(L.LightningModule):
             d_weight = adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight, lc.adaptive_weight_max)
             loss = loss + lc.adversarial * d_weight * g_loss
             logs |= {"g_loss": g_loss.detach(), "d_weight": d_weight}
+        if skip_nonfinite(self, "loss", loss, HINT):
+            return loss.detach()  # no update of either network: the step does not count
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_g.step()  # counts as the trainer's global step
@@ -354,6 +369,7 @@ class TokenizerTraining(L.LightningModule):
         checkpoint["state_dict"] = {
             k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("perceptual.")
         }
+        check_finite_weights(checkpoint, self.cfg.out_dir, HINT)  # nor NaN weights into any checkpoint or export
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.perceptual is not None:

@@ -33,11 +33,13 @@ from scaffold.training import (
     RunConfig,
     TrainerConfig,
     TrainingError,
+    check_finite_weights,
     fit_and_checkpoint,
     make_trainer,
     run_folder_lock,
     run_training,
     save_grid_rows,
+    skip_nonfinite,
     start_run,
     step_batch_loader,
     throughput_monitor,
@@ -73,6 +75,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+HINT = "Lower optim.base_lr, raise optim.warmup_steps or use precision=bf16-mixed/32-true"
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -225,6 +228,13 @@ class VARTraining(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # After the AMP scaler's unscale and before clipping: the true norm (logged at log steps only).
+        # A non-finite one skips the update (no gradient: AdamW leaves the weights); fp16's scaler does that itself.
+        if not str(self.trainer.precision).startswith("16"):
+            grads = [p.grad for p in self.var.parameters() if p.grad is not None]
+            if grads and skip_nonfinite(self, "gradient norm", torch.nn.utils.get_total_norm(grads), HINT):
+                for p in self.var.parameters():
+                    p.grad = None
+                return
         if (self.global_step + 1) % self.cfg.log_every_n_steps == 0:
             norms = grad_norm(self.var, norm_type=2)
             if "grad_2.0_norm_total" in norms:
@@ -260,21 +270,12 @@ class VARTraining(L.LightningModule):
             reduction="none",
         ).view(B, Ltok)
         loss = loss_BL.mean()  # uniform weight per token (published loss_weight = 1/L)
-        self._check_finite(loss, step)
+        if skip_nonfinite(self, "loss", loss, HINT):
+            return None  # Lightning skips the backward pass and the update
         if (step + 1) % cfg.log_every_n_steps == 0:
             self._log_scales(loss_BL.detach(), logits_BLV.detach(), idx_BL, B)
         self.log("loss", loss.detach(), prog_bar=True, logger=False, on_step=True, on_epoch=False, batch_size=B)
         return loss
-
-    def _check_finite(self, loss: torch.Tensor, step: int) -> None:
-        bad = not bool(torch.isfinite(loss.detach()))
-        if self.trainer.strategy.reduce_boolean_decision(bad, all=False):  # every rank stops together
-            last = Path(self.cfg.out_dir) / "checkpoints" / "last.ckpt"
-            kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written yet"
-            raise TrainingError(
-                f"the loss is {loss.item()} at step {step}: training stopped before the update; {kept}. "
-                f"Lower optim.base_lr, raise optim.warmup_steps or use precision=bf16-mixed/32-true, then resume=true"
-            )
 
     @torch.no_grad()
     def _log_scales(self, loss_BL: torch.Tensor, logits_BLV: torch.Tensor, idx_BL: torch.Tensor, B: int) -> None:
@@ -326,6 +327,7 @@ class VARTraining(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The tokenizer is frozen and loaded from its own folder: not copied into every checkpoint.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("vae.")}
+        check_finite_weights(checkpoint, self.cfg.out_dir, HINT)  # nor NaN weights into any checkpoint or export
 
     strict_loading = False  # the tokenizer's weights are not in the checkpoint; all others must be (below)
 
