@@ -195,17 +195,39 @@ def _merge_override(cfg: Any, data: dict, item: str) -> Any:
         raise ConfigError(f"override {item!r}: {_describe(err, value)}") from err
 
 
+def _interpolations(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every string in `data` that OmegaConf would read as an interpolation."""
+    if isinstance(data, dict):
+        return [hit for k, v in data.items() for hit in _interpolations(v, f"{prefix}{k}.")]
+    if isinstance(data, list):
+        return [hit for i, v in enumerate(data) for hit in _interpolations(v, f"{prefix.rstrip('.')}[{i}].")]
+    return [(prefix.rstrip("."), data)] if isinstance(data, str) and "${" in data else []
+
+
 def load_config(
-    schema: type[T], paths: PathLike | Sequence[PathLike] | None = None, overrides: Sequence[str] = ()
+    schema: type[T],
+    paths: PathLike | Sequence[PathLike] | None = None,
+    overrides: Sequence[str] = (),
+    interpolation: bool = True,
 ) -> T:
     """Merge the YAML file(s) `paths`, in order, then `overrides` (`a.b=value` strings) over the dataclass `schema`.
 
     Returns an instance of `schema` (nested dataclasses included). Raises ConfigError naming the file
     or the override, and the key, for a missing file, an unknown key, a value of the wrong type, an
     unknown preset or a malformed override.
+
+    `interpolation=False` reads the files as plain YAML, for files the user did not write (a model
+    folder's config.yaml): a `${...}` in one is a ConfigError naming the file and the key, never resolved
+    (`${oc.env:SECRET}` would copy the loader's environment into what it shows and exports).
     """
     files = [] if paths is None else [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     file_data = [(str(path), _read_file(path)) for path in files]
+    if not interpolation:
+        for path, data in file_data:
+            for key, value in _interpolations(data)[:1]:
+                raise ConfigError(
+                    f"{path}: key '{key}': {_short(value)!r} is an interpolation; this file is read as plain YAML"
+                )
     override_data = [(item, _read_override(item)) for item in overrides]
     cfg = OmegaConf.structured(schema)
     presets: dict[str, tuple[type, str]] = {}
@@ -246,7 +268,9 @@ def _validate_tree(obj: Any, prefix: str = "") -> None:
 
 def config_to_dict(cfg: Any) -> dict:
     """A plain, YAML-serialisable dict of a (nested) dataclass config."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+    # Not resolved: a string of the config that looks like `${...}` (a class folder's name) is data, and is
+    # written as it is, never replaced by what it would interpolate (an environment variable).
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=False)  # type: ignore[return-value]
 
 
 def add_config_arguments(parser) -> None:

@@ -179,3 +179,23 @@ def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch)
                      "vae": str(tmp_path / "vae_ch160v4096z32.pth")}  # fmt: skip
     assert loaded.model is model and loaded.name == str(weights) and len(loaded.class_names) == 1000
     assert loaded.identity["tokenizer_sha256"] == file_sha256(tmp_path / "vae_ch160v4096z32.pth")
+
+
+def test_a_model_folder_is_read_without_interpolation(tmp_path, tiny_vae, monkeypatch):
+    """Issue 27, item 6: `${oc.env:...}` in a shared model folder copied the loader's secret into the UI."""
+    from scaffold import ConfigError
+
+    monkeypatch.setenv("NEXTSCALE_TEST_SECRET", "s3cr3t")
+    secret = "${oc.env:NEXTSCALE_TEST_SECRET}"
+    names = [secret] + [str(i) for i in range(1, 10)]
+    out = export_model(tiny_var(num_classes=10), tiny_vae, tmp_path / "m", class_names=names)
+    text = (out / "config.yaml").read_text()
+    assert "s3cr3t" not in text and secret in text  # written as the data it is, not resolved
+    with pytest.raises(ConfigError, match=r"config.yaml: key 'class_names\[0\]': .*oc.env.* is an interpolation"):
+        load_model(out)
+    tok = out / "tokenizer" / "config.yaml"
+    tok.write_text(tok.read_text().replace("vocab_size: 64", "vocab_size: ${oc.env:NEXTSCALE_TEST_SECRET}"))
+    from tokenizer import load_tokenizer
+
+    with pytest.raises(ConfigError, match=r"tokenizer/config.yaml: key 'vocab_size': .* is an interpolation"):
+        load_tokenizer(out / "tokenizer")

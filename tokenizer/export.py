@@ -38,6 +38,6 @@ def load_tokenizer(path: str | os.PathLike) -> MultiScaleVQVAE:
         raise CheckpointError(f"tokenizer folder not found: {folder} (expected {WEIGHTS} and {CONFIG} inside)")
     if not (folder / CONFIG).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG}: it is not an exported tokenizer")
-    model = MultiScaleVQVAE(load_config(VQVAEConfig, folder / CONFIG))
+    model = MultiScaleVQVAE(load_config(VQVAEConfig, folder / CONFIG, interpolation=False))  # plain YAML
     load_state_dict_strict(model, read_state_dict(folder / WEIGHTS), str(folder / WEIGHTS))
     return model.eval()

@@ -222,7 +222,7 @@ def _load_published_name(name: str) -> LoadedModel:
 def _load_folder(folder: Path) -> LoadedModel:
     if not (folder / CONFIG).is_file():
         raise CheckpointError(f"{folder} has no {CONFIG}: it is not an exported model (see `var train`)")
-    cfg = load_config(ExportConfig, folder / CONFIG)
+    cfg = load_config(ExportConfig, folder / CONFIG, interpolation=False)  # plain YAML: not the user's file
     try:
         sampling = SamplingSettings.from_dict(cfg.sampling, defaults=MODEL_DEFAULTS)
     except SettingsError as err:
