@@ -111,3 +111,20 @@ def test_palette_with_per_entry_transparency_converts_without_a_warning(tmp_path
         assert isinstance(im.info["transparency"], bytes)
         assert np.asarray(to_rgb(im))[0, 0].tolist() == [0, 0, 255]
     assert not [w for w in recwarn if "Transparency" in str(w.message)]  # PIL warns on convert("RGB")
+
+
+def test_read_rgb_applies_the_exif_orientation(tmp_path):
+    """Minor item of issue 27: a phone photo stored sideways with EXIF orientation 6 was read sideways."""
+    import numpy as np
+    from PIL import Image
+
+    from tokenizer.data import read_rgb
+
+    arr = np.zeros((20, 40, 3), np.uint8)  # stored 40 wide, 20 high; left half red
+    arr[:, :20, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    Image.fromarray(arr).save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    seen = np.asarray(read_rgb(tmp_path / "photo.jpg"))
+    assert seen.shape == (40, 20, 3)  # upright: 20 wide, 40 high
+    assert seen[:20, :, 0].mean() > 200 and seen[20:, :, 0].mean() < 50  # the red half is now on top

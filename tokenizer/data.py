@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from scaffold.errors import UserError
@@ -131,7 +131,8 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
     """
     try:
         with Image.open(path) as im:
-            return to_rgb(im)
+            # A camera's EXIF orientation is how the picture is meant to be seen: applied, then dropped.
+            return to_rgb(ImageOps.exif_transpose(im))
     except Exception as err:
         text = str(err).splitlines()[0] if str(err) else "no details"
         raise DatasetError(f"cannot read image {path}: {type(err).__name__}: {text}") from err
