@@ -1,7 +1,10 @@
 """Shared test helpers: tiny VAR configs with non-trivial weights, a tiny emoji package."""
 
+import base64
+import hashlib
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +191,13 @@ def assert_locked_out(err: str, folder, holder: LockHolder) -> None:
     assert len(lines) == 1, err
     assert f"{folder} is being written by another process" in lines[0], err
     assert f"host {socket.gethostname()}, PID {holder.pid}, since " in lines[0], err
+
+
+def write_tarball(path: Path, files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> str:
+    """A .tgz of `files` under `package/` (and `extra` under the names given); returns its integrity string."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in {**{f"package/{k}": v for k, v in files.items()}, **(extra or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()

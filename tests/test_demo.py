@@ -35,16 +35,21 @@ def test_demo_wiring_and_reuse(tmp_path, capsys):
     assert "tokenizer: reusing" in again and "transformer: reusing" in again and "training the" not in again
 
 
-def test_emoji_demo_wiring_on_a_tiny_package(tmp_path, capsys):
-    """`--data emoji` runs every stage on a package-shaped fixture (data root given, nothing downloaded), prints
-    the three judged figures with their references, keeps its own work folder apart from the digits'."""
-    from helpers import emoji_package_files, write_files
+def test_emoji_demo_wiring_on_a_tiny_package(tmp_path, capsys, monkeypatch):
+    """`--data emoji` runs every stage on a package-shaped fixture (fetched from a file:// URL pinned in its
+    place into $VAR_CACHE, as the real one is at first use), prints the three judged figures with their
+    references, keeps its own work folder apart from the digits'."""
+    from helpers import emoji_package_files, write_tarball
 
-    from tokenizer.emoji import EmojiDataset
+    from tokenizer import emoji as E
 
-    package = write_files(tmp_path / "package", emoji_package_files(per_category=3))
+    files = emoji_package_files(per_category=3)
+    served = tmp_path / "served.tgz"
+    monkeypatch.setattr(E, "INTEGRITY", write_tarball(served, files))
+    monkeypatch.setattr(E, "TARBALL_URL", served.as_uri())
+    monkeypatch.setenv("VAR_CACHE", str(tmp_path / "cache"))
     work = tmp_path / "emoji"
-    args = ["demo", "--data", "emoji", "--data-root", str(package), "--no-app", "--workdir", str(work)]
+    args = ["demo", "--data", "emoji", "--no-app", "--workdir", str(work)]
     quick = ["--tokenizer-steps", "2", "--var-steps", "2", "--judge-steps", "2", "--samples-per-class", "2"]
     assert main(args + quick) == 0
     out = capsys.readouterr().out
@@ -61,7 +66,9 @@ def test_emoji_demo_wiring_on_a_tiny_package(tmp_path, capsys):
     assert summary["data"] == "emoji" and s["images"] == 9 * 10  # the grid's 10 a category
     # a category whose one held-out emoji has no skin tones has one image: no covariance, so it is left out
     # of the distance and named, not a crash
-    val = EmojiDataset("val", image_size=64, root=package)
+    package = tmp_path / "cache" / f"emoji-{E.VERSION}"
+    assert (package / "MANIFEST.json").is_file()  # the demo fetched and unpacked the "published" tarball
+    val = E.EmojiDataset("val", image_size=64, root=package)
     single = {val.class_names[c] for c in range(9) if (val.labels == c).sum() < 2}
     assert 0 < len(single) < 9 and set(s["frechet_left_out"]) == single and s["frechet"] >= 0
     assert "left out, under 2 held-out emoji" in out and set(s["goals"]) == {"accuracy", "frechet", "copying"}

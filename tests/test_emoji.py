@@ -5,27 +5,15 @@ the "download" reads a file:// URL."""
 from __future__ import annotations
 
 import base64
-import hashlib
-import io
-import tarfile
 from pathlib import Path
 
 import pytest
 from helpers import emoji_package_files as package_files
 from helpers import write_files as write_package
+from helpers import write_tarball
 
 from tokenizer import DataConfig, DatasetError, build_datasets
 from tokenizer import emoji as E
-
-
-def write_tarball(path: Path, files: dict[str, bytes], extra: dict[str, bytes] | None = None) -> str:
-    """A .tgz of `files` under `package/` (and `extra` under the names given); returns its integrity string."""
-    with tarfile.open(path, "w:gz") as tar:
-        for name, data in {**{f"package/{k}": v for k, v in files.items()}, **(extra or {})}.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
 
 
 @pytest.fixture(autouse=True)

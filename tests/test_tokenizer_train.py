@@ -332,7 +332,8 @@ def test_presets_load():
     assert (big.model.ch, big.model.vocab_size, big.model.z_channels) == (160, 4096, 32)
     assert big.model.patch_nums == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16) and big.precision == "bf16-mixed"
     emoji = load_config(TokenizerTrainConfig, PRESETS / "emoji.yaml")
-    assert emoji.data.name == "emoji" and emoji.model.image_size == 64 and emoji.data.hflip is False
+    assert emoji.data.name == "emoji" and emoji.data.root is None  # the cache, not the base default's ImageNet
+    assert emoji.model.image_size == 64 and emoji.data.hflip is False
     assert len(emoji.model.patch_nums) >= 7 and emoji.model.patch_nums[-1] == 64 // emoji.model.downsample
 
 
