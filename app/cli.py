@@ -44,7 +44,11 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("eval", "var.evaluate", "score samples: FID, IS, precision/recall (local Inception weights) or --digits"),
     Command("app", "app.serve", "serve the web UI: sample by class, watch scales refine, edit images (Gradio)"),
-    Command("demo", "app.demo", "the whole pipeline on the bundled digits in minutes on a CPU, then the web UI"),
+    Command(
+        "demo",
+        "app.demo",
+        "the whole pipeline on the bundled digits in minutes on a CPU (or --data emoji: 64 px colour), then the web UI",
+    ),
 )
 
 
