@@ -124,7 +124,7 @@ def demo_datasets(opts: DemoOptions, image_size: int):
     return build_datasets(DataConfig(name=opts.data, root=opts.data_root, image_size=image_size))
 
 
-def _batched(fn, x: torch.Tensor, batch: int = 256):
+def batched(fn, x: torch.Tensor, batch: int = 256):
     """`fn` over `x` in batches: a list of per-scale tensors or one tensor, concatenated along the batch."""
     parts = [fn(x[i : i + batch]) for i in range(0, len(x), batch)]
     if isinstance(parts[0], list):
@@ -141,10 +141,10 @@ def tokenizer_report(tokenizer_dir: Path, opts: DemoOptions) -> dict:
 
     vae = load_tokenizer(tokenizer_dir)
     train, val = demo_datasets(opts, vae.image_size)
-    rec = _batched(vae.reconstruct, val.images)
+    rec = batched(vae.reconstruct, val.images)
     # The mean of the per-image PSNRs (dim: one value per image), in dB.
     p = peak_signal_noise_ratio((rec + 1) / 2, (val.images + 1) / 2, data_range=1.0, dim=(1, 2, 3)).item()
-    idx = _batched(vae.img_to_idx, train.images)
+    idx = batched(vae.img_to_idx, train.images)
     V = vae.vocab_size
     per_scale = [i.unique().numel() / V for i in idx]
     used = torch.cat([i.flatten() for i in idx]).unique().numel() / V
@@ -334,11 +334,18 @@ sample_digits = sample_classes  # the name the digits' benchmarks know
 
 
 def save_grid(
-    images: torch.Tensor, per_class: int, columns: int, path: Path, tile_px: int = 96, grayscale: bool = False
+    images: torch.Tensor,
+    per_class: int,
+    columns: int,
+    path: Path,
+    tile_px: int = 96,
+    grayscale: bool = False,
+    colors: int | None = None,
 ) -> Path:
     """A PNG of class-major `images` (`per_class` of each class, as `ClassSamples.first` gives them): one row per
     class, its first `columns` samples, gray gutters, each tile scaled (nearest) to about `tile_px` pixels;
-    `grayscale` stores the mean of the channels (the digits are gray: a third of the file)."""
+    `grayscale` stores the mean of the channels (the digits are gray: a third of the file); `colors` stores a
+    palette of that many colours (a third of the file again, for grids kept in the repository)."""
     from PIL import Image
 
     C = len(images) // per_class
@@ -351,6 +358,8 @@ def save_grid(
     img = Image.fromarray(arr).resize((arr.shape[1] * up, arr.shape[0] * up), Image.NEAREST)
     if grayscale:
         img = img.convert("L")
+    if colors is not None:
+        img = img.quantize(colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     with atomic_path(path, suffix=".png") as tmp:
         img.save(tmp, optimize=True)
     return path
@@ -413,27 +422,38 @@ def _finite(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
+def load_emoji_judge(opts: DemoOptions, num_classes: int, image_size: int):
+    """The judge `stage_judge` trained into `opts.workdir`, frozen."""
+    from scaffold import read_state_dict
+    from var.emoji_eval import EmojiJudge
+
+    judge = EmojiJudge(num_classes, image_size)
+    judge.load_state_dict(read_state_dict(_judge_path(opts)))
+    return judge.eval().requires_grad_(False)
+
+
+def emoji_sample_counts(val_labels: torch.Tensor, num_classes: int, per_class: int) -> list[int]:
+    """Samples judged per category: `per_class`, or as many as the category has held-out emoji if more (the
+    Frechet distance compares equal counts)."""
+    return [max(per_class, int((val_labels == c).sum())) for c in range(num_classes)]
+
+
 def stage_emoji_samples(opts: DemoOptions) -> dict:
     """Samples of every category (at least as many as it has held-out emoji), judged (var.emoji_eval), and a
     grid of the first `grid_per_class` of each."""
-    from scaffold import read_state_dict
-    from var.emoji_eval import EmojiJudge, judge_emoji
+    from var.emoji_eval import judge_emoji
     from var.export import load_model
 
     m = load_model(opts.workdir / "model")
     train, val = demo_datasets(opts, m.vae.image_size)
-    judge = EmojiJudge(len(train.class_names), m.vae.image_size)
-    judge.load_state_dict(read_state_dict(_judge_path(opts)))
-    judge.eval().requires_grad_(False)
-    counts = [
-        max(opts.samples_per_class, opts.grid_per_class, int((val.labels == c).sum())) for c in range(m.num_classes)
-    ]
+    judge = load_emoji_judge(opts, len(train.class_names), m.vae.image_size)
+    counts = emoji_sample_counts(val.labels, m.num_classes, max(opts.samples_per_class, opts.grid_per_class))
     s = m.sampling
     _say(f"5/5 sampling {sum(counts)} images (cfg {s.cfg}, top-k {s.top_k}, top-p {s.top_p}) and judging them")
     smp = sample_classes(m, counts, opts.seed)
     with torch.no_grad():
-        train_rec = (_batched(m.vae.reconstruct, train.images) + 1) / 2
-        val_rec = (_batched(m.vae.reconstruct, val.images) + 1) / 2
+        train_rec = (batched(m.vae.reconstruct, train.images) + 1) / 2
+        val_rec = (batched(m.vae.reconstruct, val.images) + 1) / 2
     report = judge_emoji(
         judge, smp.images, smp.labels, train.images, train.labels, val.images, val.labels, train_rec, val_rec,
         seed=opts.seed, class_names=train.class_names,

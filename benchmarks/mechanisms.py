@@ -1,5 +1,6 @@
-"""Which mechanism? Image quality and cost of every mechanism on the bundled digits, at equal steps and at
-equal wall time (issue 18, deliverable 1).
+"""Which mechanism? Image quality and cost of every mechanism on the bundled digits or on the emoji
+(`--data emoji`: 64 px, 7 scales up to 8x8, where the largest scales are wider than the local windows), at
+equal steps and at equal wall time.
 
 The digits transformer of `var demo` (configs/var/digits.yaml: depth 2, width 128) is trained once per
 mechanism and seed - `full`, `neighborhood` (kernel_size 3, see below), `external`, `lka`, `gspn` and the
@@ -28,6 +29,12 @@ attention (DESIGN.md 7.2), as the demo with the d16 presets' 7 showed (the same 
 `--profile` adds where a training step's time goes per mechanism: torch.profiler's top operators (self CPU
 time) over a few steps of the model alone (forward, loss, backward, AdamW).
 
+On the emoji (`--data emoji`) the transformer is configs/var/emoji.yaml (depth 4, neighborhood window 5x5, so
+local on the 6x6 and 8x8 scales), the tokenizer and cache are `var demo --data emoji`'s (reused from a demo's
+`--workdir`), and each run is judged as the demo judges it (`var.emoji_eval`): balanced category accuracy
+and its ratio to the judge's on held-out real emoji, the class-conditional Frechet distance with its floor
+and ceiling, and the copy check.
+
 A run is finished when its folder holds result.json; an interrupted run is trained again from scratch (its
 time would be wrong), so rerunning the same command resumes after the last finished run.
 
@@ -36,6 +43,8 @@ Usage::
     python benchmarks/mechanisms.py --out benchmarks/results/ --profile        # the measurement (see README)
     python benchmarks/mechanisms.py --workdir demo --out benchmarks/results/   # reuse a `var demo` folder
     python benchmarks/mechanisms.py --steps 20 --mechanisms full,lka --samples-per-class 2 --tokenizer-steps 20
+    python benchmarks/mechanisms.py --data emoji --workdir demo-emoji --steps 400 --seeds 0,1 --no-equal-time \
+        --out benchmarks/results/ --profile                                      # on the emoji
 """
 
 from __future__ import annotations
@@ -55,18 +64,22 @@ import torch.nn.functional as F
 from _common import MECHANISMS, ROOT, markdown_table, metadata, timed, write_results
 
 from app.demo import (
+    ClassSamples,
     DemoOptions,
     attention_options_used,
+    batched,
+    demo_datasets,
+    emoji_sample_counts,
     heldout_loss,
-    sample_digits,
+    load_emoji_judge,
+    sample_classes,
     save_grid,
+    stage_judge,
     stage_tokenizer,
     stage_tokens,
     transformer_config,
 )
 from scaffold.io import write_atomic
-
-TOKENS_PER_IMAGE = 30  # the digits' scales 1, 2, 3, 4
 
 
 def say(msg: str) -> None:
@@ -136,13 +149,110 @@ def loop_tokens_per_s(run_dir: Path) -> float | None:
     return len(rates) / sum(1 / r for r in rates) if rates else None
 
 
+class DigitsHarness:
+    """The digits: sampled `--samples-per-class` per digit, judged by `var.digits_eval`'s judge."""
+
+    data = "digits"
+    columns = ("judged", "lowest class", "Frechet", "held-out loss", "NN ratio", "exact copies")
+
+    def __init__(self, args: argparse.Namespace, opts: DemoOptions):
+        from var.digits_eval import load_judge
+
+        self.args = args
+        self.ref = make_reference(opts.workdir / "tokenizer")
+        self.judge = load_judge(16)
+
+    def describe(self) -> str:
+        return "the digits transformer (depth 2, width 128, batch 64, 30 tokens an image)"
+
+    def evaluate(self, m, seed: int) -> tuple[dict, ClassSamples]:
+        from var.digits_eval import judge_samples
+
+        smp = sample_classes(m, self.args.samples_per_class, seed)
+        report = judge_samples(smp.images, smp.labels, self.judge)
+        row = {
+            "accuracy": report.accuracy,
+            "min_class_accuracy": report.min_class_accuracy,
+            "frechet": report.frechet,
+            **memorisation(smp.images, smp.tokens, self.ref),
+        }
+        return row, smp
+
+    def grid(self, smp: ClassSamples, path: Path) -> Path:
+        n = self.args.samples_per_class
+        return save_grid(smp.images, n, self.args.grid_columns, path, 16, grayscale=True)
+
+
+class EmojiHarness:
+    """The emoji: at least as many samples per category as it has held-out emoji, judged as `var demo --data
+    emoji` judges them (its judge, trained on the training emoji, reused from the work folder)."""
+
+    data = "emoji"
+    columns = ("judged", "vs real", "lowest class", "Frechet", "position", "held-out loss", "NN ratio", "exact copies")
+
+    def __init__(self, args: argparse.Namespace, opts: DemoOptions):
+        from tokenizer import load_tokenizer
+
+        self.args, self.opts = args, opts
+        vae = load_tokenizer(opts.workdir / "tokenizer")
+        self.train, self.val = demo_datasets(opts, vae.image_size)
+        judge = stage_judge(opts, vae.image_size)
+        say(f"judge: balanced accuracy on held-out real emoji {judge['heldout_accuracy']:.1%}")
+        self.judge = load_emoji_judge(opts, len(self.train.class_names), vae.image_size)
+        with torch.no_grad():
+            self.train_rec = (batched(vae.reconstruct, self.train.images) + 1) / 2
+            self.val_rec = (batched(vae.reconstruct, self.val.images) + 1) / 2
+            train_tokens = set(token_rows(batched(vae.img_to_idx, self.train.images)))
+            val_tokens = token_rows(batched(vae.img_to_idx, self.val.images))
+        self.train_tokens = train_tokens
+        self.heldout_copies = sum(t in train_tokens for t in val_tokens) / len(val_tokens)
+        self.counts = emoji_sample_counts(self.val.labels, len(self.train.class_names), args.samples_per_class)
+        self.L = len(val_tokens[0])
+
+    def describe(self) -> str:
+        return (
+            f"the emoji transformer (configs/var/emoji.yaml: depth 4, width 256, batch 64, {self.L} tokens an "
+            f"image, scales up to 8x8), {sum(self.counts)} samples judged per run"
+        )
+
+    def evaluate(self, m, seed: int) -> tuple[dict, ClassSamples]:
+        from var.emoji_eval import judge_emoji
+
+        smp = sample_classes(m, self.counts, seed)
+        t, v = self.train, self.val
+        report = judge_emoji(
+            self.judge, smp.images, smp.labels, t.images, t.labels, v.images, v.labels, self.train_rec,
+            self.val_rec, seed=seed, class_names=t.class_names,
+        )  # fmt: skip
+        row = {
+            "accuracy": report.accuracy,
+            "real_accuracy": report.real_accuracy,
+            "accuracy_ratio": report.accuracy_ratio,
+            "min_class_accuracy": min(report.per_class.values()),
+            "frechet": report.frechet,
+            "frechet_floor": report.frechet_floor,
+            "frechet_ceiling": report.frechet_ceiling,
+            "frechet_position": report.frechet_position,
+            "nn_distance": report.nn_distance,
+            "nn_ratio": report.nn_ratio,
+            "exact_copies": sum(r in self.train_tokens for r in token_rows(smp.tokens)) / len(smp.labels),
+        }
+        return row, smp
+
+    def grid(self, smp: ClassSamples, path: Path) -> Path:
+        G = self.args.grid_columns
+        return save_grid(smp.first(G), G, G, path, tile_px=64, colors=128)
+
+
+HARNESSES = {"digits": DigitsHarness, "emoji": EmojiHarness}
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
     tokenizer: Path
     cache: Path
-    ref: Reference
-    judge: torch.nn.Module
+    harness: DigitsHarness | EmojiHarness
     grids: Path
     started: float
     done: int = 0
@@ -151,7 +261,6 @@ class Bench:
 
 def run_one(b: Bench, mechanism: str, steps: int, seed: int, budget: str) -> dict:
     """Train, sample and judge one (mechanism, steps, seed); the result is kept in the run's folder."""
-    from var.digits_eval import judge_samples
     from var.export import load_model
     from var.train import train_var
 
@@ -164,15 +273,14 @@ def run_one(b: Bench, mechanism: str, steps: int, seed: int, budget: str) -> dic
         return json.loads(result_file.read_text())
     shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: its time would be wrong, train it again
     extra = [f"seed={seed}", "resume=false", "trainer.progress_bar=false"]  # a fresh run, no bar
-    cfg = transformer_config(b.tokenizer, b.cache, run_dir, mechanism, steps, extra)
+    cfg = transformer_config(b.tokenizer, b.cache, run_dir, mechanism, steps, extra, data=b.args.data)
     say(f"{head}: training (blocks {cfg.model.block_attention()}) - {(time.time() - b.started) / 60:.1f} min so far")
     t0 = time.perf_counter()
     model_dir = train_var(cfg)
     train_s = time.perf_counter() - t0
-    tokens = steps * cfg.batch_size * TOKENS_PER_IMAGE
+    tokens = steps * cfg.batch_size * sum(pn * pn for pn in cfg.model.patch_nums)
     m = load_model(model_dir)
-    smp = sample_digits(m, b.args.samples_per_class, seed)
-    report = judge_samples(smp.images, smp.labels, b.judge)
+    judged, smp = b.harness.evaluate(m, seed)
     row = {
         "mechanism": mechanism,
         "budget": budget,
@@ -183,24 +291,21 @@ def run_one(b: Bench, mechanism: str, steps: int, seed: int, budget: str) -> dic
         "params_m": sum(p.numel() for p in m.model.parameters()) / 1e6,
         "train_s": train_s,
         "tokens_per_s": loop_tokens_per_s(run_dir) or tokens / train_s,
-        "heldout_loss": heldout_loss(model_dir),
-        "accuracy": report.accuracy,
-        "min_class_accuracy": report.min_class_accuracy,
-        "frechet": report.frechet,
-        **memorisation(smp.images, smp.tokens, b.ref),
+        "heldout_loss": heldout_loss(model_dir, DemoOptions(b.args.workdir, data=b.args.data)),
+        **judged,
         "sample_images_per_s": len(smp.labels) / smp.seconds,
         "images": len(smp.labels),
         "wall_s": time.perf_counter() - t0,  # training, export, held-out loss, sampling and judging
     }
     if budget == "steps" and seed == b.args.seeds[0]:
-        path = b.grids / f"{mechanism}.png"
-        grid = save_grid(smp.images, b.args.samples_per_class, b.args.grid_columns, path, 16, grayscale=True)
+        grid = b.harness.grid(smp, b.grids / f"{mechanism}.png")
         row["grid"] = grid.resolve().relative_to(ROOT).as_posix() if grid.resolve().is_relative_to(ROOT) else str(grid)
     write_atomic(result_file, json.dumps(row, indent=2))
+    extra = f" ({row['accuracy_ratio']:.2f}x real)" if "accuracy_ratio" in row else ""
     say(
         f"{head}: {train_s:.0f} s ({row['tokens_per_s']:.0f} tokens/s), held-out loss {row['heldout_loss']:.3f}, "
-        f"judged {row['accuracy']:.1%} (lowest class {row['min_class_accuracy']:.0%}), Frechet {row['frechet']:.2f}, "
-        f"NN ratio {row['nn_ratio']:.2f}, exact copies {row['exact_copies']:.0%}"
+        f"judged {row['accuracy']:.1%}{extra} (lowest class {row['min_class_accuracy']:.0%}), Frechet "
+        f"{row['frechet']:.2f}, NN ratio {row['nn_ratio']:.2f}, exact copies {row['exact_copies']:.0%}"
     )
     return row
 
@@ -222,7 +327,7 @@ def profile_mechanism(b: Bench, mechanism: str, steps: int = 3, top: int = 10) -
     from var import VAR
     from var.token_cache import TokenCache
 
-    cfg = transformer_config(b.tokenizer, b.cache, b.args.workdir / "profile", mechanism, 1)
+    cfg = transformer_config(b.tokenizer, b.cache, b.args.workdir / "profile", mechanism, 1, data=b.args.data)
     sizes = [pn * pn for pn in cfg.model.patch_nums]
     torch.manual_seed(0)
     model = VAR(cfg.model).train()
@@ -294,8 +399,10 @@ def summary_rows(rows: list[dict], budget: str) -> list[dict]:
                 "blocks": ", ".join(dict.fromkeys(rs[0]["attention"])),
                 "steps": _mean_sd(col["steps"], ".0f"),
                 "judged": _mean_sd(col["accuracy"], ".1%"),
+                "vs real": _mean_sd(col["accuracy_ratio"], ".2f") + "x" if "accuracy_ratio" in col else None,
                 "lowest class": _mean_sd(col["min_class_accuracy"], ".0%"),
                 "Frechet": _mean_sd(col["frechet"], ".1f"),
+                "position": _mean_sd(col["frechet_position"], ".2f") if "frechet_position" in col else None,
                 "held-out loss": _mean_sd(col["heldout_loss"], ".3f"),
                 "NN ratio": _mean_sd(col["nn_ratio"], ".2f"),
                 "exact copies": _mean_sd(col["exact_copies"], ".0%"),
@@ -308,27 +415,49 @@ def summary_rows(rows: list[dict], budget: str) -> list[dict]:
     return out
 
 
+def _columns(meta: dict) -> list[str]:
+    return list(HARNESSES[meta.get("data", "digits")].columns)
+
+
+def _memorisation_note(meta: dict) -> str:
+    ref, what = meta["reference"], "emoji" if meta.get("data") == "emoji" else "digits"
+    return (
+        f"Memorisation: `NN ratio` is the median nearest-training-image distance (RMS pixel, tokenizer "
+        f"reconstructions) of the samples over that of the held-out {what} ({ref['heldout_nn_median']:.4f}); "
+        f"< 1 means closer to the training set than new {what} are. `exact copies`: samples whose tokens are "
+        f"a training image's (held-out {what}: {ref['heldout_copies']:.0%})."
+    )
+
+
+def _emoji_note(meta: dict) -> str:
+    if meta.get("data") != "emoji":
+        return ""
+    return (
+        " `judged`: balanced category accuracy of the samples; `vs real`: its ratio to the judge's balanced "
+        f"accuracy on the held-out real emoji ({meta['reference']['real_accuracy']:.1%}); `position`: where the "
+        "class-conditional Frechet distance sits between its floor (training vs held-out real: 0) and its "
+        "ceiling (the samples with their labels ignored: 1)."
+    )
+
+
 def markdown(meta: dict, rows: list[dict], profiles: dict, md_dir: Path) -> str:
     """The results page; image links are relative to `md_dir`, where the page is written."""
-    ref = meta["reference"]
+    emoji = meta.get("data") == "emoji"
+    window = "5" if emoji else "3"
     lines = [
-        "# Mechanisms on the bundled digits",
+        f"# Mechanisms on the {'emoji (64 px, 7 scales)' if emoji else 'bundled digits'}",
         "",
-        f"{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}; the digits transformer "
-        f"(depth 2, width 128, batch 64, {TOKENS_PER_IMAGE} tokens an image), seeds {meta['seeds']}, "
-        f"{meta['samples_per_class']} samples per class judged; neighborhood kernel_size 3. Time: the runs "
-        f"{meta['runs_s'] / 60:.1f} min (training and judging), this invocation {meta['total_s'] / 60:.1f} min.",
+        f"{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}; {meta['model']}, "
+        f"seeds {meta['seeds']}, {meta['samples_per_class']} samples per class judged at least; neighborhood "
+        f"kernel_size {window}. Time: the runs {meta['runs_s'] / 60:.1f} min (training and judging), this "
+        f"invocation {meta['total_s'] / 60:.1f} min.",
         "",
-        f"Memorisation: `NN ratio` is the median nearest-training-image distance (RMS pixel, tokenizer "
-        f"reconstructions) of the samples over that of the held-out digits ({ref['heldout_nn_median']:.4f}); "
-        f"< 1 means closer to the training set than new digits are. `exact copies`: samples whose tokens are "
-        f"a training digit's (held-out digits: {ref['heldout_copies']:.0%}).",
+        _memorisation_note(meta) + _emoji_note(meta),
         "",
         f"## Equal steps ({meta['steps']} steps)",
         "",
     ]
-    cols = ["mechanism", "blocks", "judged", "lowest class", "Frechet", "held-out loss", "NN ratio", "exact copies"]
-    cols += ["train s", "tokens/s", "vs full", "images/s"]
+    cols = ["mechanism", "blocks", *_columns(meta), "train s", "tokens/s", "vs full", "images/s"]
     lines.append(markdown_table(summary_rows(rows, "steps"), cols))
     timed = summary_rows(rows, "time")
     if timed:
@@ -340,14 +469,14 @@ def markdown(meta: dict, rows: list[dict], profiles: dict, md_dir: Path) -> str:
             f"{meta['steps']} steps (same seed), its schedule sized to them; within "
             f"{meta['equal_time_tolerance']:.0%} of {meta['steps']} steps the equal-step run stands for it.",
             "",
-            markdown_table(timed, ["mechanism", "steps", "judged", "lowest class", "Frechet", "held-out loss"]),
+            markdown_table(timed, ["mechanism", "steps", *_columns(meta)]),
         ]
     if profiles:
         lines += [
             "",
             "## Where a training step's time goes",
             "",
-            "A step of the model alone (batch 64: forward, loss, backward, clipping, AdamW; the Lightning loop "
+            "A step of the model alone (batch 64, fp32: forward, loss, backward, clipping, AdamW; the Lightning loop "
             "adds the EMA update and logging), the forward and backward of its token mixers alone on inputs of "
             "the same shape, and torch.profiler's top operators of the step by self CPU time.",
             "",
@@ -373,7 +502,7 @@ def markdown(meta: dict, rows: list[dict], profiles: dict, md_dir: Path) -> str:
             lines += ["", f"### {mech}: top operators", "", markdown_table(ops, ["op", "ms/step", "share"])]
     grids = [r for r in rows if r.get("grid")]
     if grids:
-        lines += ["", "## Samples (one row per digit)", ""]
+        lines += ["", f"## Samples (one row per {'category' if emoji else 'digit'}, seed {meta['seeds'][0]})", ""]
         lines += ["| " + " | ".join(r["mechanism"] for r in grids) + " |", "|" + "---|" * len(grids)]
         links = [os.path.relpath(ROOT / r["grid"], md_dir.resolve()).replace(os.sep, "/") for r in grids]
         lines.append("| " + " | ".join(f"![{r['mechanism']}]({link})" for r, link in zip(grids, links)) + " |")
@@ -389,12 +518,16 @@ def readme_block(data: dict, source: str) -> str:
     for r in summary_rows(rows, "steps"):
         t = timed.get(r["mechanism"])
         table.append({**r, "judged at equal time": f"{t['judged']} ({t['steps']} steps)" if t else None})
-    cols = ["mechanism", "blocks", "judged", "lowest class", "Frechet", "held-out loss", "NN ratio", "exact copies"]
-    cols += ["train s", "vs full", "judged at equal time"]
+    cols = ["mechanism", "blocks", *_columns(meta), "train s", "vs full"]
+    cols += ["judged at equal time"] if timed else ["step ms"] if meta.get("profile") else []
+    for r in table:
+        p = meta.get("profile", {}).get(r["mechanism"])
+        r["step ms"] = f"{p['step_ms']:.0f}" if p else None
     seeds = ", ".join(map(str, meta["seeds"]))
+    what = "category" if meta.get("data") == "emoji" else "digit"
     lines = [
-        f"{meta['device']}, {meta['date']}: {meta['steps']} steps, seed {seeds}, {meta['samples_per_class']} "
-        f"samples per digit judged (`{source}`).",
+        f"{meta['device']}, {meta['date']}: {meta['steps']} steps, seed {seeds}, {meta['samples_per_class']}+ "
+        f"samples per {what} judged (`{source}`).",
         "",
         markdown_table(table, cols),
     ]
@@ -408,19 +541,29 @@ def readme_block(data: dict, source: str) -> str:
 # -------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=1000, help="training steps of every run (default 1000, the demo's)")
+    p.add_argument("--data", choices=sorted(HARNESSES), default="digits", help="digits (default) or emoji")
+    p.add_argument("--data-root", help="emoji: an unpacked emoji-datasource-google package instead of the cache")
+    p.add_argument("--steps", type=int, help="training steps of every run (default: the preset's, as in the demo)")
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--mechanisms", default=",".join(MECHANISMS), help="comma-separated (default all six)")
-    p.add_argument("--workdir", type=Path, default=Path("runs/bench-mechanisms"), help="tokenizer, cache and runs")
+    p.add_argument("--workdir", type=Path, help="tokenizer, cache and runs (default runs/bench-mechanisms[-emoji])")
     p.add_argument("--out", type=Path, help="results folder (JSON, Markdown, grids under OUT/mechanisms/)")
     p.add_argument("--samples-per-class", type=int, default=20)
     p.add_argument("--grid-columns", type=int, default=10)
     p.add_argument("--tokenizer-steps", type=int, help="override the tokenizer preset's steps (quick runs)")
+    p.add_argument("--judge-steps", type=int, default=600, help="emoji: the judge's training steps (the demo's 600)")
     p.add_argument("--no-equal-time", action="store_true", help="skip the equal-wall-time runs")
     p.add_argument("--equal-time-tolerance", type=float, default=0.05)
     p.add_argument("--profile", action="store_true", help="add torch.profiler's top operators per mechanism")
     args = p.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.workdir is None:
+        args.workdir = Path("runs/bench-mechanisms" + ("" if args.data == "digits" else f"-{args.data}"))
+    if args.steps is None:
+        from scaffold import load_config
+        from var.train import VARTrainConfig
+
+        args.steps = load_config(VARTrainConfig, ROOT / "configs" / "var" / f"{args.data}.yaml").max_steps
     args.mechanisms = args.mechanisms.split(",")
     from app.demo import mechanisms
 
@@ -432,19 +575,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> Path | None:
-    from var.digits_eval import load_judge
+def reference(harness: DigitsHarness | EmojiHarness) -> dict:
+    """What the table's memorisation (and, on the emoji, accuracy) figures are relative to."""
+    if isinstance(harness, EmojiHarness):
+        from var.emoji_eval import balanced_accuracy, nearest_distance
 
+        with torch.no_grad():
+            real, _ = balanced_accuracy(harness.judge(harness.val.images).argmax(1), harness.val.labels)
+            nn = nearest_distance(harness.val_rec.flatten(1), harness.train_rec.flatten(1))
+        return {
+            "heldout_nn_median": nn.median().item(),
+            "heldout_copies": harness.heldout_copies,
+            "real_accuracy": real,
+        }
+    ref = harness.ref
+    return {"heldout_nn_median": ref.heldout_nn.median().item(), "heldout_copies": ref.heldout_copies}
+
+
+def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     started = time.time()
-    opts = DemoOptions(workdir=args.workdir, tokenizer_steps=args.tokenizer_steps)
+    opts = DemoOptions(
+        workdir=args.workdir,
+        data=args.data,
+        data_root=args.data_root,
+        tokenizer_steps=args.tokenizer_steps,
+        judge_steps=args.judge_steps,
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     tok = stage_tokenizer(opts)
     say(f"tokenizer: held-out PSNR {tok['psnr_db']:.2f} dB ({args.workdir / 'tokenizer'})")
     cache = stage_tokens(opts)
-    ref = make_reference(args.workdir / "tokenizer")
-    grids = (args.out if args.out else args.workdir) / "mechanisms"
-    b = Bench(args, args.workdir / "tokenizer", cache, ref, load_judge(16), grids, started)
+    harness = HARNESSES[args.data](args, opts)
+    grids = (args.out if args.out else args.workdir) / (
+        "mechanisms" if args.data == "digits" else f"mechanisms-{args.data}"
+    )
+    b = Bench(args, args.workdir / "tokenizer", cache, harness, grids, started)
     say(f"equal steps: {len(args.mechanisms) * len(args.seeds)} runs of {args.steps} steps")
     b.total = len(args.mechanisms) * len(args.seeds)
     rows = [run_one(b, m, args.steps, s, "steps") for s in args.seeds for m in args.mechanisms]
@@ -475,7 +641,9 @@ def main(argv: list[str] | None = None) -> Path | None:
         samples_per_class=args.samples_per_class,
         equal_time_tolerance=args.equal_time_tolerance,
         tokenizer=tok,
-        reference={"heldout_nn_median": ref.heldout_nn.median().item(), "heldout_copies": ref.heldout_copies},
+        data=args.data,
+        model=harness.describe(),
+        reference=reference(harness),
         profile=profiles,
         runs_s=sum(r.get("wall_s", r["train_s"]) for r in rows if not r.get("same_as_equal_steps")),
         total_s=time.time() - started,
@@ -484,7 +652,9 @@ def main(argv: list[str] | None = None) -> Path | None:
     print(md)
     say(f"finished in {meta['total_s'] / 60:.1f} min")
     if args.out:
-        base = write_results(args.out, "mechanisms", meta, rows, md)
+        base = write_results(
+            args.out, "mechanisms" if args.data == "digits" else f"mechanisms_{args.data}", meta, rows, md
+        )
         say(f"wrote {base}.json, {base}.md and the grids in {grids}")
         return base
     return None

@@ -5,7 +5,8 @@ comparison (with the sample grids) and the cost against resolution (with the plo
 
     python benchmarks/report.py            # print the tables
     python benchmarks/report.py --write    # replace the README's blocks between their markers:
-                                           # bench-table (required), mechanisms-table, scaling-table
+                                           # bench-table (required), mechanisms-table,
+                                           # mechanisms_emoji-table, scaling-table
 """
 
 from __future__ import annotations
@@ -20,10 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
-BLOCKS = (
-    "mechanisms",
-    "scaling",
-)  # results kinds with a block of their own: <!-- KIND-table --> ... <!-- /KIND-table -->
+# results kinds with a block of their own (<!-- KIND-table --> ... <!-- /KIND-table -->): the script that owns it
+BLOCKS = {"mechanisms": "mechanisms", "mechanisms_emoji": "mechanisms", "scaling": "scaling"}
 
 
 def _line(kind: str, meta: dict, row: dict) -> str | None:
@@ -86,7 +85,7 @@ def newest(kind: str, results: Path = RESULTS) -> Path | None:
 
 
 def kind_block(kind: str, results: Path = RESULTS) -> str | None:
-    """The README block of `kind` ("mechanisms" or "scaling") from its newest results, None without any."""
+    """The README block of `kind` (one of `BLOCKS`) from its newest results, None without any."""
     path = newest(kind, results)
     if path is None:
         return None
@@ -95,7 +94,7 @@ def kind_block(kind: str, results: Path = RESULTS) -> str | None:
         sys.path.insert(0, here)  # the benchmark scripts own their tables
     md = path.with_suffix(".md").resolve()
     source = md.relative_to(ROOT).as_posix() if md.is_relative_to(ROOT) else md.as_posix()
-    return importlib.import_module(kind).readme_block(json.loads(path.read_text()), source)
+    return importlib.import_module(BLOCKS[kind]).readme_block(json.loads(path.read_text()), source)
 
 
 def _replace(text: str, begin: str, end: str, body: str) -> tuple[str, int]:

@@ -162,6 +162,36 @@ def test_mechanisms_script_end_to_end(tmp_path, capsys, one_thread):
     assert "training (blocks" not in again and again.count("): reusing") == len(ran)
 
 
+def test_mechanisms_script_on_emoji_end_to_end(tmp_path, one_thread):
+    """`--data emoji` on a package-shaped fixture: the demo's judge, the three judged figures with their
+    references in every row, colour grids under mechanisms-emoji/, its own results kind and README block."""
+    from helpers import emoji_package_files
+
+    package = tmp_path / "package"
+    for name, data in emoji_package_files(per_category=3).items():
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_bytes(data)
+    out = tmp_path / "results"
+    args = ["--data", "emoji", "--data-root", str(package), "--steps", "2", "--mechanisms", "full,neighborhood"]
+    args += ["--samples-per-class", "2", "--grid-columns", "2", "--tokenizer-steps", "2", "--judge-steps", "2"]
+    args += ["--no-equal-time", "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    base = mechanisms.main(args)
+    assert base.name.startswith("mechanisms_emoji-")
+    data = json.loads(base.with_suffix(".json").read_text())
+    assert data["meta"]["data"] == "emoji" and "scales up to 8x8" in data["meta"]["model"]
+    assert [r["mechanism"] for r in data["rows"]] == ["full", "neighborhood"]
+    for r in data["rows"]:
+        assert 0 <= r["accuracy"] <= 1 and 0 < r["real_accuracy"] <= 1 and r["accuracy_ratio"] >= 0
+        assert r["frechet_floor"] >= 0 and r["frechet_ceiling"] >= 0 and math.isfinite(r["frechet_position"])
+        assert r["nn_ratio"] >= 0 and 0 <= r["exact_copies"] <= 1
+        assert r["images"] >= 9 * 2  # at least --samples-per-class of each of the nine categories
+    w, h = _png_size(out / "mechanisms-emoji" / "neighborhood.png")
+    assert w > 2 * 64 and h > 9 * 64  # 2 columns, 9 categories of 64 px tiles with gutters
+    assert "real emoji" in base.with_suffix(".md").read_text()
+    block = report.kind_block("mechanisms_emoji", out)
+    assert "| neighborhood |" in block and report.newest("mechanisms", out) is None  # the digits' kind apart
+
+
 def test_scaling_script_end_to_end(tmp_path, monkeypatch):
     """Two tiny scale lists, two mechanisms, each in its own process; a timeout becomes a skipped row."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers: see the one_thread fixture
