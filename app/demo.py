@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from pathlib import Path
 import torch
 
 from scaffold.errors import UserError
-from scaffold.io import atomic_path, remove_stale_temporaries, write_atomic
+from scaffold.io import atomic_path, publish_folder, remove_stale_temporaries, write_atomic
 from scaffold.lock import folder_lock
 
 __all__ = [
@@ -99,15 +97,6 @@ def _check_data(opts: DemoOptions) -> None:
     _write_json({"data": opts.data}, marker)
 
 
-def _publish(src: Path, dst: Path) -> None:
-    """Copy an exported folder into place atomically: a temporary copy, then a rename."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)
-
-
 def _say(msg: str) -> None:
     print(f"[demo] {msg}", flush=True)
 
@@ -168,7 +157,7 @@ def stage_tokenizer(opts: DemoOptions) -> dict:
     )
     t0 = time.time()
     exported = train_tokenizer(cfg)
-    _publish(exported, opts.workdir / "tokenizer")
+    publish_folder(exported, opts.workdir / "tokenizer")
     info = {"seconds": time.time() - t0, **tokenizer_report(opts.workdir / "tokenizer", opts)}
     _write_json(info, done)
     return info
@@ -257,7 +246,7 @@ def stage_transformer(opts: DemoOptions, cache: Path) -> dict:
     )
     t0 = time.time()
     exported = train_var(cfg)
-    _publish(exported, model_dir)
+    publish_folder(exported, model_dir)
     info = {
         "seconds": time.time() - t0,
         "mechanism": opts.mechanism,
@@ -494,7 +483,7 @@ def run_demo(opts: DemoOptions) -> dict:
 def _run_locked(opts: DemoOptions) -> dict:
     (opts.workdir / "runs").mkdir(exist_ok=True)
     _check_data(opts)
-    remove_stale_temporaries(opts.workdir)  # a `.model.tmp-PID` copy that a killed demo left (_publish)
+    remove_stale_temporaries(opts.workdir)  # a `.model.tmp-...` copy that a killed demo left (publish_folder)
     t0 = time.time()
     tok = stage_tokenizer(opts)
     _say(
@@ -570,6 +559,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-app", action="store_true", help="stop after the sample grid")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--auth-file", metavar="FILE", help="logins for the web UI, one user:password a line")
+    parser.add_argument("--public", action="store_true", help="serve a non-loopback --host without a login")
     parser.add_argument("--tokenizer-steps", type=int, help="override the preset's tokenizer steps (quick runs)")
     parser.add_argument("--var-steps", type=int, help="override the preset's transformer steps (quick runs)")
     parser.add_argument("--judge-steps", type=int, default=600, help="emoji: the judge's training steps (quick runs)")
@@ -582,6 +573,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.serve import check_access, parse_logins
+
+    logins = parse_logins([], args.auth_file)
+    if not args.no_app:  # before the training, not after it
+        check_access(args.host, logins, args.public)
     opts = DemoOptions(
         workdir=args.workdir or Path("demo" if args.data == "digits" else f"demo-{args.data}"),
         data=args.data,
@@ -597,5 +593,5 @@ def run(args: argparse.Namespace) -> int:
         from app.serve import serve
 
         _say(f"web UI on http://{args.host}:{args.port} (Ctrl-C to stop)")
-        serve([str(opts.workdir / "model")], host=args.host, port=args.port)
+        serve([str(opts.workdir / "model")], host=args.host, port=args.port, auth=logins, public=args.public)
     return 0

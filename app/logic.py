@@ -29,6 +29,7 @@ __all__ = [
     "MAX_SEED",
     "InputError",
     "center_square",
+    "check_declared_image",
     "class_choices",
     "edit_image",
     "generate_images",
@@ -44,6 +45,7 @@ __all__ = [
 MAX_IMAGES = 16  # per request: one device serves everyone (the queue runs one request at a time)
 MAX_UPLOAD_SIDE = 8192  # pixels per side of an uploaded image; larger ones are refused, not resized
 MIN_UPLOAD_SIDE = 8
+MAX_EDITOR_LAYERS = 4  # painted layers an edit request may declare; only the first is decoded (the page sends one)
 
 
 class InputError(UserError, ValueError):
@@ -94,6 +96,26 @@ def to_pil(img_B3HW: torch.Tensor) -> list[Image.Image]:
     """Images in [0, 1] as 8-bit RGB PIL images."""
     arr = img_B3HW.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a) for a in arr]
+
+
+def check_declared_image(source: str | bytes | Any) -> None:
+    """Refuse an uploaded file before any pixel is decoded: PIL reads only the header here, so a small file
+    that declares a huge image costs nothing. `source` is a path, the bytes, or a file object."""
+    import io
+
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    try:
+        with Image.open(source) as im:  # lazy: the size is the header's
+            _check_upload(im)
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"the image declares more pixels than this server decodes (at most {MAX_UPLOAD_SIDE} per side)"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"the upload is not an image this server reads ({type(err).__name__})") from None
 
 
 def _check_upload(img: Image.Image) -> None:

@@ -8,22 +8,33 @@ logged here with its traceback. :func:`launch` serves it.
 Privacy: the page reads only what the user uploads (no file-path inputs, no ``allowed_paths``),
 Gradio's cache lives in a private temporary folder (mode 0700), and the theme uses system fonts so
 the page fetches nothing from outside the server.
+
+Abuse: an uploaded image's declared size and the number of painted layers are checked before any pixel is
+decoded, and only the background and the first layer are decoded (:func:`checked_image_editor`); every
+request that runs a model counts against its client (the logged-in user, else the address) in a
+:class:`ClientLimiter`; :func:`launch` takes a list of logins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import os
 import random
-from collections.abc import Callable, Sequence
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator, Sequence
 
 from app.logic import (
+    MAX_EDITOR_LAYERS,
     MAX_IMAGES,
     MAX_SEED,
     InputError,
     center_square,
+    check_declared_image,
     class_choices,
     edit_image,
     generate_images,
@@ -37,7 +48,7 @@ from app.serve import private_cache_dir
 from scaffold.errors import UserError
 from var.export import LoadedModel
 
-__all__ = ["build_demo", "launch", "theme"]
+__all__ = ["ClientLimiter", "build_demo", "checked_image_editor", "launch", "theme"]
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +61,110 @@ def _gradio():
     return gradio
 
 
-def _friendly(fn: Callable) -> Callable:
-    """Wrap a handler: input errors become ``gr.Error`` with their message, anything else a short one."""
+class ClientLimiter:
+    """At most `per_minute` model requests a minute and `in_flight` at once for each client (its login, else
+    its address); one more is refused with a message saying when to retry. Thread-safe (Gradio runs handlers
+    in worker threads)."""
+
+    def __init__(self, per_minute: int = 30, in_flight: int = 2, clock: Callable[[], float] = time.monotonic):
+        if per_minute < 1 or in_flight < 1:
+            raise ValueError(f"per_minute and in_flight must be >= 1, got {per_minute} and {in_flight}")
+        self.per_minute, self.in_flight, self.clock = per_minute, in_flight, clock
+        self._started: dict[str, deque[float]] = defaultdict(deque)
+        self._running: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def client_of(request) -> str:
+        """The key a request counts under: its login where the server asks for one, else its address."""
+        if request is None:
+            return "local"
+        user = getattr(request, "username", None)
+        if user:
+            return f"user:{user}"
+        client = getattr(request, "client", None)
+        return f"address:{getattr(client, 'host', None) or 'unknown'}"
+
+    @contextlib.contextmanager
+    def slot(self, client: str) -> Iterator[None]:
+        now = self.clock()
+        with self._lock:
+            started = self._started[client]
+            while started and now - started[0] >= 60:
+                started.popleft()
+            if self._running[client] >= self.in_flight:
+                raise InputError(f"this client has {self.in_flight} requests running already: wait for one to finish")
+            if len(started) >= self.per_minute:
+                wait = 60 - (now - started[0])
+                raise InputError(f"at most {self.per_minute} requests a minute per client: retry in {wait:.0f} s")
+            started.append(now)
+            self._running[client] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[client] -= 1
+
+
+MAX_PENDING_EDITS = 32  # edits whose images were sent but not yet requested, kept by the editor
+
+
+def checked_image_editor(**kwargs):
+    """A ``gr.ImageEditor`` that checks what an edit request declares before decoding it: the background's
+    size (the header's, :func:`~app.logic.check_declared_image`) and at most `MAX_EDITOR_LAYERS` layers, of
+    which only the first is checked and decoded; the composite (unused) is never decoded.
+
+    The two methods are replaced on the instance, not in a subclass: Gradio's component metaclass writes a
+    ``.pyi`` stub beside the module of every component class it sees."""
+    gr = _gradio()
+    editor = gr.ImageEditor(**kwargs)
+    accept = editor.accept_blobs
+
+    def accept_blobs(data):
+        """The page sends an edit's images ahead of the request, one part at a time: a layer's index is
+        bounded (Gradio would grow a list to any index sent) and at most `MAX_PENDING_EDITS` edits wait."""
+        raw = data.data.get("index")
+        try:
+            index = int(raw) if raw not in (None, "", "null") else None
+        except (TypeError, ValueError):
+            raise gr.Error(f"bad layer index {str(raw)[:20]!r}", print_exception=False) from None
+        if data.data.get("type") == "layer" and (index is None or not 0 <= index < MAX_EDITOR_LAYERS):
+            raise gr.Error(f"layer index {index}: at most {MAX_EDITOR_LAYERS} layers", print_exception=False)
+        while len(editor.blob_storage) >= MAX_PENDING_EDITS and data.data.get("id") not in editor.blob_storage:
+            editor.blob_storage.pop(next(iter(editor.blob_storage)))  # the oldest edit never sent
+        return accept(data)
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        src = payload
+        if payload.id is not None:  # sent as blobs before the request: Gradio's own cache of them
+            src = editor.blob_storage.pop(payload.id, None)
+        if src is None:
+            return {"background": None, "layers": [], "composite": None}
+        layers = [x for x in (src.layers or []) if x is not None]
+        try:
+            if len(layers) > MAX_EDITOR_LAYERS:
+                raise InputError(f"the edit declares {len(layers)} layers: at most {MAX_EDITOR_LAYERS}")
+            for f in [src.background, *layers[:1]]:
+                if f is not None:
+                    check_declared_image(getattr(f, "path", f))
+        except InputError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        return {
+            "background": editor.convert_and_format_image(src.background, flatten_on_white=True),
+            "layers": [editor.convert_and_format_image(layers[0])] if layers else [],
+            "composite": None,
+        }
+
+    accept_blobs._is_server_fn = True  # what Gradio's component route looks for (gradio.components.base.server)
+    editor.accept_blobs, editor.preprocess = accept_blobs, preprocess
+    return editor
+
+
+def _friendly(fn: Callable, limiter: ClientLimiter | None = None) -> Callable:
+    """Wrap a handler: input errors become ``gr.Error`` with their message, anything else a short one. With a
+    `limiter`, each call holds one of its client's slots (the wrapper takes Gradio's request for that)."""
     gr = _gradio()
 
     def translate(err: Exception) -> Exception:
@@ -64,24 +177,44 @@ def _friendly(fn: Callable) -> Callable:
             f"internal error ({type(err).__name__}); the details are in the server log", print_exception=False
         )
 
+    n_inputs = len(inspect.signature(fn).parameters)
+
+    def slot(args: tuple):
+        """The client's slot, and the handler's own arguments: Gradio appends its request to them."""
+        request = args[n_inputs] if len(args) > n_inputs else None
+        held = limiter.slot(ClientLimiter.client_of(request)) if limiter else contextlib.nullcontext()
+        return held, args[:n_inputs]
+
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
-        def gen_wrapper(*args, **kwargs):
+        def gen_wrapper(*args):
             try:
-                yield from fn(*args, **kwargs)
+                held, args = slot(args)
+                with held:
+                    yield from fn(*args)
             except Exception as err:
                 raise translate(err) from None
 
-        return gen_wrapper
+        wrapper = gen_wrapper
+    else:
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            raise translate(err) from None
+        @functools.wraps(fn)
+        def wrapper(*args):
+            try:
+                held, args = slot(args)
+                with held:
+                    return fn(*args)
+            except Exception as err:
+                raise translate(err) from None
 
+    if limiter is not None:  # Gradio passes its request to a parameter annotated gr.Request (the last here)
+        sig = inspect.signature(fn)
+        param = inspect.Parameter(
+            "request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request
+        )
+        wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), param])
+        wrapper.__annotations__ = {**getattr(fn, "__annotations__", {}), "request": gr.Request}
     return wrapper
 
 
@@ -92,9 +225,11 @@ def theme():
     return gr.themes.Default(font=sans, font_mono=["ui-monospace", "monospace"])
 
 
-def build_demo(models: Sequence[LoadedModel]):
-    """The page for already-loaded models (the first is selected). Launch with :func:`launch`."""
+def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = None):
+    """The page for already-loaded models (the first is selected). Launch with :func:`launch`. `limiter`
+    counts every request that runs a model (default: 30 a minute and 2 at once per client)."""
     gr = _gradio()
+    limiter = limiter or ClientLimiter()
     if not models:
         raise ValueError("build_demo needs at least one model")
     by_name: dict[str, LoadedModel] = {}
@@ -211,7 +346,7 @@ def build_demo(models: Sequence[LoadedModel]):
                 )
                 with gr.Row():
                     with gr.Column(scale=1):
-                        editor = gr.ImageEditor(
+                        editor = checked_image_editor(
                             label="Image and mask (paint = regenerate)",
                             type="pil",
                             image_mode="RGBA",
@@ -262,7 +397,7 @@ def build_demo(models: Sequence[LoadedModel]):
                 lambda: random.randint(0, MAX_SEED - MAX_IMAGES + 1), None, box, api_visibility="private", queue=False
             )
         go.click(
-            _friendly(on_generate),
+            _friendly(on_generate, limiter),
             [model_dd, label, num_images, seed, cfg, top_k, top_p, smooth],
             [gallery, status],
             api_visibility="private",
@@ -270,14 +405,14 @@ def build_demo(models: Sequence[LoadedModel]):
             **shared,
         )
         e_go.click(
-            _friendly(on_edit),
+            _friendly(on_edit, limiter),
             [model_dd, editor, e_label, e_seed, e_cfg, e_top_k, e_top_p, e_smooth],
             [e_input, e_out],
             api_name="edit",
             **shared,
         )
         api_button.click(
-            _friendly(api_generate),
+            _friendly(api_generate, limiter),
             [api_label, api_num, api_seed, api_cfg, api_top_k, api_top_p, api_model],
             gallery,
             api_name="generate",
@@ -289,9 +424,18 @@ def build_demo(models: Sequence[LoadedModel]):
     return demo
 
 
-def launch(demo, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True):
-    """Serve ``demo``; returns ``(app, local_url)``. Only what the user uploads is readable (no allowed_paths)."""
+def launch(
+    demo,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    block: bool = True,
+    auth: Sequence[tuple[str, str]] | None = None,
+):
+    """Serve ``demo``; returns its local URL. Only what the user uploads is readable (no allowed_paths).
+    `auth`: the (user, password) pairs that may log in; None serves without a login (app/serve.py refuses
+    that on a non-loopback address unless told the server is public)."""
     _, url, _ = demo.launch(
+        auth=list(auth) if auth else None,
         server_name=host,
         server_port=port,
         prevent_thread_lock=not block,

@@ -1,4 +1,4 @@
-"""Benchmark of the attention kernels (issues 6 and 7); not part of CI.
+"""Benchmark of the attention kernels; not part of CI.
 
 On a GPU, per scale list (256 px L=680, 512 px L=2240, 1024 px L=9451) and dtype, it times the
 forward and forward+backward and records the peak memory of:

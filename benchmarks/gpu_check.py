@@ -1,4 +1,4 @@
-"""One command for a GPU (issue 17): the compiled-kernel tests, then the kernel and sampling benchmarks.
+"""One command for a GPU: the compiled-kernel tests, then the kernel and sampling benchmarks.
 
 On a machine with a CUDA GPU, from the repository root::
 

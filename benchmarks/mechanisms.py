@@ -24,7 +24,7 @@ schedule sized to those steps, as a user with that time budget would run it. Whe
 
 Neighborhood attention uses kernel_size 3 here (the digits preset's `attention_options`): the largest scale of
 the digits is 4x4, and a window of 5 or more covers every scale - neighborhood attention is then exactly full
-attention (DESIGN.md 7.2), as the demo with the d16 presets' 7 showed (the same digits to the pixel).
+attention (docs/architecture.md section 7.2), as the demo with the d16 presets' 7 showed (the same digits to the pixel).
 
 `--profile` adds where a training step's time goes per mechanism: torch.profiler's top operators (self CPU
 time) over a few steps of the model alone (forward, loss, backward, AdamW).

@@ -55,7 +55,7 @@ from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_
 from var.settings import SamplingSettings
 
 PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
-SETTINGS = SamplingSettings()  # the published FID setting (DESIGN.md section 8), seed 0, fp32
+SETTINGS = SamplingSettings()  # the published FID setting (docs/architecture.md section 8), seed 0, fp32
 # the same as the published sampler's arguments, and as recorded with the results
 SETTING = dict(cfg=SETTINGS.cfg, top_k=SETTINGS.top_k, top_p=SETTINGS.top_p)
 

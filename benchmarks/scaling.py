@@ -1,5 +1,5 @@
 """Cost against resolution: training-step time, peak step memory and sampling time per image of every mechanism
-at 256, 512 and 1024 px, and the exponent of each against L, the number of tokens (issue 18, deliverable 2).
+at 256, 512 and 1024 px, and the exponent of each against L, the number of tokens.
 
 A small transformer (default depth 2: width 128, 2 heads; the published vocabulary 4096 and 32 latent
 channels) on random tokens - speed and memory do not depend on the data - with the published-style scale list
@@ -63,7 +63,7 @@ PATCH_NUMS = {
     512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
     1024: (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64),
 }
-SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (DESIGN.md section 8)
+SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (docs/architecture.md section 8)
 
 
 def say(msg: str) -> None:

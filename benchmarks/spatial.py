@@ -8,7 +8,7 @@ Compares, forward and forward+backward, time and peak memory:
 - ``kernels.gspn_scan`` (one launch) against the reference's PyTorch loop over columns, on the
   finest map of each resolution, and ``kernels.gspn_normalize_gates``.
 
-There is no block module yet (DESIGN.md section 7), so only the ops are timed.
+There is no block module yet (docs/architecture.md section 7), so only the ops are timed.
 
 Usage::
 
@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import kernels
 
 PATCH_NUMS = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # DESIGN.md section 4
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # DESIGN.md section 4
+    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # docs/architecture.md section 4
+    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # docs/architecture.md section 4
     # No published 1024 px schedule; the 512 px one extended so the finest map is 64 x 64.
     1024: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32, 40, 48, 64),
 }
-LKA_FILTERS = [(5, 1), (7, 3)]  # DESIGN.md section 7.4: dw 5x5, then dw 7x7 dilation 3
+LKA_FILTERS = [(5, 1), (7, 3)]  # docs/architecture.md section 7.4: dw 5x5, then dw 7x7 dilation 3
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,8 +1,8 @@
-"""Token-mixing ops of the next-scale transformer (DESIGN.md section 7).
+"""Token-mixing ops of the next-scale transformer (docs/architecture.md section 7).
 
 Each op lives in its own folder: ``reference.py`` is the plain PyTorch version and the executable
 specification; ``triton.py`` holds the fused kernels (both registered in ``_backend.OPS``). Every
-``triton.py`` has the same layers and names (STYLE.md point 7): the function the dispatcher calls,
+``triton.py`` has the same layers and names: the function the dispatcher calls,
 named after the op -> ``<Op>Function``, its ``torch.autograd.Function`` -> module-level launchers
 ``_forward`` and ``_backward`` (``_<part>_forward`` where one module holds two Functions) that build
 grids -> the ``@triton.jit`` kernels ``_*_kernel``. What the kernels share lives in

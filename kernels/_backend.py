@@ -1,6 +1,6 @@
 """Backend choice for the ops: "torch" (the reference, runs everywhere) or "triton" (fused kernels).
 
-Rules (DESIGN.md section 7, STYLE.md point 8):
+Rules (docs/architecture.md section 7):
 
 - ``backend="auto"`` runs Triton when the tensors are on CUDA and Triton is installed; otherwise
   the PyTorch reference. On CPU tensors auto always picks the reference,

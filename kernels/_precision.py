@@ -1,4 +1,4 @@
-"""The one fp32 precision rule of every Triton kernel that uses ``tl.dot`` (DESIGN.md section 7).
+"""The one fp32 precision rule of every Triton kernel that uses ``tl.dot`` (docs/architecture.md section 7).
 
 Matrix products on fp32 inputs follow torch's own switch, as ``torch.matmul`` does on a GPU:
 ``torch.get_float32_matmul_precision()`` "highest" -> IEEE fp32 (no tensor cores), "high" or

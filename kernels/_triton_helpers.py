@@ -11,7 +11,7 @@ Three parts:
 
 Together with :mod:`kernels._precision` (the fp32 dot precision), :mod:`kernels._tiles` (tile tables
 over next-scale sequences) and :mod:`kernels._scales` (the token layout), these are the one place
-for what the ops' kernels have in common. Names follow STYLE.md point 7: ``p_`` pointers, ``o_``
+for what the ops' kernels have in common. Names: ``p_`` pointers, ``o_``
 offsets, ``m_`` masks, ``b_`` blocks, UPPER for constexpr.
 """
 

@@ -1,4 +1,4 @@
-"""Compile every Triton kernel for NVIDIA GPUs on a machine without one (issue 17).
+"""Compile every Triton kernel for NVIDIA GPUs on a machine without one.
 
 Triton compiles ahead of time for a target it is told about: a stand-in driver reports
 ``GPUTarget("cuda", arch, 32)`` and the JIT functions are launched with ``warmup=True`` (compile,

@@ -1,6 +1,6 @@
 """What both stages stand on: user errors, typed config loading, atomic writes and checkpoint I/O.
 
-It imports neither `tokenizer` nor `var`; both import it (DESIGN.md section 2).
+It imports neither `tokenizer` nor `var`; both import it (docs/architecture.md section 2).
 """
 
 from .checkpoint import (

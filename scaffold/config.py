@@ -3,7 +3,7 @@
 `load_config(schema, ["a.yaml", "b.yaml"], ["optim.lr=1e-3"])` merges a.yaml over the dataclass's
 defaults, b.yaml over that, then each override: mappings merge key by key, lists and scalars are
 replaced. `OmegaConf.structured(schema)` makes a misspelt key or a value of the wrong type an error
-naming the file (or the override) and the key, with the nearest valid key (STYLE.md point 2).
+naming the file (or the override) and the key, with the nearest valid key.
 Every `var` subcommand loads its config through `load_config`.
 
 A config dataclass may declare, as class attributes (not fields):

@@ -7,8 +7,16 @@ entry is flushed too. A reader therefore sees the old file or the new one, never
 whatever interrupts the write: a kill, a full disk, a power cut.
 
 A kill at the wrong moment can still leave the temporary behind (nothing runs after SIGKILL); its
-name, `.NAME.tmp-PID[.ext]`, records the process that wrote it, and `remove_stale_temporaries`
-deletes those whose process is gone when the next run starts.
+name, `.NAME.tmp-HOST-BOOT-PID[.ext]`, records the machine (its host name, letters and digits only), the
+boot of that machine (the first 8 hex digits of the kernel's boot id) and the process that wrote it, and
+`remove_stale_temporaries` deletes, when the next run starts, only those written on this host whose process
+is gone: by an earlier boot, or by a PID that no longer runs. A temporary of another host (a shared NFS
+folder) is never judged by a PID of this one. Names of the older form `.NAME.tmp-PID` carry no host and are
+left alone.
+
+`publish_folder` puts a whole folder (an export) in place the same way: copied under a temporary name, then
+swapped with the old one in one `renameat2(RENAME_EXCHANGE)` where Linux offers it, so a reader sees the old
+folder or the new one.
 
 A full disk or a folder that cannot be written is the user's problem to fix, not a bug: it raises
 `WriteError` (a `UserError`) naming the file and the free space left.
@@ -17,10 +25,14 @@ A full disk or a folder that cannot be written is the user's problem to fix, not
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
+import functools
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -33,14 +45,16 @@ __all__ = [
     "atomic_open",
     "atomic_path",
     "describe_free_space",
+    "fsync_folder",
+    "publish_folder",
     "remove_stale_temporaries",
     "temporary_path",
     "user_error_for",
     "write_atomic",
 ]
 
-# `.NAME.tmp-PID` or `.NAME.tmp-PID.ext` (a suffix for writers that pick the format from it).
-_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
+# `.NAME.tmp-HOST-BOOT-PID` or `.NAME.tmp-HOST-BOOT-PID.ext` (a suffix for writers that pick the format from it).
+_TEMPORARY = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9]+)-(?P<boot>[0-9a-f]{8})-(?P<pid>\d+)(\.[A-Za-z0-9]+)?$")
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -75,10 +89,25 @@ def user_error_for(err: OSError, path: str | os.PathLike) -> UserError:
     return WriteError(f"cannot write {path}: {reason}")
 
 
-def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
-    """The temporary name beside `path` that this process writes before renaming over it."""
+@functools.cache
+def _host() -> str:
+    """This machine's host name in letters and digits (the separator of a temporary's name is '-')."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"
+
+
+def _boot() -> str:
+    """The first 8 hex digits of this boot's id ("00000000" where the kernel gives none)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:8].lower()
+    except OSError:
+        return "0" * 8
+
+
+def temporary_path(path: str | os.PathLike, suffix: str = "", pid: int | None = None) -> Path:
+    """The temporary name beside `path` that this process (or process `pid` of this host and boot) writes
+    before renaming over it."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}{suffix}")
+    return path.with_name(f".{path.name}.tmp-{_host()}-{_boot()}-{os.getpid() if pid is None else pid}{suffix}")
 
 
 def _umask() -> int:
@@ -92,7 +121,8 @@ def _umask() -> int:
     return 0o022
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush `folder`'s entries (a rename into it) to disk, where the filesystem lets a folder be synced."""
     with contextlib.suppress(OSError):  # not every filesystem (or OS) lets a folder be opened and synced
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -110,7 +140,7 @@ def _commit(tmp: Path, path: Path) -> None:
         os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
 
 
 @contextlib.contextmanager
@@ -168,11 +198,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
-    """Delete the temporaries that `atomic_path` left in `folder` when its process was killed.
+def _stale(m: re.Match) -> bool:
+    """Whether the temporary named by `m` was written on this host by a process that is gone."""
+    if m["host"] != _host():
+        return False  # another machine's: its PID means nothing here
+    return m["boot"] != _boot() or not _alive(int(m["pid"]))
 
-    Only names of the form `.NAME.tmp-PID[.ext]` whose process no longer runs are removed (a live
-    process may be writing its own). Returns the removed paths.
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temporaries that `atomic_path` (or `publish_folder`) left in `folder` when its process was
+    killed: only names of the form `.NAME.tmp-HOST-BOOT-PID[.ext]` of this host whose process is gone (a live
+    process may be writing its own; another host's may be live). Returns the removed paths.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -180,11 +216,77 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = False)
     removed = []
     for p in folder.rglob(".*.tmp-*") if recursive else folder.glob(".*.tmp-*"):
         m = _TEMPORARY.match(p.name)
-        if m and not _alive(int(m["pid"])) and (p.is_file() or p.is_symlink()):
+        if not m or not _stale(m):
+            continue
+        if p.is_file() or p.is_symlink():
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
                 removed.append(p)
-        elif m and p.is_dir() and not _alive(int(m["pid"])):  # a folder copied into place (the demo's exports)
+        elif p.is_dir():  # a folder copied into place (publish_folder)
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2():
+    if not hasattr(os, "sched_getaffinity"):  # not Linux
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):  # glibc before 2.28, or another libc
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap `a` and `b` in one step; False where the system or filesystem cannot."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a filesystem without exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy the folder `src` to `dst`, replacing what was there: a copy under a temporary name beside `dst`
+    (every file flushed), then one atomic exchange with the old folder, which is removed after. Without
+    `renameat2` the old folder is renamed aside first (a kill in between leaves no `dst`, never half of one).
+    A `WriteError` names `dst` when the copy fails (disk full); `dst` is then as it was."""
+    src, dst = Path(src), Path(dst)
+    tmp = temporary_path(dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        if not dst.exists():
+            os.replace(tmp, dst)
+        elif not _exchange(tmp, dst):
+            aside = temporary_path(dst, ".old")
+            os.replace(dst, aside)
+            os.replace(tmp, dst)
+            shutil.rmtree(aside, ignore_errors=True)
+        fsync_folder(dst.parent)
+    except OSError as err:
+        raise user_error_for(err, dst) from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # after an exchange: the old folder
+    return dst

@@ -7,7 +7,7 @@ Checkpoints go through `AtomicCheckpointIO`, which writes them with the project'
 (`scaffold.io`): the temporary file lies in the checkpoint folder itself, so the final rename never
 crosses a filesystem. Lightning's own writer stages the file in `$TMPDIR` and, when that is another
 filesystem, falls back to truncating `last.ckpt` and copying into it - a kill or a full disk during that
-copy left a 0-byte or half-written `last.ckpt` (issue 16).
+copy left a 0-byte or half-written `last.ckpt`.
 
 What survives an interruption: every checkpoint file is either the old one or the new one. A kill can
 leave a `.NAME.tmp-PID` temporary; the next start of the run removes it (`prepare_run_folder`). Step
@@ -332,7 +332,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         write_atomic(path, buffer.getbuffer())
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        # Always weights only, whatever Lightning asks for: a checkpoint file is data, never code (issue 27).
+        # Always weights only, whatever Lightning asks for: a checkpoint file is data, never code.
         if not Path(path).is_file():
             raise CheckpointError(f"checkpoint not found: {path}")
         kwargs = {} if map_location is None else {"map_location": map_location}
@@ -530,7 +530,7 @@ def previous_run(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def check_run_folder(cfg: RunConfig) -> None:
-    """Refuse to start a fresh run over another (issue 27): a folder that holds a run takes `resume=true`
+    """Refuse to start a fresh run over another: a folder that holds a run takes `resume=true`
     or `overwrite=true`, which removes the old checkpoints and says so; a `resume=PATH` from elsewhere
     is refused there too (the new run's pruning would delete the folder's own checkpoints)."""
     found = previous_run(cfg.out_dir)
@@ -630,7 +630,7 @@ class _LightningChatter(logging.Filter):
 
 
 def quiet_lightning() -> None:
-    """Only the project's progress and real warnings on the console (issue 19): Lightning's chatter is
+    """Only the project's progress and real warnings on the console: Lightning's chatter is
     filtered where it is logged, and its use of a torch API that torch deprecated (not ours to fix) is
     not reported on every run. Idempotent."""
     chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")
@@ -650,14 +650,35 @@ def quiet_lightning() -> None:
 
 
 def progress_bar(enabled: bool) -> list[Callback]:
-    """Lightning's rich progress bar when `rich` is installed, else (empty list) its default TQDM bar."""
+    """A rich progress bar of training steps ("step 300/1200": the trainings run by max_steps in one endless
+    epoch, where Lightning's own bar would say "Epoch 0/-2") when `rich` is installed, else (empty list)
+    Lightning's default TQDM bar."""
+    if not enabled:
+        return []
     try:
         import rich  # noqa: F401
     except ImportError:
         return []
     from lightning.pytorch.callbacks import RichProgressBar
 
-    return [RichProgressBar(leave=True)] if enabled else []
+    class StepProgressBar(RichProgressBar):
+        @property
+        def total_train_batches(self):
+            steps = self.trainer.max_steps
+            return steps if steps and steps > 0 else super().total_train_batches
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"{'step':{len(self.validation_description)}}"
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            super().on_train_epoch_start(trainer, pl_module)
+            self._update(self.train_progress_bar_id, trainer.global_step)  # a resumed run starts where it was
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            self._update(self.train_progress_bar_id, trainer.global_step)
+
+    return [StepProgressBar(leave=True)]
 
 
 def make_trainer(cfg: RunConfig, callbacks: Sequence[Callback] = (), **kwargs) -> L.Trainer:

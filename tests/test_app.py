@@ -281,6 +281,188 @@ def test_page_lists_both_tabs_and_models(server, models):
     assert "0: digit 0" in text
 
 
+# ----------------------------------------------------------------------------- abuse: uploads, limits, logins
+
+
+def _png_declaring(path: Path, width: int, height: int) -> Path:
+    """A PNG of a few hundred bytes whose header declares `width` x `height` pixels (its data is one row)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+@pytest.fixture
+def no_decoding(monkeypatch):
+    """Fail the test if any image's pixels are decoded."""
+    from PIL import ImageFile
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"decoded {self.size} pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+def test_a_declared_huge_image_is_refused_from_its_header(tmp_path, no_decoding):
+    from app.logic import check_declared_image
+
+    bomb = _png_declaring(tmp_path / "bomb.png", 60000, 60000)
+    assert bomb.stat().st_size < 200
+    with pytest.raises(InputError, match="declares more pixels than this server decodes"):  # PIL's bomb limit
+        check_declared_image(str(bomb))
+    wide = _png_declaring(tmp_path / "wide.png", 9000, 10)  # under PIL's limit, over ours
+    with pytest.raises(InputError, match="9000x10: at most 8192 pixels per side"):
+        check_declared_image(wide.read_bytes())
+    with pytest.raises(InputError, match="not an image this server reads"):
+        check_declared_image(b"GIF89a but not really")
+
+
+def test_the_editor_checks_before_decoding_and_decodes_one_layer(tmp_path, monkeypatch):
+    from app.web import _gradio, checked_image_editor
+
+    gr = _gradio()  # Gradio imported once its cache is a private folder
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData
+
+    editor = checked_image_editor(type="pil", image_mode="RGBA")
+    bomb = FileData(path=str(_png_declaring(tmp_path / "bomb.png", 20000, 100)))
+    decoded = []
+    monkeypatch.setattr(type(editor), "convert_and_format_image", lambda self, f, **kw: decoded.append(f) or f)
+    with pytest.raises(gr.Error, match="20000x100: at most 8192 pixels per side"):
+        editor.preprocess(EditorData(background=bomb, layers=[]))
+    good = tmp_path / "good.png"
+    Image.new("RGBA", (40, 30)).save(good)
+    f = FileData(path=str(good))
+    with pytest.raises(gr.Error, match="declares 5 layers: at most 4"):
+        editor.preprocess(EditorData(background=f, layers=[f] * 5))
+    with pytest.raises(gr.Error, match="20000x100"):  # a huge first layer is refused too
+        editor.preprocess(EditorData(background=f, layers=[bomb]))
+    assert decoded == []  # nothing was decoded by any refused request
+    out = editor.preprocess(EditorData(background=f, layers=[f, bomb, bomb], composite=bomb))
+    assert decoded == [f, f] and out == {"background": f, "layers": [f], "composite": None}  # the rest unread
+
+
+def test_the_editor_bounds_the_layers_sent_ahead_and_the_edits_waiting(tmp_path):
+    """Gradio's own blob endpoint grows a list to any layer index it is sent: one request with index 10**9
+    would take gigabytes before any handler runs."""
+    from app.web import MAX_PENDING_EDITS, _gradio, checked_image_editor
+
+    gr = _gradio()
+    from gradio.components.image_editor import AcceptBlobs, EditorData
+
+    editor = checked_image_editor(type="pil", image_mode="RGBA")
+
+    def send(id, kind, index=None):
+        data = {"type": kind, "index": index, "file": b"png", "id": id}  # as the route passes it, unvalidated
+        editor.accept_blobs(AcceptBlobs.model_construct(data=data, files=[("f", b"png")]))
+
+    for bad in ("1000000000", "-1", "4", "x"):
+        with pytest.raises(gr.Error, match="layer index|bad layer index"):
+            send("a", "layer", bad)
+    send("a", "background")
+    send("a", "layer", "0")
+    assert len(editor.blob_storage["a"].layers) == 1
+    for i in range(MAX_PENDING_EDITS + 5):  # edits sent but never requested do not pile up
+        send(f"e{i}", "background")
+    assert len(editor.blob_storage) == MAX_PENDING_EDITS and "a" not in editor.blob_storage
+    good = tmp_path / "good.png"
+    Image.new("RGBA", (40, 30)).save(good)
+    send("z", "background")
+    editor.blob_storage["z"].background = good.read_bytes()
+    out = editor.preprocess(EditorData(id="z"))  # the blob path is checked and decoded like a file
+    assert out["background"].size == (40, 30) and "z" not in editor.blob_storage
+
+
+def test_client_limiter_counts_per_client_and_minute():
+    from app.web import ClientLimiter
+
+    now = [0.0]
+    limiter = ClientLimiter(per_minute=2, in_flight=1, clock=lambda: now[0])
+    with limiter.slot("a"):
+        with pytest.raises(InputError, match="1 requests running already"), limiter.slot("a"):
+            pass
+        with limiter.slot("b"):  # another client is not counted against "a"
+            pass
+    with limiter.slot("a"):
+        pass
+    now[0] = 45.0
+    with pytest.raises(InputError, match="at most 2 requests a minute per client: retry in 15 s"), limiter.slot("a"):
+        pass
+    now[0] = 60.0  # the first request left the window
+    with limiter.slot("a"):
+        pass
+    with pytest.raises(ValueError, match="per_minute and in_flight must be >= 1"):
+        ClientLimiter(per_minute=0)
+
+    class Req:
+        username, client = None, type("C", (), {"host": "10.0.0.7"})()
+
+    assert ClientLimiter.client_of(Req()) == "address:10.0.0.7"
+    Req.username = "ann"
+    assert ClientLimiter.client_of(Req()) == "user:ann" and ClientLimiter.client_of(None) == "local"
+
+
+def test_a_served_page_limits_each_client_and_asks_for_the_login(models):
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from app.web import ClientLimiter, build_demo, launch
+
+    demo = build_demo(models[:1], ClientLimiter(per_minute=1))
+    url = launch(demo, host="127.0.0.1", port=_free_port(), block=False, auth=[("ann", "s3cret")])
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:  # no login: no page configuration, no API
+            urllib.request.urlopen(url.rstrip("/") + "/config", timeout=30)
+        assert err.value.code in (401, 403)
+        with pytest.raises(Exception):  # noqa: B017 - gradio_client's error for a refused login varies
+            Client(url, auth=("ann", "wrong"), verbose=False)
+        client = Client(url, auth=("ann", "s3cret"), verbose=False)
+        assert len(client.predict(**GOOD, api_name="/generate")) == 2
+        with pytest.raises(AppError, match="at most 1 requests a minute per client"):
+            client.predict(**GOOD, api_name="/generate")
+    finally:
+        demo.close()
+
+
+def test_serving_beyond_this_machine_needs_a_login_or_public(tmp_path, capsys):
+    missing = str(tmp_path / "no-model")  # the access check comes before any model is loaded
+    assert main(["app", "--model", missing, "--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "--host 0.0.0.0 serves the UI beyond this machine without a login" in err and "--public" in err
+    assert main(["app", "--model", missing, "--host", "0.0.0.0", "--public"]) == 2
+    assert "model not found" in capsys.readouterr().err  # past the access check
+    assert main(["app", "--model", missing, "--host", "0.0.0.0", "--auth", "ann:pw"]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert main(["demo", "--host", "0.0.0.0", "--workdir", str(tmp_path / "d")]) == 2  # refused before training
+    assert "without a login" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
+def test_logins_from_flags_and_a_file_and_their_errors(tmp_path):
+    from app.serve import parse_logins
+
+    f = tmp_path / "logins"
+    f.write_text("# who may log in\nann:pw:with:colons\n\n bob : x\n")
+    assert parse_logins(["cy:z"], str(f)) == [("cy", "z"), ("ann", "pw:with:colons"), ("bob", " x")]
+    f.write_text("ann:pw\nbob\n")
+    with pytest.raises(UserError, match=r"logins line 2: expected user:password") as err:
+        parse_logins([], str(f))
+    assert "pw" not in str(err.value).replace("password", "")
+    with pytest.raises(UserError, match="--auth value 1: expected user:password"):
+        parse_logins([":pw"])
+    with pytest.raises(UserError, match="holds no user:password line"):
+        f.write_text("# nobody\n")
+        parse_logins([], str(f))
+    with pytest.raises(UserError, match="--auth-file .*missing: No such file"):
+        parse_logins([], str(tmp_path / "missing"))
+
+
 # ----------------------------------------------------------------------------- the page in a browser
 
 

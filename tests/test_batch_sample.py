@@ -14,6 +14,7 @@ from PIL import Image
 import var.batch_sample as batch
 from app.cli import main
 from scaffold.errors import UserError
+from scaffold.io import temporary_path
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
@@ -301,17 +302,17 @@ def test_temporaries_of_a_killed_run_are_removed_on_the_next(tmp_path, model_dir
     out = tmp_path / "s"
     assert _sample(tmp_path, model_dir, out) == 0
     pid = _dead_pid()
-    left = [out / "1" / f".1.png.tmp-{pid}", tmp_path / f".s.npz.tmp-{pid}"]
+    left = [temporary_path(out / "1" / "1.png", pid=pid), temporary_path(tmp_path / "s.npz", pid=pid)]
     for p in left:
         p.write_bytes(b"partial")
-    live = out / "1" / f".0.png.tmp-{os.getpid()}"  # a live process's temporary is not touched
+    live = temporary_path(out / "1" / "0.png")  # a live process's temporary is not touched
     live.write_bytes(b"writing")
     assert _sample(tmp_path, model_dir, out) == 0
     assert not any(p.exists() for p in left) and live.exists()
 
 
 def test_a_second_sample_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, model_dir, capsys):
-    """Issue 27, item 3: two `var sample` into one --out mixed their images into one npz."""
+    """Two `var sample` into one --out mixed their images into one npz."""
     out = tmp_path / "s"
     with lock_held_elsewhere(out) as holder:
         assert _sample(tmp_path, model_dir, out, "--seed", "1") == 2
@@ -324,7 +325,7 @@ def test_a_second_sample_into_a_locked_folder_exits_2_naming_the_holder(tmp_path
 
 
 def test_write_npz_holds_the_images_once(tmp_path):
-    """Minor item of issue 27: a list of images and their stack held every image twice."""
+    """A list of images and their stack held every image twice."""
     import tracemalloc
 
     out = tmp_path / "s"

@@ -53,7 +53,7 @@ def test_imagefolder_classes_sorted_and_crops(tmp_path):
     [("truncated", "cannot read image .*a/0.png"), ("bomb", "a/0.png: DecompressionBombError: Image size")],
 )
 def test_unreadable_image_skip_or_fail(tmp_path, caplog, monkeypatch, damage, reason):
-    """A damaged file, and (issue 16) a decompression bomb: PIL's error for it is no OSError."""
+    """A damaged file, and a decompression bomb: PIL's error for it is no OSError."""
     root = make_folder(tmp_path / "imgs", classes=("a",), per_class=2, size=(40, 30))
     bad = root / "a" / "0.png"
     if damage == "truncated":
@@ -85,7 +85,7 @@ def test_folder_errors(tmp_path):
 
 
 def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
-    """Issue 16: convert("RGB") made a full-range 16-bit gradient 99.6% white."""
+    """convert("RGB") made a full-range 16-bit gradient 99.6% white."""
     g = np.linspace(0, 65535, 32 * 32).round().astype(np.uint16).reshape(32, 32)
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     Image.fromarray(g).save(tmp_path / "imgs" / "a" / "grad.png")
@@ -114,7 +114,7 @@ def test_palette_with_per_entry_transparency_converts_without_a_warning(tmp_path
 
 
 def test_read_rgb_applies_the_exif_orientation(tmp_path):
-    """Minor item of issue 27: a phone photo stored sideways with EXIF orientation 6 was read sideways."""
+    """A phone photo stored sideways with EXIF orientation 6 was read sideways."""
     import numpy as np
     from PIL import Image
 

@@ -51,7 +51,7 @@ def test_frechet_distance_of_shifted_gaussians():
 
 
 def test_thresholds_compare_counts_not_rounded_floats():
-    """18 of 20 is 90%: the float32 mean of those votes, 0.8999999761581421, failed `>= 0.9` (issue 19)."""
+    """18 of 20 is 90%: the float32 mean of those votes, 0.8999999761581421, failed `>= 0.9`."""
     from var.digits_eval import DigitsReport
 
     assert torch.tensor([1.0] * 18 + [0.0] * 2).mean().item() < 0.9  # the float that failed

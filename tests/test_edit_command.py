@@ -125,7 +125,7 @@ def test_mask_array_box_covers_exactly_the_box():
 
 
 def test_a_second_edit_to_a_locked_output_exits_2_naming_the_holder(model_dir, image_file, tmp_path, capsys):
-    """Issue 27, item 3: `var edit` holds its --out while it computes and writes it."""
+    """`var edit` holds its --out while it computes and writes it."""
     out = tmp_path / "out.png"
     with lock_held_elsewhere(out, lock_file(out)) as holder:
         assert _edit(model_dir, image_file, out, "--box", "8,0,40,24") == 2

@@ -68,7 +68,7 @@ def test_state_dict_override_is_what_gets_exported(tmp_path, tiny_vae):
 
 
 def test_identity_is_the_weights_and_architecture_not_the_initial_gate_scale(tmp_path, tiny_vae):
-    """model.init_adaln_gamma (issue 19) is recorded, but a sampling folder's record of the model stays what it was."""
+    """model.init_adaln_gamma is recorded, but a sampling folder's record of the model stays what it was."""
     model = tiny_var()
     before = load_model(export_model(model, tiny_vae, tmp_path / "a")).identity
     model.config.init_adaln_gamma = 0.5
@@ -182,7 +182,7 @@ def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch)
 
 
 def test_a_model_folder_is_read_without_interpolation(tmp_path, tiny_vae, monkeypatch):
-    """Issue 27, item 6: `${oc.env:...}` in a shared model folder copied the loader's secret into the UI."""
+    """`${oc.env:...}` in a shared model folder copied the loader's secret into the UI."""
     from scaffold import ConfigError
 
     monkeypatch.setenv("NEXTSCALE_TEST_SECRET", "s3cr3t")

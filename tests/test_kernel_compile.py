@@ -1,4 +1,4 @@
-"""Every Triton kernel compiles for real NVIDIA targets, without a GPU (issue 17; kernels/compile_check.py).
+"""Every Triton kernel compiles for real NVIDIA targets, without a GPU (kernels/compile_check.py).
 
 The compiles run in subprocesses: this process runs under TRITON_INTERPRET=1 (tests/conftest.py),
 where ``@triton.jit`` builds interpreted functions that cannot be compiled. Each compile is checked

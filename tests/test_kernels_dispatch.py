@@ -1,4 +1,4 @@
-"""Backend dispatch and argument checks of the kernels package (DESIGN.md section 7, STYLE.md point 8)."""
+"""Backend dispatch and argument checks of the kernels package (docs/architecture.md section 7)."""
 
 from __future__ import annotations
 
@@ -355,7 +355,7 @@ def test_argument_errors_name_the_argument(call, match):
 
 
 # ----------------------------------------------------------------------------------------------
-# Loud fallback of auto on CUDA (issue 17)
+# Loud fallback of auto on CUDA
 
 
 @pytest.fixture
@@ -427,7 +427,7 @@ def test_auto_does_not_hide_other_errors(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# The fp32 precision rule (DESIGN.md section 7, kernels/_precision.py)
+# The fp32 precision rule (docs/architecture.md section 7, kernels/_precision.py)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Compiled Triton kernels on a CUDA GPU against the PyTorch references (issue 17, `pytest -m gpu`).
+"""Compiled Triton kernels on a CUDA GPU against the PyTorch references (`pytest -m gpu`).
 
 Run as ``TRITON_INTERPRET=0 pytest -m gpu`` (benchmarks/gpu_check.sh does): tests/conftest.py turns
 the interpreter on unless the variable is already set, and interpreted kernels prove nothing here.

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py, the one command for a GPU (issue 17): checkable parts without a GPU."""
+"""benchmarks/gpu_check.py, the one command for a GPU: checkable parts without a GPU."""
 
 from __future__ import annotations
 

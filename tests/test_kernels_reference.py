@@ -1,4 +1,4 @@
-"""The PyTorch references of kernels/ against naive per-element loops written from DESIGN.md section 7.
+"""The PyTorch references of kernels/ against naive per-element loops written from docs/architecture.md section 7.
 
 The naive versions below compute every output element from the spec's formula with Python loops and
 integer index arithmetic; they share no code with kernels/. Forward and gradients are compared in
@@ -21,7 +21,7 @@ PATCH_NUMS = [
     pytest.param((1, 2, 3), id="pn=1,2,3"),
     pytest.param((1, 2, 3, 4), id="pn=1,2,3,4"),
 ]
-PN_512PX = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # DESIGN.md section 4, L = 2240
+PN_512PX = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # docs/architecture.md section 4, L = 2240
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def naive_block_causal_attention(q, k, v, patch_nums, scale=None):
 
 
 def naive_neighborhood_keys(patch_nums, kernel_size, i):
-    """Token indices visible to query token i, straight from DESIGN.md section 7.2."""
+    """Token indices visible to query token i, straight from docs/architecture.md section 7.2."""
     s_q, row, col = _token_layout(patch_nums)[i]
     p_k = patch_nums[s_q]
     keys = []
@@ -294,7 +294,7 @@ def test_ragged_depthwise_conv2d_matches_naive(patch_nums, k, dilation, with_bia
 
 
 def test_ragged_depthwise_conv2d_lka_shapes_gradcheck():
-    # The LKA dilated conv of DESIGN.md section 7.4 (7x7, dilation 3) on maps smaller than its reach.
+    # The LKA dilated conv of docs/architecture.md section 7.4 (7x7, dilation 3) on maps smaller than its reach.
     patch_nums = (1, 2, 3)
     x, weight, bias = _rand(1, 14, 2, seed=0), _rand(2, 7, 7, seed=1), _rand(2, seed=2)
     _assert_same_fwd_bwd(

@@ -1,4 +1,5 @@
-"""Triton attention kernels against the PyTorch references (STYLE.md points 9 and 10).
+"""Triton attention kernels against the PyTorch references, over odd shapes with readable ids; every fused path
+against its switched-off twin.
 
 Run on CPU under the Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay
 tiny. Each case calls the public op with backend="triton" and backend="torch" on the same inputs and

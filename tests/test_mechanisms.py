@@ -1,5 +1,5 @@
 """The five mechanisms inside the model: block causality, cache exactness, parameter budget,
-training, sampling and editing (DESIGN.md sections 6 and 7)."""
+training, sampling and editing (docs/architecture.md sections 6 and 7)."""
 
 import pytest
 import torch

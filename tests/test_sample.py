@@ -140,7 +140,7 @@ def test_every_setting_changes_the_images(model, vae, change):
 
 
 def test_the_default_call_is_exact_fp32_even_where_auto_is_bf16(monkeypatch, model, vae):
-    """issue 20: the library's default sample() is the published sampler's fp32; "auto" is what models carry."""
+    """The library's default sample() is the published sampler's fp32; "auto" is what models carry."""
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})  # "auto" would be bf16
     labels = [1, 2]
     default = sample(model, vae, labels)
@@ -165,7 +165,7 @@ def test_mixed_precision_sampling(model, vae, precision):
     "caps, expected",
     [
         ({"avx2": True}, "fp32"),  # this project's 2-core AMD EPYC (Zen 2): no AVX-512 at all
-        ({"avx512_f": True, "avx512_vnni": True}, "fp32"),  # the Xeon of issue 20: bf16 emulated, 3.8x slower
+        ({"avx512_f": True, "avx512_vnni": True}, "fp32"),  # a Xeon without AVX512-BF16: bf16 emulated, 3.8x slower
         ({"avx512_f": True, "avx512_bf16": True}, "bf16"),  # AMD EPYC Zen 4 / Intel Cooper Lake
         ({"amx_tile": True, "amx_bf16": True}, "bf16"),  # Intel Sapphire Rapids
     ],

@@ -10,7 +10,8 @@ from helpers import assert_locked_out, lock_held_elsewhere
 from PIL import Image
 
 from app.cli import main
-from scaffold import load_config
+from scaffold import DiskFullError, load_config
+from scaffold.io import temporary_path
 from tokenizer import DigitsDataset, export_tokenizer
 from var.token_cache import TokenCache, TokenCacheError, TokenizeConfig, token_dtype, tokenize, tokenizer_identity
 
@@ -63,7 +64,7 @@ def test_interrupted_tokenize_continues_to_the_identical_cache(tmp_path, tok_dir
         TokenCache(part)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (part / ".partial" / f".progress.json.tmp-{dead.pid}").write_text('{"images_')  # a kill mid-write
+    temporary_path(part / ".partial" / "progress.json", pid=dead.pid).write_text('{"images_')  # a kill mid-write
     tokenize(config(tok_dir, part, *common))  # continues at the recorded image
     assert sorted(p.name for p in part.iterdir()) == [".lock", "header.yaml", "labels.npy", "tokens.npy"]
     for name in ("tokens.npy", "labels.npy", "header.yaml"):
@@ -88,8 +89,60 @@ def test_bad_inputs(tmp_path, tok_dir, capsys):
     assert "views > 1 needs data.name=imagefolder" in capsys.readouterr().err
 
 
+def test_changed_image_files_make_the_cache_stale(tmp_path, tok_dir):
+    """The header records a digest of the files read: an added, removed or rewritten image is not served from
+    the old cache, and the message says why."""
+    root = _image_folder(tmp_path / "imgs")
+    common = ["data.name=imagefolder", f"data.root={root}", "data.val_fraction=0.2"]
+    out = tokenize(config(tok_dir, tmp_path / "c", *common))
+    digest = TokenCache(out).header.data_files
+    assert digest.startswith("5:")  # 6 images, 1 held out
+    assert tokenize(config(tok_dir, out, *common)) == out  # unchanged files: reused
+    for change in (
+        lambda: [Image.new("RGB", (40, 48)).save(root / "cat" / f"{9 + i}.png") for i in range(3)],  # added
+        lambda: [(root / "dog" / f"{i}.png").unlink() for i in range(2)],  # removed
+        lambda: [p.write_bytes(p.read_bytes() + b"\0") for p in root.rglob("*.png")],  # rewritten
+    ):  # each changes the training split's files (a change in held-out images only would not)
+        change()
+        with pytest.raises(
+            TokenCacheError, match=r"holds another token cache \(.*the image files changed since it was made"
+        ):
+            tokenize(config(tok_dir, out, *common))
+        assert TokenCache(out).header.data_files == digest  # refused, not overwritten
+
+
+def test_a_full_disk_is_one_line_before_any_image_is_encoded(tmp_path, tok_dir, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(DiskFullError, match=r"disk full while writing .*tokens\.npy \(.* free\)"):
+        tokenize(config(tok_dir, tmp_path / "c", "max_images=4"))
+    monkeypatch.undo()
+    out = tokenize(config(tok_dir, tmp_path / "c", "max_images=4"))  # space freed: the rerun makes it whole
+    assert TokenCache(out).header.num_images == 4
+
+
+def test_a_kill_while_moving_the_finished_files_is_finished_by_the_next_run(tmp_path, tok_dir):
+    whole = tokenize(config(tok_dir, tmp_path / "whole", "max_images=8"))
+    out = tokenize(config(tok_dir, tmp_path / "c", "max_images=8"))
+    partial = out / ".partial"
+    partial.mkdir()
+    for name in ("labels.npy", "header.yaml"):  # tokens.npy had moved out, the rest not yet
+        (out / name).rename(partial / name)
+    with pytest.raises(TokenCacheError, match="interrupted `var tokenize`"):
+        TokenCache(out)
+    assert tokenize(config(tok_dir, out, "max_images=8")) == out
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "header.yaml", "labels.npy", "tokens.npy"]
+    for name in ("tokens.npy", "labels.npy", "header.yaml"):
+        assert (whole / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def test_a_second_tokenize_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, tok_dir, capsys):
-    """Issue 27, item 3: `var tokenize` holds out_dir; the lock goes with its process on kill -9."""
+    """`var tokenize` holds out_dir; the lock goes with its process on kill -9."""
     out = tmp_path / "c"
     args = ["tokenize", f"tokenizer={tok_dir}", "data.image_size=32", f"out_dir={out}", "device=cpu", "max_images=4"]
     with lock_held_elsewhere(out) as holder:

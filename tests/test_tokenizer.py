@@ -16,7 +16,7 @@ from tokenizer import (
 
 
 def published_vae_shapes() -> dict[str, tuple[int, ...]]:
-    """Key -> shape of `vae_ch160v4096z32.pth`, written out from the published layout (DESIGN.md 4):
+    """Key -> shape of `vae_ch160v4096z32.pth`, written out from the published layout (docs/architecture.md section 4):
     ch 160, ch_mult (1,1,2,2,4), 2 res blocks per level (decoder 3), attention at the lowest level and in
     the middle, z 32, V 4096, 4 phi convs, one EMA hit row per scale. Independent of our module code."""
     ch, mult, z, V = 160, (1, 1, 2, 2, 4), 32, 4096
@@ -281,7 +281,7 @@ def test_training_forward_gradients(tiny_vae):
 
 
 def test_vq_loss_definition(tiny_vae):
-    """mean over scales of beta*mse(f_hat.detach(), f) + mse(f_hat, f.detach()) (DESIGN.md 4)."""
+    """mean over scales of beta*mse(f_hat.detach(), f) + mse(f_hat, f.detach()) (docs/architecture.md section 4)."""
     q = tiny_vae.quantize
     f = torch.randn(2, 8, 4, 4)
     loss = q(f).vq_loss

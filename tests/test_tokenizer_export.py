@@ -1,4 +1,4 @@
-"""The exported tokenizer folder: what an ordinary write would leave, readable by other users (issue 16 item 11)."""
+"""The exported tokenizer folder: what an ordinary write would leave, readable by other users."""
 
 import os
 import stat

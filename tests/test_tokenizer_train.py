@@ -181,7 +181,7 @@ def test_step_batch_sampler_is_a_function_of_the_step():
 
 @pytest.mark.slow
 def test_digits_preset_reaches_the_target(tmp_path):
-    """Issue 3's "done when": held-out PSNR >= 22 dB with >= 80% of the codebook used (about 3.5 min)."""
+    """The digits preset's goal: held-out PSNR >= 22 dB with >= 80% of the codebook used (about 3.5 min)."""
     from tokenizer import DigitsDataset
 
     cfg = load_config(TokenizerTrainConfig, str(PRESETS / "digits.yaml"), [f"out_dir={tmp_path}"])
@@ -358,7 +358,7 @@ def test_bad_inputs_are_one_clear_message(tmp_path, capsys):
 
 
 def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_deletes_nothing(tmp_path, capsys, caplog):
-    """Issue 27, item 2: resume=false over an earlier run silently deleted its checkpoints."""
+    """resume=false over an earlier run silently deleted its checkpoints."""
     run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4", "max_steps=2"]
     assert main(run) == 0
     folder = tmp_path / "checkpoints"
@@ -379,7 +379,7 @@ def test_a_fresh_run_into_a_folder_holding_a_run_is_refused_and_deletes_nothing(
 
 
 def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, capsys):
-    """Issue 27, item 3: a real second process holds out_dir; the lock goes with it on kill -9."""
+    """A real second process holds out_dir; the lock goes with it on kill -9."""
     run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "batch_size=4", "max_steps=1"]
     with lock_held_elsewhere(tmp_path) as holder:
         assert main(run) == 2
@@ -390,7 +390,7 @@ def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_pa
 
 
 def test_a_diverging_loss_stops_the_run_and_exports_nothing(tmp_path, capsys):
-    """Issue 27, item 4: optim.lr=1e30 finished and exported a tokenizer of NaN weights."""
+    """optim.lr=1e30 finished and exported a tokenizer of NaN weights."""
     run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4", "max_steps=6"]
     assert main([*run, "optim.lr=1e30", "loss.disc_start=0"]) == 2
     err = capsys.readouterr().err.strip()
@@ -443,7 +443,7 @@ def test_out_of_memory_names_the_batch_size(tmp_path, monkeypatch):
 
 
 def test_truncated_last_ckpt_and_a_full_disk(tmp_path, capsys, caplog, monkeypatch):
-    """Issue 16: resume=true after a half-written last.ckpt; a disk that fills during a checkpoint save."""
+    """resume=true after a half-written last.ckpt; a disk that fills during a checkpoint save."""
     run = ["train-tokenizer", *TINY, f"out_dir={tmp_path}", "ckpt_every_n_steps=1", "batch_size=4"]
     assert main([*run, "max_steps=3"]) == 0
     folder = tmp_path / "checkpoints"
@@ -470,7 +470,7 @@ def test_truncated_last_ckpt_and_a_full_disk(tmp_path, capsys, caplog, monkeypat
 
 
 def test_console_holds_only_the_run_s_own_lines(tmp_path, capfd, recwarn):
-    """Issue 19: no advertising tips, no TPU line, no torch deprecation raised inside Lightning, no
+    """No advertising tips, no TPU line, no torch deprecation raised inside Lightning, no
     `weights_only` notice - only what the project itself says (and Lightning's device line)."""
     assert main(["train-tokenizer", *TINY, f"out_dir={tmp_path}", "max_steps=1", "batch_size=4"]) == 0
     out, err = capfd.readouterr()

@@ -5,6 +5,7 @@ test files check that both train.py use this plumbing (exact resume, a truncated
 """
 
 import errno
+import io
 import logging
 import os
 import subprocess
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from scaffold import CheckpointError, ConfigError, DiskFullError, load_config
+from scaffold.io import temporary_path
 from scaffold.loggers import make_logger
 from scaffold.training import (
     AtomicCheckpointIO,
@@ -122,7 +124,7 @@ def dead_pid() -> int:
 def test_a_killed_save_leaves_last_ckpt_whole_and_the_next_start_removes_its_temporary(tmp_path):
     train(tmp_path, max_steps=1)
     folder = tmp_path / "checkpoints"
-    left = folder / f".last.ckpt.tmp-{dead_pid()}"
+    left = temporary_path(folder / "last.ckpt", pid=dead_pid())
     left.write_bytes(b"half a checkpo")  # what SIGKILL during a save leaves (the slow test below does it for real)
     prepare_run_folder(tmp_path)
     assert step_files(tmp_path) == ["last.ckpt", "step0000001.ckpt"]
@@ -188,7 +190,7 @@ def test_lightning_s_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_p
 
 
 def test_resume_last_takes_the_highest_step_not_the_newest_file(tmp_path, caplog):
-    """Issue 27, item 10: a copied or touched older checkpoint (the newest file) must not take a run back."""
+    """A copied or touched older checkpoint (the newest file) must not take a run back."""
     train(tmp_path, max_steps=3, keep=2)
     folder = tmp_path / "checkpoints"
     for name in ("last.ckpt", "step0000003.ckpt"):
@@ -231,7 +233,7 @@ class RunsCode:
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(tmp_path, caplog):
-    """Issue 27, item 1: a file dropped into a run's checkpoint folder must not run code when the run resumes."""
+    """A file dropped into a run's checkpoint folder must not run code when the run resumes."""
     train(tmp_path, max_steps=2)
     marker = tmp_path / "ran"
     last = tmp_path / "checkpoints" / "last.ckpt"
@@ -338,3 +340,32 @@ def test_auto_training_precision_is_bf16_only_where_native(monkeypatch):
     assert precision.training_precision("auto", "cpu") == "32-true"
     assert precision.training_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice is kept
     assert precision.training_precision("auto", "tpu") == "32-true"
+
+
+def test_the_progress_bar_counts_steps_out_of_max_steps_across_a_resume(tmp_path, monkeypatch):
+    """Not Lightning's "Epoch 0/-2" (the trainings run by max_steps): "step 5/5", and a run resumed at step 5
+    of 8 ends at "8/8", not at the 3 batches this process ran."""
+    import rich
+
+    from scaffold.training import progress_bar
+
+    def run(max_steps, ckpt_path=None) -> str:
+        console = rich.console.Console(record=True, force_terminal=True, width=120, file=io.StringIO())
+        monkeypatch.setattr("lightning.pytorch.callbacks.progress.rich_progress.get_console", lambda: console)
+        trainer = L.Trainer(
+            max_steps=max_steps,
+            accelerator="cpu",
+            devices=1,
+            callbacks=[StepCheckpoint(tmp_path, 1, 1), *progress_bar(True)],
+            logger=False,
+            enable_model_summary=False,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=4), ckpt_path=ckpt_path)
+        return console.export_text()
+
+    first = run(5)
+    assert "step" in first and "5/5" in first and "Epoch" not in first
+    resumed = run(8, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert "8/8" in resumed and "3/3" not in resumed and "Epoch" not in resumed
+    assert progress_bar(False) == []

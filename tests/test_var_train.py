@@ -225,7 +225,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path, cache, monkeypat
 
 
 def test_a_second_training_into_a_locked_folder_exits_2_naming_the_holder(tmp_path, cache, capsys):
-    """Issue 27, item 3: `var train` holds out_dir for its whole run."""
+    """`var train` holds out_dir for its whole run."""
     with lock_held_elsewhere(tmp_path) as holder:
         assert main(["train", *TINY, f"data.cache={cache}", f"out_dir={tmp_path}", "max_steps=1"]) == 2
         assert_locked_out(capsys.readouterr().err, tmp_path, holder)
@@ -285,7 +285,7 @@ def test_a_model_preset_from_the_command_line_keeps_the_files_settings():
 
 def test_init_adaln_gamma_is_the_model_s_and_old_files_still_load(tmp_path, cache, caplog):
     old = tmp_path / "old.yaml"
-    old.write_text("init_adaln_gamma: 0.25\n")  # where it lived before issue 19
+    old.write_text("init_adaln_gamma: 0.25\n")  # where older versions kept it
     with caplog.at_level(logging.WARNING):
         cfg = load_config(VARTrainConfig, [PRESETS / "digits.yaml", old])
     assert cfg.model.init_adaln_gamma == 0.25
@@ -348,7 +348,7 @@ def test_compiled_training_matches_eager(tmp_path, cache):
 
 @pytest.mark.slow  # three two-process runs: ~90 s on a busy 2-core machine
 def test_fsdp_with_ema_trains_resumes_and_exports_what_ddp_does(tmp_path, cache):
-    """Issue 19: the EMA under FSDP. Two CPU processes (gloo; tests/fsdp_on_cpu.py lifts the GPU checks):
+    """The EMA under FSDP. Two CPU processes (gloo; tests/fsdp_on_cpu.py lifts the GPU checks):
     FSDP for 2 steps, then resumed to 4, ends with the weights, EMA and sample grids of a 4-step DDP run."""
     args = [*TINY, f"data.cache={cache}", "trainer.devices=2", "ckpt_every_n_steps=2", "samples.every_n_steps=2"]
     args += ["samples.per_class=1", "model.drop_path_rate=0.1", "optim.weight_decay=0.1"]
@@ -378,7 +378,7 @@ def test_fsdp_with_ema_trains_resumes_and_exports_what_ddp_does(tmp_path, cache)
 
 @pytest.mark.slow
 def test_digits_preset_samples_the_requested_digits(tmp_path):
-    """Issue 9's "done when": the digits preset (tokenizer ~2 min, tokenize, train ~2 min) samples every
+    """The digits preset (tokenizer ~2 min, tokenize, train ~2 min) samples every
     digit recognisably (>= 90% per class by var.digits_eval's judge, 20 samples per class)."""
     from tokenizer.train import TokenizerTrainConfig, train_tokenizer
     from var.digits_eval import judge_samples, load_judge
@@ -401,7 +401,7 @@ def test_digits_preset_samples_the_requested_digits(tmp_path):
 
 
 def test_resume_skips_an_empty_last_ckpt(tmp_path, cache, caplog):
-    """Issue 16: a 0-byte last.ckpt (a copy killed at its start) gives way to the intact step checkpoint."""
+    """A 0-byte last.ckpt (a copy killed at its start) gives way to the intact step checkpoint."""
     train_var(tiny_config(tmp_path, cache, "max_steps=2", "ckpt_every_n_steps=2"), logger=False)
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.write_bytes(b"")

@@ -1,4 +1,4 @@
-"""The VQGAN/LDM f16 convolutional encoder and decoder (DESIGN.md section 4).
+"""The VQGAN/LDM f16 convolutional encoder and decoder (docs/architecture.md section 4).
 
 Module and parameter names follow the published `vae_ch160v4096z32.pth` state dict
 (`encoder.down.{level}.block.{i}.conv1.weight`, `decoder.up.{level}.attn.{i}.qkv.weight`, ...),

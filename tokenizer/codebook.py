@@ -1,6 +1,6 @@
 """Codebook health while training: per-scale usage over a window of recent steps, and dead-code restart.
 
-The codebook is shared by all scales (DESIGN.md section 4), so a code is dead only when no scale hit
+The codebook is shared by all scales (docs/architecture.md section 4), so a code is dead only when no scale hit
 it during the window. Dead codes are re-seeded from residual vectors the quantizer saw recently
 (the `z_NC` of `QuantizerOutput`), as in Dhariwal et al. 2020 ("Jukebox", section 3.2, random
 restarts) and Zeghidour et al. 2021 ("SoundStream", section 3.3). Under DDP the hit counts are

@@ -1,5 +1,5 @@
-"""Image datasets (DESIGN.md section 10): the bundled `digits`, the downloaded `emoji` (tokenizer/emoji.py) and an
-ImageNet-layout `imagefolder`.
+"""Image datasets (docs/architecture.md section 10): the bundled `digits`, the downloaded `emoji`
+(tokenizer/emoji.py) and an ImageNet-layout `imagefolder`.
 
 Every dataset yields `(img_3HW in [-1, 1], label)`. No torchvision: there is no CPU build of it for
 every torch we support, and PIL does the little we need (resize, crop, flip).
@@ -28,6 +28,7 @@ __all__ = [
     "build_datasets",
     "class_names",
     "read_rgb",
+    "source_files",
     "to_rgb",
 ]
 
@@ -242,6 +243,18 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
         ImageFolderDataset(cfg.root, train=True, indices=train_idx, listing=listing, **kw),
         ImageFolderDataset(cfg.root, train=False, indices=val_idx, listing=listing, **kw),
     )
+
+
+def source_files(dataset: Dataset) -> list[Path] | None:
+    """The files a dataset's images are read from (None for the bundled digits, which are part of the code)."""
+    if isinstance(dataset, ImageFolderDataset):
+        return [p for p, _ in dataset.samples]
+    files = getattr(dataset, "files", None)  # the emoji: names under the package's image folder
+    if files is not None:
+        from .emoji import IMAGE_DIR
+
+        return [dataset.root / "emoji.json", *(dataset.root / IMAGE_DIR / f for f in files)]
+    return None
 
 
 def class_names(dataset: Dataset) -> list[str]:

@@ -38,7 +38,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from scaffold.errors import UserError
-from scaffold.io import write_atomic
+from scaffold.io import fsync_folder, remove_stale_temporaries, temporary_path, write_atomic
 from scaffold.lock import folder_lock
 
 __all__ = [
@@ -106,11 +106,12 @@ def _integrity_of(path: Path) -> str:
 def _download(url: str, dest: Path, cache: Path) -> None:
     log.info("downloading %s", url)
     print(f"[emoji] downloading {url} (74 MB, once; unpacked into {cache})", flush=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(dest)
     try:
         with urllib.request.urlopen(url, timeout=60) as r, tmp.open("wb") as f:
             shutil.copyfileobj(r, f, 1 << 20)
         os.replace(tmp, dest)
+        fsync_folder(dest.parent)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         tmp.unlink(missing_ok=True)
         reason = getattr(err, "reason", None) or err
@@ -162,6 +163,7 @@ def ensure_emoji(cache: str | os.PathLike | None = None, url: str | None = None)
     with folder_lock(cache, cache / f".emoji-{VERSION}.lock", wait=True):
         if _complete(dest):  # another process finished it while we waited for the lock
             return dest
+        remove_stale_temporaries(cache)  # a download or unpacking that a kill cut short
         tarball = cache / TARBALL_NAME
         if not tarball.is_file():
             _download(url, tarball, cache)
@@ -173,16 +175,17 @@ def ensure_emoji(cache: str | os.PathLike | None = None, url: str | None = None)
                 f"{tarball} failed its integrity check (expected {INTEGRITY[:23]}..., got {got[:23]}...; "
                 f"moved to {bad.name}); {_by_hand(cache)}"
             )
-        tmp = cache / f".emoji-{VERSION}.tmp-{os.getpid()}"
+        tmp = temporary_path(dest)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
             _unpack(tarball, tmp)
             if dest.exists():  # a partial or corrupt copy: set aside, then removed once the new one is in
-                old = cache / f".emoji-{VERSION}.old-{os.getpid()}"
+                old = temporary_path(dest, ".old")
                 os.replace(dest, old)
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, dest)
+            fsync_folder(cache)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         tarball.unlink()  # 74 MB, of which the unpacked copy keeps what is used

@@ -1,7 +1,7 @@
 """Tokenizer training losses: reconstruction, PatchGAN hinge adversarial loss with the VQGAN adaptive
 weight, and an LPIPS-style perceptual loss that runs only from a local weights file.
 
-The multi-scale VQ loss is the model's own (`MultiScaleVQVAE.forward(...).vq_loss`, DESIGN.md section 4).
+The multi-scale VQ loss is the model's own (`MultiScaleVQVAE.forward(...).vq_loss`, docs/architecture.md section 4).
 Recipes follow taming-transformers' `VQLPIPSWithDiscriminator` (Esser et al. 2021, "Taming
 Transformers", eq. 7 for the adaptive weight) and LPIPS (Zhang et al. 2018, "The Unreasonable
 Effectiveness of Deep Features", `lpips/pretrained_networks.py`).

@@ -1,4 +1,4 @@
-"""Residual multi-scale vector quantization with one shared codebook (DESIGN.md section 4).
+"""Residual multi-scale vector quantization with one shared codebook (docs/architecture.md section 4).
 
 For each scale k (coarse to fine): quantize the area-downsampled residual to its nearest codes,
 embed them, upsample bicubically to the full latent size, refine with a 3x3 conv phi, and move the
@@ -170,7 +170,7 @@ class MultiScaleQuantizer(nn.Module):
     def forward(self, f_BChw: torch.Tensor) -> QuantizerOutput:
         """Training path: quantized latent with a straight-through gradient, the VQ loss and the indices.
 
-        Runs in fp32 whatever the autocast context (DESIGN.md section 9: the VQ stays in fp32).
+        Runs in fp32 whatever the autocast context (docs/architecture.md section 9: the VQ stays in fp32).
         """
         with torch.autocast(device_type=f_BChw.device.type, enabled=False):
             f = f_BChw.float()

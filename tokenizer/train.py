@@ -6,7 +6,7 @@ local weights file) + a hinge adversarial loss with the VQGAN adaptive weight af
 Around them: an EMA of the weights (validated and exported), per-scale codebook usage and optional
 dead-code restart (tokenizer/codebook.py), gradient clipping, PSNR/SSIM on the held-out split with a
 reconstruction grid, atomic step checkpoints with exact resume, and the export of `load_tokenizer`'s
-folder at the end. The model knows nothing of this file (STYLE.md point 3).
+folder at the end. The model knows nothing of this file.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 0  # linear warmup of both learning rates
     min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio at max_steps; 1.0 keeps lr constant
-    grad_clip: float = 2.0  # max global grad norm per optimizer (DESIGN.md section 9); 0 turns it off
+    grad_clip: float = 2.0  # max global grad norm per optimizer (docs/architecture.md section 9); 0 turns it off
 
     def validate(self) -> None:
         if self.lr <= 0 or self.disc_lr <= 0:

@@ -1,5 +1,5 @@
 """The multi-scale VQ-VAE: CNN encoder -> quant_conv -> residual multi-scale quantizer ->
-post_quant_conv -> CNN decoder. Defaults are the published `vae_ch160v4096z32` (DESIGN.md section 4).
+post_quant_conv -> CNN decoder. Defaults are the published `vae_ch160v4096z32` (docs/architecture.md section 4).
 """
 
 from __future__ import annotations

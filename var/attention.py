@@ -1,7 +1,7 @@
 """The token-mixing sublayer of a VAR block, behind one interface, and its "full" mechanism.
 
-Every mechanism (DESIGN.md section 7) is a :class:`TokenMixer`: a module that maps normalised
-tokens ``[B, L, C]`` to ``[B, L, C]`` while keeping block causality (DESIGN.md section 6). It is
+Every mechanism (docs/architecture.md section 7) is a :class:`TokenMixer`: a module that maps normalised
+tokens ``[B, L, C]`` to ``[B, L, C]`` while keeping block causality (docs/architecture.md section 6). It is
 called in two ways:
 
 - teacher forcing, ``mixer(x_BLC)``: the whole packed sequence, coarse to fine, every scale of

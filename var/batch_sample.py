@@ -1,4 +1,5 @@
-"""`var sample`: class-conditional images in batches, as PNG folders and an `.npz` (DESIGN.md section 1, flow 3).
+"""`var sample`: class-conditional images in batches, as PNG folders and an `.npz` (docs/architecture.md
+section 1).
 
 Output::
 

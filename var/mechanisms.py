@@ -1,4 +1,4 @@
-"""The four other token mixers of DESIGN.md section 7: neighborhood, external, lka and gspn.
+"""The four other token mixers of docs/architecture.md section 7: neighborhood, external, lka and gspn.
 
 Each is a :class:`~var.attention.TokenMixer` (teacher forcing over the packed sequence, plus a
 one-scale `step` with an explicit sampling state), registered under its name so that
@@ -36,7 +36,7 @@ def _scale_slices(patch_nums: tuple[int, ...]) -> list[slice]:
 class NeighborhoodAttention(FullAttention):
     """Pyramid neighborhood attention: the projections of full attention (same parameters, 4 C^2 + O(C)),
     but a query of scale k sees, in every scale s <= k, only a `kernel_size` window around its projected
-    position (DESIGN.md 7.2). Sampling state: the key/value cache, as for full attention."""
+    position (docs/architecture.md section 7.2). Sampling state: the key/value cache, as for full attention."""
 
     def __init__(
         self,
@@ -107,7 +107,7 @@ class ExternalState:
 @register_mixer("external")
 class ExternalAttention(TokenMixer):
     """External attention (two learned memories per head) with the block-causal double normalisation
-    of DESIGN.md 7.3: softmax over the visible tokens, then L1 over the memory slots.
+    of docs/architecture.md section 7.3: softmax over the visible tokens, then L1 over the memory slots.
 
     Parameters: q projection C^2 + C, memories 2 * H * S * D = 2 S C, output projection C^2 + C:
     2 C^2 + (2S + 2) C <= 4 C^2 + O(C). Cost and memory are linear in L.
@@ -178,7 +178,7 @@ def _depthwise_weight(channels: int, k: int) -> tuple[nn.Parameter, nn.Parameter
 
 @register_mixer("lka")
 class LargeKernelAttention(TokenMixer):
-    """Large kernel attention on each scale's map separately (DESIGN.md 7.4):
+    """Large kernel attention on each scale's map separately (docs/architecture.md section 7.4):
     u = gelu(proj_1(x)); attn = pw(dw_dilated(dw(u))); out = proj(u * attn), with dw depthwise 5x5 and
     dw_dilated depthwise 7x7 dilation 3 (receptive field 23x23), zero padding at each map's border.
 
@@ -304,7 +304,7 @@ class _GSPNPacking:
 
 @register_mixer("gspn")
 class GSPNMixer(TokenMixer):
-    """Generalized spatial propagation (DESIGN.md 7.5) on each scale's map separately.
+    """Generalized spatial propagation (docs/architecture.md section 7.5) on each scale's map separately.
 
     v = proj_in(x) is propagated by the 3-neighbour line scan in four directions; each direction has its
     own gates (3 per pixel), input gate lam = sigmoid(.) and output gate u, computed from x per group of

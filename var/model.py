@@ -1,4 +1,4 @@
-"""The VAR transformer: config, blocks, model and named presets (DESIGN.md section 5).
+"""The VAR transformer: config, blocks, model and named presets (docs/architecture.md section 5).
 
 Architecture, parameter names and initialisation follow the published ``models/var.py`` and
 ``models/basic_var.py`` (FoundationVision/VAR), so the published checkpoints load strictly

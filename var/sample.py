@@ -1,4 +1,4 @@
-"""Class-conditional sampling, one scale at a time over explicit per-block states (DESIGN.md section 8).
+"""Class-conditional sampling, one scale at a time over explicit per-block states (docs/architecture.md section 8).
 
 The pieces are small functions: :func:`guidance_ratio` and :func:`guide` (classifier-free guidance
 schedule), :func:`filter_top_k_top_p`, :func:`draw` and :func:`gumbel_embed` (token choice), and
@@ -211,7 +211,7 @@ def static_states(model: VAR, batch: int, dtype: torch.dtype, device: torch.devi
 
 class CompiledStep:
     """The per-scale step of sampling, ``model.forward_scale``, under ``torch.compile`` with static caches:
-    the GPU path of issue 20 (``mode="reduce-overhead"`` captures every scale's step as a CUDA graph).
+    the GPU path (``mode="reduce-overhead"`` captures every scale's step as a CUDA graph).
 
     Each scale has its own shapes, so it is its own graph: ``len(patch_nums)`` compilations per batch size
     and precision, paid by the first call in the process and reused after. The states come from

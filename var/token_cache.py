@@ -1,17 +1,21 @@
 """A token cache: a dataset encoded once by a trained tokenizer, `var tokenize --config FILE key=value ...`.
 
-The published recipe trains the transformer from cached indices (DESIGN.md section 9): the CNN encoder
+The published recipe trains the transformer from cached indices (docs/architecture.md section 9): the CNN encoder
 is most of the cost of a step and its output never changes. A cache is a folder::
 
     DIR/tokens.npy     int16 (V <= 32767) or int32 [rows, L]: every scale's indices, coarse to fine, concatenated
     DIR/labels.npy     int32 [rows]: the class of each row
-    DIR/header.yaml    CacheHeader: vocab_size, patch_nums, the tokenizer's identity, images, views, class names
+    DIR/header.yaml    CacheHeader: vocab_size, patch_nums, the tokenizer's identity, images, views, class names,
+                       and a digest of the image files read (their names, sizes and modification times)
 
 Row `i * views + v` is view `v` of image `i`. View 0 is the plain (centre-cropped) image; views >= 1 are
 random crops and flips (imagefolder only) drawn from a generator seeded by (seed, image, view), so a view
 is the same whichever run or chunk writes it. Writing goes to `DIR/.partial/` in chunks, with the number
 of finished images recorded after each; a rerun with the same settings continues there, and the finished
 folder appears by one rename. `header.yaml` is written last: its presence means the cache is complete.
+The space of both arrays is reserved before the first image is encoded, so a full disk is one line naming
+the file, not a SIGBUS from a memory map written past the end of the disk. Adding, removing or changing an
+image under `data.root` changes the digest: the cache is then refused as stale, not reused.
 Training reads only this folder (memory-mapped), never the images.
 """
 
@@ -34,10 +38,11 @@ from torch.utils.data import Dataset
 
 from scaffold.config import add_config_arguments, config_to_dict, load_config
 from scaffold.errors import UserError
-from scaffold.io import remove_stale_temporaries, write_atomic
+from scaffold.io import fsync_folder, remove_stale_temporaries, user_error_for, write_atomic
 from scaffold.lock import folder_lock
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets, load_official_vae, load_tokenizer
 from tokenizer.data import class_names as dataset_class_names
+from tokenizer.data import source_files
 
 __all__ = [
     "CacheHeader",
@@ -94,6 +99,7 @@ class CacheHeader:
     dtype: str  # "int16" or "int32"
     data: dict  # the DataConfig, for the record
     split: str = "train"
+    data_files: str = ""  # files_digest() of the images read ("" for the bundled digits)
 
     @property
     def rows(self) -> int:
@@ -111,6 +117,62 @@ def tokenizer_identity(vae: MultiScaleVQVAE) -> str:
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def files_digest(files: list[Path] | None) -> str:
+    """A short sha256 of the sorted (path, size, modification time) of `files`; "" for None.
+
+    A file that cannot be read is named (it was listed a moment ago: removed while we looked)."""
+    if files is None:
+        return ""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        try:
+            st = path.stat()
+        except OSError as err:
+            raise TokenCacheError(f"cannot read {path}: {os.strerror(err.errno or 0)}") from None
+        h.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return f"{len(files)}:{h.hexdigest()[:16]}"
+
+
+def _differences(have: CacheHeader, want: CacheHeader) -> str:
+    """What makes a finished cache another one than `want`, in words."""
+    a, b = asdict(have), asdict(want)
+    if not a["data_files"] and b["data_files"]:
+        a["data_files"] = "made by an older version, which did not record its image files"
+    keys = [k for k in b if k != "tokenizer" and a.get(k) != b[k]]
+    said = {
+        "tokenizer_id": "another tokenizer",
+        "data_files": "the image files changed since it was made (added, removed or modified)"
+        if have.data_files
+        else "made by an older version, which did not record its image files",
+        "data": "other data settings",
+        "num_images": f"{b['num_images']} images to encode where it holds {a['num_images']}",
+    }
+    return ", ".join(said.get(k, f"another {k}") for k in keys) or "other settings"
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole of a freshly created (sparse) array file on disk, or raise DiskFullError naming it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        raise user_error_for(err, path) from None
+    finally:
+        os.close(fd)
+
+
+def _finish(partial: Path, out: Path) -> None:
+    """Move the finished files of `partial` into `out`, the header last, then drop the progress record: a kill
+    at any point leaves either the header in `partial` (the next run finishes the moves) or a complete cache."""
+    for name in (TOKENS, LABELS, HEADER):
+        if (partial / name).exists():
+            os.replace(partial / name, out / name)
+            fsync_folder(out)  # each rename on disk before the next: the header last there too
+    (partial / PROGRESS).unlink(missing_ok=True)
+    remove_stale_temporaries(partial)
+    partial.rmdir()
 
 
 def load_vae(source: str) -> MultiScaleVQVAE:
@@ -224,6 +286,7 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
         dtype=dtype.name,
         data=config_to_dict(cfg.data),
         split=cfg.split,
+        data_files=files_digest(source_files(dataset)),
     )
     with folder_lock(out):  # one writer at a time, gone with its process (kill -9 included)
         if (out / HEADER).is_file():
@@ -232,10 +295,17 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
                 log.info("token cache %s is complete already", out)
                 return out
             raise TokenCacheError(
-                f"{out} holds another token cache (other tokenizer, data or views): choose another out_dir"
+                f"{out} holds another token cache ({_differences(done, header)}): choose another out_dir, "
+                "or remove it to make it again"
             )
 
         partial = out / PARTIAL
+        if (partial / HEADER).is_file():  # every image was encoded; a kill came while moving the files out
+            raw = OmegaConf.to_container(OmegaConf.load(partial / HEADER))
+            raw["patch_nums"] = tuple(raw["patch_nums"])
+            if asdict(CacheHeader(**raw)) == asdict(header):
+                _finish(partial, out)
+                return out
         fingerprint = {**config_to_dict(header), "seed": cfg.seed}
         progress_file = partial / PROGRESS
         remove_stale_temporaries(partial)  # a progress or header write cut short by a kill
@@ -252,6 +322,8 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
             partial.mkdir(parents=True)
             np.lib.format.open_memmap(partial / TOKENS, mode="w+", dtype=dtype, shape=(n * views, L)).flush()
             np.lib.format.open_memmap(partial / LABELS, mode="w+", dtype=np.int32, shape=(n * views,)).flush()
+            for name in (TOKENS, LABELS):
+                _reserve(partial / name)
             write_atomic(progress_file, json.dumps({"fingerprint": fingerprint, "images_done": 0}))
 
         device = _device(cfg.device)
@@ -277,12 +349,8 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
                 return partial
         del tokens, labels
         write_atomic(partial / HEADER, OmegaConf.to_yaml(config_to_dict(header)))
-        progress_file.unlink()
         # The finished files move out of .partial/ and the header comes last: a cache with a header is complete.
-        out.mkdir(parents=True, exist_ok=True)
-        for name in (TOKENS, LABELS, HEADER):
-            os.replace(partial / name, out / name)
-        partial.rmdir()
+        _finish(partial, out)
         return out
 
 

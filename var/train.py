@@ -1,6 +1,6 @@
 """Training the VAR transformer with Lightning: `var train --config configs/var/<preset>.yaml key=value ...`.
 
-Teacher forcing over all L tokens with a uniform cross-entropy (DESIGN.md section 9), from a token cache
+Teacher forcing over all L tokens with a uniform cross-entropy (docs/architecture.md section 9), from a token cache
 (`var tokenize`, memory-mapped; the default) or from images tokenized on the fly (`data.source=images`,
 fresh augmentations at the cost of an encoder pass per step). Around it: AdamW (0.9, 0.95) with weight
 decay on matrices only, lr = base_lr * global batch / 256, warmup then cosine or linear decay, gradient
@@ -8,7 +8,7 @@ clipping, class dropout for guidance (the model's `cond_drop_rate`), bf16/fp16 a
 in fp32 inside the model), an EMA of the weights (sampled from and exported), per-scale loss/accuracy,
 throughput, sample grids, atomic step checkpoints with exact resume, and the export of `load_model`'s
 folder at the end. DDP/FSDP and several nodes come from the Lightning Trainer (`trainer.*`).
-The model knows nothing of this file (STYLE.md point 3).
+The model knows nothing of this file.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class VARTrainConfig(RunConfig):
     batch_size: int = 32  # per device
     ema_decay: float = 0.9999  # 0 turns the EMA off (then the live weights are sampled and exported)
     compile: bool = False  # torch.compile the transformer's training forward
-    renamed: ClassVar[dict[str, str]] = {"init_adaln_gamma": "model.init_adaln_gamma"}  # older files load (issue 19)
+    renamed: ClassVar[dict[str, str]] = {"init_adaln_gamma": "model.init_adaln_gamma"}  # older files load
     # RunConfig's fields besides (trainer, resume, max_steps, precision: the logits are always fp32, ...).
 
     def validate(self) -> None:

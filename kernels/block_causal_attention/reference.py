@@ -1,4 +1,4 @@
-"""PyTorch reference of block-causal softmax attention (DESIGN.md section 7.1, the executable spec).
+"""PyTorch reference of block-causal softmax attention (docs/architecture.md section 7.1, the executable spec).
 
 Key j is visible to query i iff scale(j) <= scale(i). The queries of scale k see exactly the
 prefix of keys ``[:end_k]``, so the op is one dense attention per scale: ``L_k x end_k`` logits at

@@ -1,4 +1,4 @@
-"""Triton flash attention with the block-causal mask (DESIGN.md section 7.1, issue 6).
+"""Triton flash attention with the block-causal mask (docs/architecture.md section 7.1).
 
 Tiling along the scale structure. Query tiles never straddle a scale boundary: scale k
 (tokens ``[begin_k, end_k)``) is cut into tiles of at most ``BLOCK_M`` queries, and every query of
@@ -19,9 +19,9 @@ tiles that can see it (a suffix of the tile table: the tiles of the scale holdin
 first key and of every later scale); a dQ kernel runs one program per query tile and loops over its
 visible key tiles like the forward. Probabilities are recomputed from the saved log-sum-exp.
 
-Layers (STYLE.md point 7): :func:`block_causal_attention` (called by the public op in ``ops.py``)
--> :class:`BlockCausalAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the
-``@triton.jit`` kernels. Inputs are made contiguous ``[B, H, L, D]``; ``D`` is padded to a power of
+Layers: :func:`block_causal_attention` (called by the public op in ``ops.py``)
+-> :class:`BlockCausalAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the ``@triton.jit``
+kernels. Inputs are made contiguous ``[B, H, L, D]``; ``D`` is padded to a power of
 two (at least 16, the smallest ``tl.dot`` size) with masks.
 
 Sampling (one scale of queries against the cached keys of all earlier scales) needs no mask:
@@ -109,7 +109,7 @@ def _table_tensors(
 def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
     """Block sizes by heuristic (no autotune: several configs fail under the interpreter).
 
-    Chosen with the compile check (``python -m kernels.compile_check``, issue 17) so that no kernel
+    Chosen with the compile check (``python -m kernels.compile_check``) so that no kernel
     spills more than 1 KiB per thread or exceeds the A100's shared memory, with triton 3.7 and 3.9.
     """
     if triton_interpret():

@@ -1,4 +1,4 @@
-"""PyTorch reference of block-causal external attention (DESIGN.md section 7.3, the executable spec).
+"""PyTorch reference of block-causal external attention (docs/architecture.md section 7.3, the executable spec).
 
 Per head, learned memories ``mem_k, mem_v [S, D]``; ``a[n, m] = scale * q[n].mem_k[m]``.
 Double normalisation, made block-causal:
@@ -20,7 +20,7 @@ from .._scales import scale_boundaries
 
 __all__ = ["L1_EPS", "external_attention"]
 
-L1_EPS = 1e-6  # DESIGN.md section 7.3: added to the memory-axis sum before dividing
+L1_EPS = 1e-6  # docs/architecture.md section 7.3: added to the memory-axis sum before dividing
 
 
 def external_attention(

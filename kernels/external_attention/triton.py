@@ -1,4 +1,4 @@
-"""Triton kernels of block-causal external attention (DESIGN.md section 7.3; reference.py is the spec).
+"""Triton kernels of block-causal external attention (docs/architecture.md section 7.3; reference.py is the spec).
 
 Notation per (batch b, head h): ``a[n, m] = scale * q[n].mem_k[m]``; ``lse[s, m]`` is the
 logsumexp of ``a[:, m]`` over the tokens of scales ``<= s`` (a running logaddexp over scale blocks);
@@ -290,7 +290,7 @@ def _bwd_launch(q_BHLD: torch.Tensor) -> dict:
     """Warps and stages of the backward kernel, which holds dmem_k, dmem_v [S, D] fp32 all along.
 
     fp32 inputs at D = 128 with Triton's defaults: IEEE dots spilled ~2.8 KB per thread, and both
-    IEEE and TF32 needed 165-173 KB of shared memory, over the A100's 163 KB (compile check, issue 17).
+    IEEE and TF32 needed 165-173 KB of shared memory, over the A100's 163 KB (kernels/compile_check.py).
     """
     if q_BHLD.dtype == torch.float32 and dot_block(q_BHLD.shape[3]) > 64:
         return dict(num_warps=8, num_stages=1)

@@ -1,4 +1,4 @@
-"""PyTorch reference of the GSPN line scan and its gate normalisation (DESIGN.md section 7.5).
+"""PyTorch reference of the GSPN line scan and its gate normalisation (docs/architecture.md section 7.5).
 
 The scan runs along the width W of each ``H x W`` map. Column c mixes three neighbours of column
 c-1 (rows r-1, r, r+1; rows outside the map read as 0) with weights ``g0, g1, g2`` and adds the
@@ -24,7 +24,7 @@ import torch
 
 __all__ = ["GATE_SUM_MIN", "gspn_normalize_gates", "gspn_scan"]
 
-GATE_SUM_MIN = 1e-7  # DESIGN.md section 7.5: the gate sum is clamped here before dividing
+GATE_SUM_MIN = 1e-7  # docs/architecture.md section 7.5: the gate sum is clamped here before dividing
 
 
 def _scan_columns(inject_WHNC: torch.Tensor, g_W3HNC: torch.Tensor, restart_W: list[bool]) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Triton kernels of the GSPN line scan and gate normalisation (DESIGN.md section 7.5; reference.py is the spec).
+"""Triton kernels of the GSPN line scan and gate normalisation (docs/architecture.md section 7.5; reference.py is
+the spec).
 
 Scan, forward: ONE launch, grid ``(N*C,)``. The recurrence couples neighbouring rows (g0 reads row
 r-1, g2 row r+1 of the previous column), so a program owns all H rows of one ``(n, c)`` map (H

@@ -1,4 +1,4 @@
-"""PyTorch reference of pyramid neighborhood attention (DESIGN.md section 7.2, the executable spec).
+"""PyTorch reference of pyramid neighborhood attention (docs/architecture.md section 7.2, the executable spec).
 
 A query of scale k at (i, j) sees, for every scale s <= k of side n, a window of
 ``K_s = min(kernel_size, n)`` rows and columns. The window is centred on the projected position

@@ -1,4 +1,4 @@
-"""Triton pyramid neighborhood attention, fused forward and backward (DESIGN.md section 7.2, issue 7).
+"""Triton pyramid neighborhood attention, fused forward and backward (docs/architecture.md section 7.2).
 
 Tiling. A program owns a ``BLOCK_R x BLOCK_C`` patch of one scale's map (scale k, side p):
 ``BLOCK_R * BLOCK_C`` queries that are neighbours, so their windows overlap. For each visible scale
@@ -18,7 +18,7 @@ log-sum-exp, accumulates dQ in registers and adds its dK, dV contributions to fp
 coarse keys every query sees make a key-major pass no cheaper. Atomics make dK and dV
 order-nondeterministic in the last bits on GPU.
 
-Layers (STYLE.md point 7): :func:`neighborhood_attention` (called by the public op)
+Layers: :func:`neighborhood_attention` (called by the public op)
 -> :class:`NeighborhoodAttentionFunction` -> launchers ``_forward`` / ``_backward`` -> the
 ``@triton.jit`` kernels. Inputs are made contiguous ``[B, H, L, D]``; D is padded to a power of two
 with masks.
@@ -78,7 +78,7 @@ def _config(D: int, dtype: torch.dtype) -> dict[str, int]:
         return dict(BLOCK_R=4, BLOCK_C=4, BLOCK_N=16, num_warps=1, num_stages=1)
     # The union rectangle of a patch is (BLOCK_R + K - 1) x (BLOCK_C + K - 1) on the query's own
     # scale: small patches waste fewer keys per query, 32 queries keep tl.dot on tensor cores.
-    # IEEE fp32 dots at D = 128 spilled 1.1-1.5 KB per thread with 4 warps (compile check, issue 17).
+    # IEEE fp32 dots at D = 128 spilled 1.1-1.5 KB per thread with 4 warps (kernels/compile_check.py).
     # A sweep on GPU is owed.
     wide_fp32 = dtype == torch.float32 and dot_precision(dtype) == "ieee" and dot_block(D) > 64
     return dict(BLOCK_R=4, BLOCK_C=8, BLOCK_N=32, num_warps=8 if wide_fp32 else 4, num_stages=2)

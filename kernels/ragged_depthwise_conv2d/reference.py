@@ -1,4 +1,4 @@
-"""PyTorch reference of the ragged depthwise conv (DESIGN.md section 7.4, the executable spec).
+"""PyTorch reference of the ragged depthwise conv (docs/architecture.md section 7.4, the executable spec).
 
 Each scale's tokens form a ``p x p`` map, convolved depthwise with zero padding ``d*(k//2)`` ('same'
 size); nothing is read across scales, so the op is one ``F.conv2d(groups=C)`` per scale.

@@ -1,4 +1,4 @@
-"""Triton kernels of the ragged depthwise conv (DESIGN.md section 7.4; reference.py is the spec).
+"""Triton kernels of the ragged depthwise conv (docs/architecture.md section 7.4; reference.py is the spec).
 
 One launch covers every scale. Grid ``(num_tiles, B, cdiv(C, BLOCK_C))`` over a host-built, cached
 tile table (``kernels._tiles.tile_table``): a tile is up to ``BLOCK_T`` consecutive tokens of ONE
@@ -16,7 +16,7 @@ Backward:
   per tile; the sum over tiles is a second stage in PyTorch on ``[num_tiles, k*k, C]``
   (~4 MB at 512 px, C = 1024, k = 7): deterministic, no atomics.
 
-LKA (DESIGN.md section 7.4) runs two depthwise convs back to back, 5x5 then 7x7 dilation 3. Fusing
+LKA (docs/architecture.md section 7.4) runs two depthwise convs back to back, 5x5 then 7x7 dilation 3. Fusing
 them in one kernel would need, for an output tile, the 5x5 result on the tile plus a halo of
 ``3 * 3 = 9`` map rows/columns each side, i.e. for the maps that matter (p <= 32) nearly the whole
 map per tile, recomputed by every tile (25 MACs per halo pixel), and the dilated taps would have to
@@ -68,7 +68,7 @@ def _conv_kernel(
     m_c = o_c < C
     b_y = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
     # A loop over the taps, not tl.static_range: unrolling 49 taps let the compiler hoist every
-    # tap's load, 255 registers and spills (issue 17's compile table), and ~30 s of compile time.
+    # tap's load, 255 registers and spills (kernels/compile_check.py's table), and ~30 s of compile time.
     for i_k in range(K * K):
         ky = i_k // K
         kx = i_k % K
