@@ -243,6 +243,21 @@ def test_compiled_step_with_static_caches_gives_the_eager_samples(model, vae, cf
         next(generate(tiny_var(seed=2), vae, labels, step=step))
 
 
+def test_compiled_step_raises_dynamo_s_limits_for_its_own_calls_only(model, vae):
+    """Three batch sizes of a 4-scale model are 12 graphs, over dynamo's default 8: the step raises the
+    limits while it runs and leaves the process's configuration as it found it."""
+    before = (torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit)
+    torch._dynamo.reset()
+    step = CompiledStep(model, backend="eager")
+    for n in (1, 2, 3):
+        labels = torch.arange(n)
+        assert torch.equal(
+            sample(model, vae, labels, top_k=5, seed=1, step=step), sample(model, vae, labels, top_k=5, seed=1)
+        )
+    assert len(step._states) == 3
+    assert (torch._dynamo.config.recompile_limit, torch._dynamo.config.accumulated_recompile_limit) == before
+
+
 def test_static_states_refuse_a_state_rebuilt_at_every_scale():
     model = tiny_var(seed=1, attention="external")
     with pytest.raises(ValueError, match="block 0: the 'external' mechanism"):

@@ -222,16 +222,20 @@ class CompiledStep:
     def __init__(self, model: VAR, mode: Optional[str] = "reduce-overhead", backend: str = "inductor") -> None:
         self.model = model
         options = {"mode": mode} if backend == "inductor" else {}
-        self.forward_scale = torch.compile(
-            model.forward_scale, backend=backend, fullgraph=True, dynamic=False, **options
-        )
+        self._compiled = torch.compile(model.forward_scale, backend=backend, fullgraph=True, dynamic=False, **options)
         self._states: dict[tuple[int, torch.dtype, torch.device], list[Any]] = {}
-        # one graph per scale, per batch size and per precision (room for 8 such pairs): dynamo allows 8 in all
+        # One graph per scale, per batch size and per precision (room for 8 such pairs), where dynamo allows 8
+        # in all: raised for this step's calls only, never for the process (config.patch restores it).
         limit = 8 * len(model.patch_nums)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, limit)
-        torch._dynamo.config.accumulated_recompile_limit = max(
-            torch._dynamo.config.accumulated_recompile_limit, 4 * limit
-        )
+        self._limits = {
+            "recompile_limit": max(torch._dynamo.config.recompile_limit, limit),
+            "accumulated_recompile_limit": max(torch._dynamo.config.accumulated_recompile_limit, 4 * limit),
+        }
+
+    def forward_scale(self, *args: Any, **kwargs: Any) -> Any:
+        """``model.forward_scale``, compiled (its arguments and result)."""
+        with torch._dynamo.config.patch(**self._limits):
+            return self._compiled(*args, **kwargs)
 
     def states(self, batch: int, dtype: torch.dtype, device: torch.device) -> list[Any]:
         key = (batch, dtype, device)
