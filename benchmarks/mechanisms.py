@@ -165,6 +165,10 @@ class DigitsHarness:
     def describe(self) -> str:
         return "the digits transformer (depth 2, width 128, batch 64, 30 tokens an image)"
 
+    def reference(self) -> dict:
+        """What the table's memorisation figures are relative to."""
+        return {"heldout_nn_median": self.ref.heldout_nn.median().item(), "heldout_copies": self.ref.heldout_copies}
+
     def evaluate(self, m, seed: int) -> tuple[dict, ClassSamples]:
         from var.digits_eval import judge_samples
 
@@ -214,6 +218,15 @@ class EmojiHarness:
             f"the emoji transformer (configs/var/emoji.yaml: depth 4, width 256, batch 64, {self.L} tokens an "
             f"image, scales up to 8x8), {sum(self.counts)} samples judged per run"
         )
+
+    def reference(self) -> dict:
+        """What the table's memorisation and accuracy figures are relative to."""
+        from var.emoji_eval import balanced_accuracy, nearest_distance
+
+        with torch.no_grad():
+            real, _ = balanced_accuracy(self.judge(self.val.images).argmax(1), self.val.labels)
+            nn = nearest_distance(self.val_rec.flatten(1), self.train_rec.flatten(1))
+        return {"heldout_nn_median": nn.median().item(), "heldout_copies": self.heldout_copies, "real_accuracy": real}
 
     def evaluate(self, m, seed: int) -> tuple[dict, ClassSamples]:
         from var.emoji_eval import judge_emoji
@@ -443,7 +456,7 @@ def _emoji_note(meta: dict) -> str:
 def markdown(meta: dict, rows: list[dict], profiles: dict, md_dir: Path) -> str:
     """The results page; image links are relative to `md_dir`, where the page is written."""
     emoji = meta.get("data") == "emoji"
-    window = "5" if emoji else "3"
+    window = meta.get("neighborhood_window", 3)  # results written before it was recorded: the digits' 3
     lines = [
         f"# Mechanisms on the {'emoji (64 px, 7 scales)' if emoji else 'bundled digits'}",
         "",
@@ -559,11 +572,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seeds = [int(s) for s in args.seeds.split(",")]
     if args.workdir is None:
         args.workdir = Path("runs/bench-mechanisms" + ("" if args.data == "digits" else f"-{args.data}"))
-    if args.steps is None:
-        from scaffold import load_config
-        from var.train import VARTrainConfig
+    from scaffold import load_config
+    from var.train import VARTrainConfig
 
-        args.steps = load_config(VARTrainConfig, ROOT / "configs" / "var" / f"{args.data}.yaml").max_steps
+    preset = load_config(VARTrainConfig, ROOT / "configs" / "var" / f"{args.data}.yaml")
+    args.steps = preset.max_steps if args.steps is None else args.steps
+    args.neighborhood_window = preset.model.attention_options.get("neighborhood", {}).get("kernel_size")
     args.mechanisms = args.mechanisms.split(",")
     from app.demo import mechanisms
 
@@ -573,23 +587,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.samples_per_class < 1 or args.grid_columns > args.samples_per_class:
         p.error("--steps and --samples-per-class must be >= 1 and --grid-columns <= --samples-per-class")
     return args
-
-
-def reference(harness: DigitsHarness | EmojiHarness) -> dict:
-    """What the table's memorisation (and, on the emoji, accuracy) figures are relative to."""
-    if isinstance(harness, EmojiHarness):
-        from var.emoji_eval import balanced_accuracy, nearest_distance
-
-        with torch.no_grad():
-            real, _ = balanced_accuracy(harness.judge(harness.val.images).argmax(1), harness.val.labels)
-            nn = nearest_distance(harness.val_rec.flatten(1), harness.train_rec.flatten(1))
-        return {
-            "heldout_nn_median": nn.median().item(),
-            "heldout_copies": harness.heldout_copies,
-            "real_accuracy": real,
-        }
-    ref = harness.ref
-    return {"heldout_nn_median": ref.heldout_nn.median().item(), "heldout_copies": ref.heldout_copies}
 
 
 def main(argv: list[str] | None = None) -> Path | None:
@@ -643,7 +640,8 @@ def main(argv: list[str] | None = None) -> Path | None:
         tokenizer=tok,
         data=args.data,
         model=harness.describe(),
-        reference=reference(harness),
+        reference=harness.reference(),
+        neighborhood_window=args.neighborhood_window,
         profile=profiles,
         runs_s=sum(r.get("wall_s", r["train_s"]) for r in rows if not r.get("same_as_equal_steps")),
         total_s=time.time() - started,

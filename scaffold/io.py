@@ -95,6 +95,7 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:40] or "host"
 
 
+@functools.cache
 def _boot() -> str:
     """The first 8 hex digits of this boot's id ("00000000" where the kernel gives none)."""
     try:
@@ -131,13 +132,17 @@ def fsync_folder(folder: str | os.PathLike) -> None:
             os.close(fd)
 
 
-def _commit(tmp: Path, path: Path) -> None:
-    """fsync `tmp`, give it ordinary permissions, rename it over `path`, fsync the folder."""
-    fd = os.open(tmp, os.O_RDONLY)
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """fsync `tmp`, give it ordinary permissions, rename it over `path`, fsync the folder."""
+    _fsync_file(tmp)
     os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
     fsync_folder(path.parent)
@@ -272,11 +277,7 @@ def publish_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         shutil.copytree(src, tmp)
         for f in tmp.rglob("*"):
             if f.is_file():
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                _fsync_file(f)
         if not dst.exists():
             os.replace(tmp, dst)
         elif not _exchange(tmp, dst):

@@ -186,6 +186,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def source_files(self) -> list[Path]:
+        """The image files of this split."""
+        return [p for p, _ in self.samples]
+
     def load(self, i: int) -> torch.Tensor:
         im = read_rgb(self.samples[i][0])
         w, h = im.size
@@ -246,15 +250,10 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
 
 
 def source_files(dataset: Dataset) -> list[Path] | None:
-    """The files a dataset's images are read from (None for the bundled digits, which are part of the code)."""
-    if isinstance(dataset, ImageFolderDataset):
-        return [p for p, _ in dataset.samples]
-    files = getattr(dataset, "files", None)  # the emoji: names under the package's image folder
-    if files is not None:
-        from .emoji import IMAGE_DIR
-
-        return [dataset.root / "emoji.json", *(dataset.root / IMAGE_DIR / f for f in files)]
-    return None
+    """The files a dataset's images are read from, as its `source_files()` lists them (None for the bundled
+    digits, which are part of the code)."""
+    listing = getattr(dataset, "source_files", None)
+    return listing() if listing is not None else None
 
 
 def class_names(dataset: Dataset) -> list[str]:

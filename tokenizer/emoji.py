@@ -306,5 +306,9 @@ class EmojiDataset(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def source_files(self) -> list[Path]:
+        """The files this split is read from: `emoji.json` (the categories) and the split's images."""
+        return [self.root / "emoji.json", *(self.root / IMAGE_DIR / f for f in self.files)]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])

@@ -51,6 +51,7 @@ __all__ = [
     "TokenizeConfig",
     "add_arguments",
     "load_vae",
+    "read_header",
     "run",
     "tokenize",
     "tokenizer_identity",
@@ -110,6 +111,13 @@ class CacheHeader:
         return sum(pn * pn for pn in self.patch_nums)
 
 
+def read_header(path: Path) -> CacheHeader:
+    """The `CacheHeader` written at `path`."""
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    raw["patch_nums"] = tuple(raw["patch_nums"])
+    return CacheHeader(**raw)
+
+
 def tokenizer_identity(vae: MultiScaleVQVAE) -> str:
     """A short sha256 of the tokenizer's config and weights: two caches compare equal only if made by the same one."""
     h = hashlib.sha256(json.dumps(config_to_dict(vae.config), sort_keys=True).encode())
@@ -138,8 +146,6 @@ def files_digest(files: list[Path] | None) -> str:
 def _differences(have: CacheHeader, want: CacheHeader) -> str:
     """What makes a finished cache another one than `want`, in words."""
     a, b = asdict(have), asdict(want)
-    if not a["data_files"] and b["data_files"]:
-        a["data_files"] = "made by an older version, which did not record its image files"
     keys = [k for k in b if k != "tokenizer" and a.get(k) != b[k]]
     said = {
         "tokenizer_id": "another tokenizer",
@@ -198,9 +204,7 @@ class TokenCache(Dataset):
             raise TokenCacheError(
                 f"token cache not found: {self.path} has no {HEADER}{hint}; make one with `var tokenize`"
             )
-        raw = OmegaConf.to_container(OmegaConf.load(header))
-        raw["patch_nums"] = tuple(raw["patch_nums"])
-        self.header = CacheHeader(**raw)
+        self.header = read_header(header)
         self._tokens: np.ndarray | None = None
         self._labels: np.ndarray | None = None
 
@@ -300,12 +304,10 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
             )
 
         partial = out / PARTIAL
-        if (partial / HEADER).is_file():  # every image was encoded; a kill came while moving the files out
-            raw = OmegaConf.to_container(OmegaConf.load(partial / HEADER))
-            raw["patch_nums"] = tuple(raw["patch_nums"])
-            if asdict(CacheHeader(**raw)) == asdict(header):
-                _finish(partial, out)
-                return out
+        # every image was encoded and a kill came while moving the files out: finish the moves
+        if (partial / HEADER).is_file() and asdict(read_header(partial / HEADER)) == asdict(header):
+            _finish(partial, out)
+            return out
         fingerprint = {**config_to_dict(header), "seed": cfg.seed}
         progress_file = partial / PROGRESS
         remove_stale_temporaries(partial)  # a progress or header write cut short by a kill
