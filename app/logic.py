@@ -77,10 +77,15 @@ def parse_label(value: Any, num_classes: int, allow_null: bool = False) -> int:
     return label
 
 
-def request_settings(defaults: SamplingSettings, num_images: Any = 1, **changes: Any) -> tuple[int, SamplingSettings]:
-    """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's) with the given
+def request_settings(
+    defaults: SamplingSettings, num_images: Any = 1, speed: str | None = None, **changes: Any
+) -> tuple[int, SamplingSettings]:
+    """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's), with the fast modes of
+    ``speed`` (a name of :data:`~var.settings.SPEEDS`; ``None`` or "" keeps the model's), then the given
     ``changes`` of its fields (text, numbers; ``None`` keeps the default)."""
     n = count(num_images, "number of images", 1, MAX_IMAGES)
+    if speed not in (None, ""):
+        defaults = SamplingSettings.preset(str(speed).strip(), defaults)
     s = merge_settings(defaults, changes)
     if s.seed + n - 1 > MAX_SEED:  # image i uses seed + i: the last one must still be a seed
         raise SettingsError(

@@ -47,6 +47,15 @@ from app.logic import (
 from app.serve import private_cache_dir
 from scaffold.errors import UserError
 from var.export import LoadedModel
+from var.settings import SPEEDS, SamplingSettings
+
+SPEED_INFO = "exact: the published sampler; fast and faster skip work on the finest scales (see the README)"
+
+
+def speed_of(settings: SamplingSettings) -> str:
+    """The named speed of a model's settings, for the page's choice ("exact" when they match none)."""
+    return settings.speed() or "exact"
+
 
 __all__ = ["ClientLimiter", "build_demo", "checked_image_editor", "launch", "theme"]
 
@@ -264,14 +273,16 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
             s.top_k,
             s.top_p,
             s.more_smooth,
+            speed_of(s),
+            speed_of(s),
         )
 
-    def on_generate(model, label, num_images, seed, cfg, top_k, top_p, more_smooth):
+    def on_generate(model, label, num_images, seed, cfg, top_k, top_p, more_smooth, speed):
         m = get(model)
         label = parse_label(label, m.num_classes)
         S = len(m.model.patch_nums)
         n, settings = request_settings(
-            m.sampling, num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+            m.sampling, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
         )
         caption = m.class_names[label]
         for si, images in generate_progressive(m, label, n, settings):
@@ -279,18 +290,20 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
             status = f"scale {si + 1}/{S} ({pn}x{pn} tokens)" + (" - done" if si + 1 == S else "")
             yield [(im, f"{label}: {caption} · seed {settings.seed + i}") for i, im in enumerate(images)], status
 
-    def api_generate(label, num_images, seed, cfg, top_k, top_p, model):
+    def api_generate(label, num_images, seed, cfg, top_k, top_p, model, speed=None):
         m = get(model)
         label = parse_label(label, m.num_classes)
-        n, settings = request_settings(m.sampling, num_images, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
+        n, settings = request_settings(m.sampling, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
         images = generate_images(m, label, n, settings)
         return [(im, f"{label}: {m.class_names[label]} · seed {settings.seed + i}") for i, im in enumerate(images)]
 
-    def on_edit(model, editor, label, seed, cfg, top_k, top_p, more_smooth):
+    def on_edit(model, editor, label, seed, cfg, top_k, top_p, more_smooth, speed):
         m = get(model)
         background, mask = mask_from_editor(editor, m.vae.image_size)
         image = center_square(background, m.vae.image_size)
-        settings = m.sampling.replace(seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        _, settings = request_settings(
+            m.sampling, 1, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+        )
         return shade(image, mask), edit_image(m, image, mask, label, settings)
 
     s = first.sampling
@@ -326,6 +339,7 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
                     top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
                     top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                     smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth (smoother visuals)")
+                    speed = gr.Radio(choices=list(SPEEDS), value=speed_of(s), label="Speed", info=SPEED_INFO)
                     go = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
                     status = gr.Markdown("")
@@ -366,6 +380,7 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
                             e_top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
                             e_top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
                             e_smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth")
+                            e_speed = gr.Radio(choices=list(SPEEDS), value=speed_of(s), label="Speed", info=SPEED_INFO)
                         e_go = gr.Button("Edit", variant="primary")
                     with gr.Column(scale=1):
                         e_input = gr.Image(label="Input as the model sees it (tinted = regenerated)", format="png")
@@ -382,13 +397,14 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
             api_top_k = gr.Number(value=s.top_k, label="top_k")
             api_top_p = gr.Number(value=s.top_p, label="top_p")
             api_model = gr.Textbox(value=first.name, label="model")
+            api_speed = gr.Textbox(value="", label="speed")
             api_button = gr.Button("generate")
 
         shared = dict(concurrency_id="device")  # every event that runs a model shares the one device
         model_dd.change(
             _friendly(on_model),
             model_dd,
-            [info, label, e_label, cfg, top_k, top_p, smooth],
+            [info, label, e_label, cfg, top_k, top_p, smooth, speed, e_speed],
             api_visibility="private",
             queue=False,
         )
@@ -398,7 +414,7 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
             )
         go.click(
             _friendly(on_generate, limiter),
-            [model_dd, label, num_images, seed, cfg, top_k, top_p, smooth],
+            [model_dd, label, num_images, seed, cfg, top_k, top_p, smooth, speed],
             [gallery, status],
             api_visibility="private",
             show_progress="minimal",
@@ -406,18 +422,19 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
         )
         e_go.click(
             _friendly(on_edit, limiter),
-            [model_dd, editor, e_label, e_seed, e_cfg, e_top_k, e_top_p, e_smooth],
+            [model_dd, editor, e_label, e_seed, e_cfg, e_top_k, e_top_p, e_smooth, e_speed],
             [e_input, e_out],
             api_name="edit",
             **shared,
         )
         api_button.click(
             _friendly(api_generate, limiter),
-            [api_label, api_num, api_seed, api_cfg, api_top_k, api_top_p, api_model],
+            [api_label, api_num, api_seed, api_cfg, api_top_k, api_top_p, api_model, api_speed],
             gallery,
             api_name="generate",
             api_description="Final images of one class: label (class index), num_images (1-16), seed "
-            "(image i uses seed + i), cfg >= 0, top_k >= 0, 0 <= top_p <= 1, model (name as given to `var app`).",
+            "(image i uses seed + i), cfg >= 0, top_k >= 0, 0 <= top_p <= 1, model (name as given to `var app`), "
+            f"speed ({', '.join(SPEEDS)}; empty: the model's).",
             **shared,
         )
     demo.queue(default_concurrency_limit=1, max_size=64)

@@ -2,10 +2,10 @@
 
 On a machine with a CUDA GPU, from the repository root::
 
-    python benchmarks/gpu_check.py --published ../VAR          # ~8 minutes on one H100-class GPU
+    python benchmarks/gpu_check.py --published ../VAR          # ~10 minutes on one H100-class GPU
 
 Steps, each with its own time budget (a step past its budget is stopped and recorded as such, and
-the next one starts, so the whole run stays within the sum of the budgets, 460 s):
+the next one starts, so the whole run stays within the sum of the budgets, 580 s):
 
 1. ``TRITON_INTERPRET=0 pytest -m gpu``: every op forward and backward compiled on CUDA in fp32
    (IEEE and TF32), fp16 and bf16 against a float64 reference, and the mechanism modules (150 s);
@@ -13,7 +13,9 @@ the next one starts, so the whole run stays within the sum of the budgets, 460 s
 3. ``benchmarks/spatial.py``: ragged depthwise conv against the per-scale cuDNN loop, GSPN scan (70 s);
 4. ``benchmarks/sample.py``: d16 sampling at batch 1 and 64 in bf16, eager and with the per-scale step
    captured by CUDA graphs (``--compile reduce-overhead``: static key/value caches, one graph per
-   scale), against the published sampler of the checkout given with ``--published`` (150 s).
+   scale), against the published sampler of the checkout given with ``--published`` (150 s);
+5. ``benchmarks/fast_sampling.py speed``: d16 at 256, 512 and 1024 px, every named speed (exact, fast,
+   faster) in fp32 and "auto", against the published sampler (120 s).
 
 The benchmarks write their JSON and Markdown under ``--out`` (default ``benchmarks/results/``);
 this script adds ``gpu-check-<device>-<date>.json`` with the device, the date, the versions and, per
@@ -55,6 +57,14 @@ def steps(published: Path, out: Path, junit: Path) -> list[tuple[str, list[str],
                 *("--compare-published", str(published), "--out", str(out)),
             ],
             150,
+        ),
+        (
+            "fast sampling modes vs published",
+            [
+                *(py, "benchmarks/fast_sampling.py", "speed", "--auto", "--repeats", "5"),
+                *("--compare-published", str(published), "--out", str(out)),
+            ],
+            120,
         ),
     ]
 

@@ -228,6 +228,9 @@ def test_api_generate_through_gradio_client(client, models):
         assert cache.stat().st_mode & 0o777 == 0o700
     other = client.predict(**{**GOOD, "num_images": 1}, model=models[1].name, api_name="/generate")
     assert len(other) == 1 and other[0]["caption"] == "3: 3 · seed 0"
+    fast = client.predict(**GOOD, speed="fast", api_name="/generate")
+    want = generate_images(models[0], settings=SamplingSettings.preset("fast", models[0].sampling), **GOOD)
+    np.testing.assert_array_equal(np.asarray(Image.open(fast[0]["image"]).convert("RGB")), np.asarray(want[0]))
 
 
 @pytest.mark.parametrize(
@@ -240,8 +243,9 @@ def test_api_generate_through_gradio_client(client, models):
         (dict(num_images=2.5), "number of images must be an integer, got 2.5"),
         (dict(top_k=-5), "top-k must be >= 0 (0 keeps every token), got -5"),
         (dict(model="/elsewhere"), "unknown model '/elsewhere'"),
+        (dict(speed="warp"), "speed must be one of exact, fast, faster, got 'warp'"),
     ],
-    ids=["label", "zero-images", "too-many-images", "top_p", "fraction-of-images", "top_k", "model"],
+    ids=["label", "zero-images", "too-many-images", "top_p", "fraction-of-images", "top_k", "model", "speed"],
 )
 def test_api_errors_are_clean_messages(client, kwargs, message):
     from gradio_client.exceptions import AppError
@@ -259,7 +263,7 @@ def test_page_streams_every_scale(models):
     import gradio as gr  # after build_demo: it points Gradio's cache at a private folder first
 
     handler = next(f.fn for f in demo.fns.values() if f.name == "on_generate")
-    updates = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False))
+    updates = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False, "exact"))
     assert [status for _, status in updates] == [
         "scale 1/4 (1x1 tokens)", "scale 2/4 (2x2 tokens)", "scale 3/4 (3x3 tokens)", "scale 4/4 (4x4 tokens) - done"
     ]  # fmt: skip
@@ -268,7 +272,14 @@ def test_page_streams_every_scale(models):
     for (got, _), want in zip(updates[-1][0], final):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(gr.Error, match="top-p must be in"):
-        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 1.5, False))
+        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 1.5, False, "exact"))
+    # the speed choice: the named fast modes over the model's settings, as generate_images takes them
+    fast = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False, "faster"))[-1][0]
+    want = generate_images(models[0], settings=SamplingSettings.preset("faster", models[0].sampling), **GOOD)
+    for (got, _), w in zip(fast, want):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(w))
+    with pytest.raises(gr.Error, match="speed must be one of exact, fast, faster, got 'fastest'"):
+        list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False, "fastest"))
 
 
 def test_page_lists_both_tabs_and_models(server, models):

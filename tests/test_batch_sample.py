@@ -19,7 +19,7 @@ from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
 from var.sample import resolve_precision
-from var.settings import MODEL_DEFAULTS, SamplingSettings
+from var.settings import MODEL_DEFAULTS, SPEEDS, SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
 SETTINGS = SamplingSettings(cfg=1.5, top_k=0, top_p=0.0, more_smooth=False, seed=0)
@@ -140,6 +140,28 @@ def test_other_settings_are_refused(tmp_path, model_dir):
         generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS.replace(seed=1), progress=False)
     with pytest.raises(SampleError, match=r"precision='fp32' \(now 'bf16'\)"):
         generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS.replace(precision="bf16"), progress=False)
+
+
+def test_a_folder_from_before_the_fast_modes_resumes_and_a_fast_mode_is_a_change(tmp_path, model_dir):
+    """A record written before the fast-mode settings existed lacks them: it was exact sampling, and resumes as such."""
+    loaded = load_model(model_dir)
+    out = tmp_path / "a"
+    generate_folder(loaded, out, [0], 1, SETTINGS, progress=False)
+    record = json.loads((out / "sampling.json").read_text())
+    for name in SamplingSettings.EXACT_MODES:
+        del record["settings"][name]
+    (out / "sampling.json").write_text(json.dumps(record))
+    assert generate_folder(loaded, out, [0], 2, SETTINGS, progress=False) == 1
+    with pytest.raises(SampleError, match=r"guidance_until=1.0 \(now 0.5\)"):
+        generate_folder(loaded, out, [0], 3, SETTINGS.replace(guidance_until=0.5), progress=False)
+
+
+def test_cli_speed_is_recorded_and_samples_fast(tmp_path, model_dir, capsys):
+    out = tmp_path / "s"
+    argv = ["sample", "--model", str(model_dir), "--classes", "1", "--per-class", "2", "--out", str(out)]
+    assert main([*argv, "--speed", "faster", "--no-progress"]) == 0
+    recorded = json.loads((out / "sampling.json").read_text())["settings"]
+    assert {k: recorded[k] for k in SPEEDS["faster"]} == SPEEDS["faster"]
 
 
 def test_cli_writes_folder_and_npz(tmp_path, model_dir, capsys):

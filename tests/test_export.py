@@ -30,7 +30,7 @@ def test_export_then_load_gives_the_same_model(tmp_path, tiny_vae):
 def test_sampling_defaults_round_trip_and_are_checked_on_load(tmp_path, tiny_vae):
     from omegaconf import OmegaConf
 
-    mine = SamplingSettings(cfg=2.5, top_k=7, top_p=0.5, more_smooth=True, seed=9, precision="bf16")
+    mine = SamplingSettings(cfg=2.5, top_k=7, top_p=0.5, more_smooth=True, seed=9, precision="bf16", prune_keep=0.5)
     out = export_model(tiny_var(), tiny_vae, tmp_path / "m", sampling=mine)
     assert OmegaConf.to_container(OmegaConf.load(out / "config.yaml").sampling) == mine.as_dict()
     assert load_model(out).sampling == mine
@@ -40,6 +40,14 @@ def test_sampling_defaults_round_trip_and_are_checked_on_load(tmp_path, tiny_vae
     text = (out / "config.yaml").read_text()
     (out / "config.yaml").write_text(text.replace("  precision: bf16\n", ""))  # a setting the file lacks
     assert load_model(out).sampling == mine.replace(precision="auto")
+    # a model exported before the fast modes existed: its file lacks them, and it samples exactly
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("  prune_keep: 0.5\n", ""))
+    assert load_model(out).sampling == mine.replace(precision="auto", prune_keep=1.0)
+    (out / "config.yaml").write_text(text.replace("prune_keep: 0.5", "prune_keep: 2"))
+    with pytest.raises(CheckpointError, match=r"key .sampling.prune_keep.: prune_keep .* must be in \(0, 1\], got 2"):
+        load_model(out)
+    (out / "config.yaml").write_text(text)
     for old, new, message in [
         ("top_k: 7", "top_k: -3", "key 'sampling.top_k': top-k must be >= 0 (0 keeps every token), got -3"),
         ("top_k: 7", "topk: 7", "key 'sampling.topk': unknown sampling setting 'topk'; the settings are cfg, top_k"),

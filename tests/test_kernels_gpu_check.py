@@ -21,14 +21,17 @@ def _module():
 
 
 @pytest.mark.slow  # three script imports of torch and the model: ~10-40 s on 2 cores
-def test_steps_fit_the_eight_minute_budget_and_use_existing_flags(tmp_path):
+def test_steps_fit_the_ten_minute_budget_and_use_existing_flags(tmp_path):
     steps = _module().steps(Path("/published/VAR"), tmp_path, tmp_path / "junit.xml")
     assert steps[0][0] == "pytest -m gpu"
-    assert sum(budget for _, _, budget in steps) <= 8 * 60
+    assert sum(budget for _, _, budget in steps) <= 10 * 60  # one call of the lent GPU machine
     for name, cmd, _ in steps[1:]:
         script = ROOT / cmd[1]
+        sub = [cmd[2]] if not cmd[2].startswith("--") else []  # a subcommand's flags are in its own help
         # Every flag the step passes is one its script's argparse knows (the scripts are changed by others).
-        help_text = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, capture_output=True, text=True)
+        help_text = subprocess.run(
+            [sys.executable, str(script), *sub, "--help"], cwd=ROOT, capture_output=True, text=True
+        )
         assert help_text.returncode == 0, (name, help_text.stderr[-2000:])
         for flag in (a for a in cmd[2:] if a.startswith("--")):
             assert flag in help_text.stdout, f"{name}: {script.name} has no {flag}"

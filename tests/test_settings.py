@@ -14,7 +14,10 @@ from var.settings import MAX_SEED, MODEL_DEFAULTS, SamplingSettings, SettingsErr
 
 def test_defaults_are_the_published_fid_setting_exact_and_a_model_s_are_auto():
     s = SamplingSettings()
-    assert s.as_dict() == dict(cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0, precision="fp32")
+    assert s.as_dict() == dict(
+        cfg=1.5, top_k=900, top_p=0.96, more_smooth=False, seed=0, precision="fp32",
+        guidance_until=1.0, prune_from=0.75, prune_keep=1.0, stop_after=1.0,
+    )  # fmt: skip
     assert s.replace(precision="auto") == MODEL_DEFAULTS  # the one difference, written once
     with pytest.raises(TypeError):
         SamplingSettings(1.5, 900)  # by name only: SamplingSettings(cfg=1.5, top_k=900)
@@ -117,3 +120,25 @@ def test_a_config_file_is_checked_by_the_same_rule(tmp_path):
     (tmp_path / "c.yaml").write_text("sampling:\n  top_p: 2.0\n")
     with pytest.raises(UserError, match=r"top-p must be in \[0, 1\]"):
         load_config(_WithSampling, tmp_path / "c.yaml")
+
+
+def test_speed_flag_sets_the_fast_modes_and_each_mode_flag_changes_one():
+    import argparse
+
+    from var.settings import SPEEDS, add_sampling_arguments, given_settings
+
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser, "seed")
+    base = SamplingSettings(cfg=4.0, precision="auto")
+    unset = base.replace(**given_settings(parser.parse_args([])))
+    assert unset == base  # no flag: the model's settings, fast modes included
+    fast = base.replace(**given_settings(parser.parse_args(["--speed", "fast"])))
+    assert fast == SamplingSettings.preset("fast", base) and fast.cfg == 4.0
+    tuned = base.replace(**given_settings(parser.parse_args(["--speed", "faster", "--prune-keep", "0.9"])))
+    assert tuned.prune_keep == 0.9 and tuned.guidance_until == SPEEDS["faster"]["guidance_until"]
+    alone = base.replace(**given_settings(parser.parse_args(["--stop-after", "0.5"])))
+    assert alone == base.replace(stop_after=0.5)
+    with pytest.raises(SettingsError, match=r"prune_keep \(the fraction of tokens kept\) must be in \(0, 1\]"):
+        base.replace(**given_settings(parser.parse_args(["--prune-keep", "0"])))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--speed", "fastest"])

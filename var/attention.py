@@ -60,6 +60,9 @@ class TokenMixer(nn.Module):
     """
 
     name: ClassVar[str]
+    # Whether `step` takes any subset of a scale's tokens with ``begin=`` (token pruning, var.sample): a
+    # mechanism that mixes a token with its grid neighbours (a window, a convolution, a scan) cannot.
+    prunable: ClassVar[bool] = False
 
     def __init__(self, dim: int, num_heads: int, patch_nums: tuple[int, ...]) -> None:
         super().__init__()
@@ -79,9 +82,16 @@ class TokenMixer(nn.Module):
     def step(self, x_BlC: torch.Tensor, state: Any, si: int) -> torch.Tensor:
         """Tokens of scale ``si`` only, ``[B, pn*pn, C]`` -> ``[B, pn*pn, C]``; updates ``state`` in place.
 
-        Called for ``si = 0, 1, ...`` in order, with the same ``state``.
+        Called for ``si = 0, 1, ...`` in order, with the same ``state``. A :attr:`prunable` mechanism also
+        takes ``begin=``: the tokens given are any subset of the scale's, and the state holds ``begin``
+        tokens of the earlier scales (fewer than the packed offset when earlier scales were pruned).
         """
         raise NotImplementedError
+
+    @staticmethod
+    def first_rows(state: Any, rows: int) -> Any:
+        """The state of the first ``rows`` sequences only (guidance turned off midway: the conditional half)."""
+        return None if state is None else state.first_rows(rows)
 
 
 MIXERS: dict[str, type[TokenMixer]] = {}
@@ -137,6 +147,12 @@ class KVCache:
         self.v[:, :, begin:end] = v_BHlD
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def first_rows(self, rows: int) -> KVCache:
+        """The cache of the first ``rows`` sequences: views of the same buffers (nothing is copied)."""
+        if self.k is None:
+            return KVCache(self.length)
+        return KVCache(self.length, self.k[:rows], self.v[:rows])
+
 
 @register_mixer("full")
 class FullAttention(TokenMixer):
@@ -149,6 +165,7 @@ class FullAttention(TokenMixer):
 
     # published: max_scale_mul = log(100), a cap on the learned per-head temperature
     MAX_SCALE_MUL: ClassVar[float] = math.log(100)
+    prunable: ClassVar[bool] = True  # a query sees every cached key: any subset of queries, in any order
 
     def __init__(
         self, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True, backend: str = "auto"
@@ -196,9 +213,11 @@ class FullAttention(TokenMixer):
     def init_state(self, batch: int) -> KVCache:
         return KVCache(sum(pn * pn for pn in self.patch_nums))
 
-    def step(self, x_BlC: torch.Tensor, state: KVCache, si: int) -> torch.Tensor:
+    def step(self, x_BlC: torch.Tensor, state: KVCache, si: int, begin: Optional[int] = None) -> torch.Tensor:
         q, k, v = self._qkv(x_BlC)
-        k, v = state.write(k, v, begin=sum(pn * pn for pn in self.patch_nums[:si]))
+        if begin is None:  # every token of every scale so far: the packed offset of scale si
+            begin = sum(pn * pn for pn in self.patch_nums[:si])
+        k, v = state.write(k, v, begin=begin)
         # the new scale's queries see all cached scales and their own scale: no mask
         return self._out(F.scaled_dot_product_attention(q, k, v, scale=self.scale))
 

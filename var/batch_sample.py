@@ -177,9 +177,9 @@ def _check_record(out: Path, new: dict, rank: int) -> None:
         if old.get(key) != new[key]:
             changes.append(f"{what} (SHA-256 {str(old.get(key))[:12]}..., now {new[key][:12]}...)")
     settings = new["settings"]
-    changes += [
-        f"{k}={old['settings'].get(k)!r} (now {v!r})" for k, v in settings.items() if old["settings"].get(k) != v
-    ]
+    # a setting the record lacks was made before that setting existed, with its exact default (a fast mode off)
+    recorded = {**SamplingSettings.EXACT_MODES, **old["settings"]}
+    changes += [f"{k}={recorded.get(k)!r} (now {v!r})" for k, v in settings.items() if recorded.get(k) != v]
     if changes:
         raise SampleError(
             f"{out} was made with another model or other settings: {'; '.join(changes)}; "

@@ -38,6 +38,8 @@ class NeighborhoodAttention(FullAttention):
     but a query of scale k sees, in every scale s <= k, only a `kernel_size` window around its projected
     position (docs/architecture.md section 7.2). Sampling state: the key/value cache, as for full attention."""
 
+    prunable: ClassVar[bool] = False  # its windows are tied to grid positions
+
     def __init__(
         self,
         dim: int,
@@ -103,6 +105,11 @@ class ExternalState:
         self.max_BH1S = new_max
         return new_max + self.sum_BH1S.log()
 
+    def first_rows(self, rows: int) -> ExternalState:
+        if self.max_BH1S is None:
+            return ExternalState()
+        return ExternalState(self.max_BH1S[:rows], self.sum_BH1S[:rows])
+
 
 @register_mixer("external")
 class ExternalAttention(TokenMixer):
@@ -113,6 +120,8 @@ class ExternalAttention(TokenMixer):
     2 C^2 + (2S + 2) C <= 4 C^2 + O(C). Cost and memory are linear in L.
     Sampling state: a running max and sum per (head, memory slot) (:class:`ExternalState`).
     """
+
+    prunable: ClassVar[bool] = True  # each token on its own against the memories
 
     L1_EPS: ClassVar[float] = 1e-6
 
@@ -153,7 +162,8 @@ class ExternalAttention(TokenMixer):
     def init_state(self, batch: int) -> ExternalState:
         return ExternalState()
 
-    def step(self, x_BlC: torch.Tensor, state: ExternalState, si: int) -> torch.Tensor:
+    def step(self, x_BlC: torch.Tensor, state: ExternalState, si: int, begin: Optional[int] = None) -> torch.Tensor:
+        del begin  # the state is running statistics over whichever tokens were seen, not positions
         q = self._q(x_BlC).float()
         a_BHlS = torch.einsum("bhld,hsd->bhls", q, self.mem_k.float()) * self.scale
         A_BHlS = torch.exp(a_BHlS - state.update(a_BHlS))  # softmax over every visible token, per slot

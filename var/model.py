@@ -152,13 +152,18 @@ class AdaLNBlock(nn.Module):
         h = self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2)
         return x_BLC + drop_path(h * gamma2, self.drop_path_p, self.training)
 
-    def step(self, x_BlC: torch.Tensor, mods: tuple[torch.Tensor, ...], state: Any, si: int) -> torch.Tensor:
+    def step(
+        self, x_BlC: torch.Tensor, mods: tuple[torch.Tensor, ...], state: Any, si: int, begin: Optional[int] = None
+    ) -> torch.Tensor:
         """One scale ``si`` of sampling (no grad, eval mode) with the mixer's state (``None`` for mechanisms that
         keep none, such as lka and gspn) and ``mods`` from :meth:`VAR.block_modulations`. The same operations
         as :meth:`forward`, but in place where the published block is (``AdaLNSelfAttn.forward``): no new
-        tensor for the modulation and the gates, and the second residual added into the first's result."""
+        tensor for the modulation and the gates, and the second residual added into the first's result.
+        ``begin``: a subset of the scale's tokens after as many cached ones (token pruning; a
+        :attr:`~var.attention.TokenMixer.prunable` mixer only)."""
         gamma1, gamma2, scale1p1, scale2p1, shift1, shift2 = mods
-        h = self.attn.step(self.ln(x_BlC).mul_(scale1p1).add_(shift1), state, si)
+        h = self.ln(x_BlC).mul_(scale1p1).add_(shift1)
+        h = self.attn.step(h, state, si) if begin is None else self.attn.step(h, state, si, begin=begin)
         x_BlC = x_BlC + h.mul_(gamma1)  # a new tensor: the caller's input stays as it was
         h = self.ffn(self.ln(x_BlC).mul_(scale2p1).add_(shift2))
         return x_BlC.add_(h.mul_(gamma2))
@@ -366,6 +371,32 @@ class VAR(nn.Module):
         ``mods``: :meth:`block_modulations` of ``cond_BD``, computed here when not given."""
         if mods is None:
             mods = self.block_modulations(cond_BD)
+        return self.logits(self.hidden_scale(x_BlC, states, si, mods), cond_BD)
+
+    def hidden_scale(
+        self,
+        x_BlC: torch.Tensor,
+        states: list[Any],
+        si: int,
+        mods: list[tuple[torch.Tensor, ...]],
+        begin: Optional[int] = None,
+    ) -> torch.Tensor:
+        """The last block's output ``[B, l, C]`` at scale ``si`` (what :meth:`logits` reads); updates ``states``.
+        ``begin``: ``x_BlC`` is a subset of the scale's tokens, after ``begin`` cached ones (token pruning)."""
         for block, block_mods, state in zip(self.blocks, mods, states):
-            x_BlC = block.step(x_BlC, block_mods, state, si)
-        return self.logits(x_BlC, cond_BD)
+            x_BlC = block.step(x_BlC, block_mods, state, si, begin)
+        return x_BlC
+
+    def prunable(self) -> Optional[str]:
+        """None when every block's mixer can run on a subset of a scale's tokens (token pruning), else why not."""
+        for i, block in enumerate(self.blocks):
+            if not block.attn.prunable:
+                return (
+                    f"token pruning needs mechanisms that mix a token with the cached ones only; block {i} "
+                    f"uses {block.attn.name!r}, which mixes it with its grid neighbours (prune_keep must stay 1)"
+                )
+        return None
+
+    def first_rows(self, states: list[Any], rows: int) -> list[Any]:
+        """Every block's sampling state for the first ``rows`` sequences only (guidance stops midway)."""
+        return [block.attn.first_rows(state, rows) for block, state in zip(self.blocks, states)]

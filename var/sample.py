@@ -24,6 +24,7 @@ Seeding rule. ``seed`` is an ``int``, a sequence of ints (one per image) or ``No
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from scaffold.errors import UserError
 from scaffold.precision import native_bf16
 from var.attention import KVCache
 from var.model import VAR
-from var.settings import PRECISIONS, SamplingSettings, merge_settings
+from var.settings import PRECISIONS, SamplingSettings, SettingsError, merge_settings
 
 __all__ = [
     "AUTOCAST_DTYPES",
@@ -47,13 +48,16 @@ __all__ = [
     "autocast",
     "decode",
     "draw",
+    "fill_pruned",
     "filter_top_k_top_p",
     "generate",
     "guidance_ratio",
     "guide",
     "gumbel_embed",
+    "kept_tokens",
     "make_generators",
     "native_bf16",
+    "prune_scores",
     "resolve_precision",
     "sample",
     "sample_progressive",
@@ -69,7 +73,8 @@ class ScaleStep:
 
     si: int
     idx_Bl: torch.Tensor  # chosen tokens of this scale [B, pn*pn]
-    logits_BlV: torch.Tensor  # model logits of this scale, [2B, pn*pn, V] (conditional half first) with guidance
+    # model logits of this scale: [2B, pn*pn, V] (conditional half first) where the scale is guided, else [B, ...]
+    logits_BlV: torch.Tensor
     f_hat: torch.Tensor  # accumulated VAE feature map [B, Cvae, P, P]
 
 
@@ -248,6 +253,31 @@ def _labels(labels_B: Union[torch.Tensor, Sequence[int], int], device: torch.dev
     return torch.as_tensor(labels_B, dtype=torch.long, device=device).view(-1)
 
 
+def prune_scores(next_BChw: torch.Tensor) -> torch.Tensor:
+    """How much each token of a scale's input map ``[B, Cvae, pn, pn]`` differs from the map's mean, ``[B, pn*pn]``:
+    the squared distance in the tokenizer's feature space (FastVAR's pivotal-token score). Flat regions score
+    low and are pruned first; edges and detail score high and keep running through the transformer."""
+    return (next_BChw - next_BChw.mean(dim=(2, 3), keepdim=True)).square().sum(dim=1).flatten(1)
+
+
+def kept_tokens(scores_Bl: torch.Tensor, keep: float) -> torch.Tensor:
+    """The positions ``[B, n]`` (ascending) of the ``n = max(1, round(keep * l))`` highest scores of each
+    row; ties go to the earlier position, so the choice is the same whatever the batch."""
+    n = max(1, round(keep * scores_Bl.shape[1]))
+    order = scores_Bl.argsort(dim=1, descending=True, stable=True)
+    return order[:, :n].sort(dim=1).values
+
+
+def fill_pruned(hidden_BkC: torch.Tensor, kept_Bk: torch.Tensor, previous_BLC: torch.Tensor, pn: int) -> torch.Tensor:
+    """A scale's hidden states ``[B, pn*pn, C]`` (fp32): the previous scale's, ``previous_BLC`` (``[B, pn'*pn', C]``)
+    area-resized to ``pn x pn``, with the kept tokens' own ``hidden_BkC`` at their positions ``kept_Bk``."""
+    B, L, C = previous_BLC.shape
+    p = math.isqrt(L)
+    grid = previous_BLC.float().transpose(1, 2).reshape(B, C, p, p)
+    full_BlC = F.interpolate(grid, size=(pn, pn), mode="area").flatten(2).transpose(1, 2).contiguous()
+    return full_BlC.scatter(1, kept_Bk[..., None].expand(-1, -1, C), hidden_BkC.float())
+
+
 @torch.no_grad()
 def generate(
     model: VAR,
@@ -268,6 +298,12 @@ def generate(
     ``teacher`` forces tokens (editing). ``step``: a :class:`CompiledStep` of ``model`` (static caches and
     one compiled graph per scale) instead of the eager ``model.forward_scale`` with fresh caches.
     Call it with the model in eval mode: in training mode drop-path would perturb every scale.
+
+    Fast modes (:class:`~var.settings.SamplingSettings`; docs/architecture.md section 8.1): past
+    ``guidance_until`` the unconditional half is dropped (caches included) and the scale's logits are the
+    conditional ones, ``[B, l, V]``; at a pruned scale the blocks run on the kept tokens only and the
+    others take the previous scale's hidden state (:func:`fill_pruned`); past ``stop_after`` nothing runs
+    and no step is yielded. With every mode off, the loop is the exact one, operation for operation.
     """
     s = merge_settings(settings, changes)
     device = model.lvl_1L.device
@@ -276,6 +312,13 @@ def generate(
     B, S = labels_B.shape[0], len(model.patch_nums)
     if tuple(vae.patch_nums) != model.patch_nums:
         raise ValueError(f"VAE patch_nums {tuple(vae.patch_nums)} != model patch_nums {model.patch_nums}")
+    pruning = any(s.pruned_at(si, S) for si in range(S))
+    if pruning:
+        why = model.prunable()
+        if why is not None:
+            raise SettingsError(why, "prune_keep")
+        if step is not None:
+            raise ValueError("token pruning runs the eager step: drop step= or set prune_keep=1")
     rng = make_generators(s.seed if seed is None else seed, B, device)
     guided = s.cfg != 0
     if guided:
@@ -295,10 +338,32 @@ def generate(
     P = model.patch_nums[-1]
     f_hat = torch.zeros(B, vae.c_vae, P, P, device=device)
     x_BlC = model.first_scale_tokens(cond_BD)
+    cached = 0  # tokens per row in the caches so far (fewer than the packed offset once scales are pruned)
+    hidden_BlC = next_BChw = None  # with pruning: the last scale's hidden states, this scale's input map
     for si, pn in enumerate(model.patch_nums):
+        if not s.runs(si, S):
+            break
+        if guided and not s.guided_at(si, S):  # from here on the conditional half alone
+            guided = False
+            states, cond_BD, x_BlC = model.first_rows(states, B), cond_BD[:B], x_BlC[:B]
+            mods = [tuple(m[:B] for m in block_mods) for block_mods in mods]
+            hidden_BlC = None if hidden_BlC is None else hidden_BlC[:B]
         ratio = si / max(S - 1, 1)
         with autocast(device, precision):
-            logits_BlV = forward_scale(x_BlC, cond_BD, states, si, mods)
+            if s.pruned_at(si, S):
+                kept_Bk = kept_tokens(prune_scores(next_BChw), s.prune_keep)
+                kept_Rk = kept_Bk.repeat(2, 1) if guided else kept_Bk  # the same tokens in both halves
+                x_RkC = x_BlC.gather(1, kept_Rk[..., None].expand(-1, -1, x_BlC.shape[-1]))
+                h_RkC = model.hidden_scale(x_RkC, states, si, mods, begin=cached)
+                hidden_BlC = fill_pruned(h_RkC, kept_Rk, hidden_BlC, pn)
+                logits_BlV = model.logits(hidden_BlC, cond_BD)
+                cached += kept_Bk.shape[1]
+            elif pruning:  # a later scale is pruned: keep this one's hidden states for it
+                hidden_BlC = model.hidden_scale(x_BlC, states, si, mods)
+                logits_BlV = model.logits(hidden_BlC, cond_BD)
+                cached += pn * pn
+            else:
+                logits_BlV = forward_scale(x_BlC, cond_BD, states, si, mods)
         if step is not None:  # a CUDA graph's output is overwritten by its next replay; the caller may keep it
             logits_BlV = logits_BlV.clone()
         chosen_BlV = guide(logits_BlV, guidance_ratio(s.cfg, si, S)) if guided else logits_BlV

@@ -30,7 +30,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from scaffold.errors import UserError
 
@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SEED",
     "MODEL_DEFAULTS",
     "PRECISIONS",
+    "SPEEDS",
     "SamplingSettings",
     "SettingsError",
     "add_sampling_arguments",
@@ -132,6 +133,14 @@ class SamplingSettings:
     from it (var.batch_sample.image_seed), the web UI gives image i ``seed + i``. ``precision``: one of
     :data:`PRECISIONS` (var.sample.autocast); "fp32" reproduces the published sampler exactly,
     "auto" is bf16 where the device computes it natively and fp32 elsewhere (:data:`MODEL_DEFAULTS`).
+
+    Fast modes, each off by default (positions: the comment above the fields; :data:`SPEEDS` names sets):
+    ``guidance_until``: in [0, 1]; scales past this position sample from the conditional half alone (the
+    batch halves there; 1 guides every scale). ``prune_keep``: in (0, 1]; at the scales from position
+    ``prune_from`` (in [0, 1]) on, the transformer runs on this fraction of the tokens only, those that
+    differ most from their scale's mean input, and the others take the previous scale's last hidden state,
+    area-upsampled (FastVAR's cached token pruning; 1 keeps every token). ``stop_after``: in [0, 1]; the
+    scales past this position are not run at all, the image is what the earlier scales built (1 runs all).
     """
 
     cfg: float = 1.5
@@ -140,9 +149,24 @@ class SamplingSettings:
     more_smooth: bool = False
     seed: int = 0
     precision: str = "fp32"
+    # Fast modes (docs/architecture.md section 8.1). Each is a fraction of the scale schedule: scale si of S
+    # sits at position si / (S - 1), from 0 (the first scale) to 1 (the last), so that one value means the
+    # same at 64, 256 and 1024 px. The defaults turn every mode off: the exact sampler.
+    guidance_until: float = 1.0
+    prune_from: float = 0.75
+    prune_keep: float = 1.0
+    stop_after: float = 1.0
 
     def __post_init__(self) -> None:
         self.validate()
+
+    EXACT_MODES: ClassVar[dict[str, float]] = {
+        "guidance_until": 1.0,
+        "prune_from": 0.75,
+        "prune_keep": 1.0,
+        "stop_after": 1.0,
+    }
+    """The fast-mode fields at their defaults, every mode off (the "exact" speed, :data:`SPEEDS`)."""
 
     def validate(self) -> None:
         """Check every field and store it in its canonical type (a frozen object is set once, here)."""
@@ -164,9 +188,59 @@ class SamplingSettings:
             raise SettingsError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision"
             )
-        for name, value in (("cfg", g), ("top_k", k), ("top_p", p), ("seed", s)):
+        fractions = {}
+        for name, what, low_open in (
+            ("guidance_until", "guidance_until (the last guided scale's position)", False),
+            ("prune_from", "prune_from (the first pruned scale's position)", False),
+            ("prune_keep", "prune_keep (the fraction of tokens kept)", True),
+            ("stop_after", "stop_after (the last scale's position)", False),
+        ):
+            x = number(getattr(self, name), what, name)
+            if not (0 < x <= 1 if low_open else 0 <= x <= 1):
+                raise SettingsError(f"{what} must be in {'(0' if low_open else '[0'}, 1], got {x:g}", name)
+            fractions[name] = x
+        for name, value in (("cfg", g), ("top_k", k), ("top_p", p), ("seed", s), *fractions.items()):
             object.__setattr__(self, name, value)
         object.__setattr__(self, "more_smooth", _flag(self.more_smooth, "more_smooth", "more_smooth"))
+
+    # ---- the fast modes, scale by scale (the sampler asks these; S is the number of scales)
+
+    @staticmethod
+    def position(si: int, num_scales: int) -> float:
+        """Where scale ``si`` sits in a schedule of ``num_scales``: 0 (the first) to 1 (the last)."""
+        return si / max(num_scales - 1, 1)
+
+    def guided_at(self, si: int, num_scales: int) -> bool:
+        """Whether scale ``si`` runs the unconditional half for guidance."""
+        return self.cfg != 0 and self.position(si, num_scales) <= self.guidance_until + _EPS
+
+    def pruned_at(self, si: int, num_scales: int) -> bool:
+        """Whether the transformer runs on a kept fraction of scale ``si``'s tokens (never the first scale)."""
+        return self.prune_keep < 1 and si > 0 and self.position(si, num_scales) >= self.prune_from - _EPS
+
+    def runs(self, si: int, num_scales: int) -> bool:
+        """Whether scale ``si`` is sampled at all (the first always is)."""
+        return si == 0 or self.position(si, num_scales) <= self.stop_after + _EPS
+
+    @property
+    def exact(self) -> bool:
+        """Whether no fast mode is on: the sampler is then exactly the published one (with fp32)."""
+        return self.guidance_until >= 1 and self.prune_keep >= 1 and self.stop_after >= 1
+
+    def speed(self) -> str | None:
+        """The name of the :data:`SPEEDS` set these settings' fast modes match, or None."""
+        for name, values in SPEEDS.items():
+            if all(getattr(self, k) == v for k, v in values.items()):
+                return name
+        return None
+
+    @classmethod
+    def preset(cls, speed: str, base: SamplingSettings | None = None) -> SamplingSettings:
+        """``base`` (default ``SamplingSettings()``) with the fast modes of the named speed, one of
+        :data:`SPEEDS`: ``SamplingSettings.preset("fast")``. The other settings (cfg, seed, ...) stay."""
+        if speed not in SPEEDS:
+            raise SettingsError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}", "speed")
+        return (base if base is not None else cls()).replace(**SPEEDS[speed])
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -203,6 +277,21 @@ def _check_names(names: Mapping[str, Any], what: str) -> None:
         if name not in known:
             raise SettingsError(f"unknown {what} {name!r}; the settings are {', '.join(known)}", str(name))
 
+
+_EPS = 1e-9  # a position is a ratio of small integers; a fraction typed as 0.8 must admit 4 / 5
+
+SPEEDS: dict[str, dict[str, float]] = {
+    # every fast mode off: the published sampler (bit for bit with fp32)
+    "exact": SamplingSettings.EXACT_MODES,
+    # From the Pareto fronts measured on the emoji (benchmarks/results/fast_sampling_quality_emoji-*.md, 4 x 421
+    # samples): the unconditional half off past position 0.6 (judged accuracy +0.2 points, Frechet +6.0%) ...
+    "fast": {"guidance_until": 0.6, "prune_from": 0.75, "prune_keep": 1.0, "stop_after": 1.0},
+    # ... and 70% of the tokens from 0.8 on (-2.8 points, +14.4%): on the front of the transformer's work (on
+    # the wall clock of the small emoji model "guidance to 0.4" ties with it); every cheaper point loses more
+    "faster": {"guidance_until": 0.6, "prune_from": 0.8, "prune_keep": 0.7, "stop_after": 1.0},
+}
+"""The named speeds of :meth:`SamplingSettings.preset`, `var sample --speed` and the web UI: values of
+the fast-mode fields (a name fixes all four). "exact" is the default."""
 
 MODEL_DEFAULTS = SamplingSettings(precision="auto")
 """The sampling defaults a model carries: ``SamplingSettings()`` with precision "auto". A published
@@ -245,9 +334,24 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> N
         default=None,
         help=f"{', '.join(PRECISIONS)} (default: the model's; auto = bf16 where native, exact fp32 elsewhere)",
     )
+    parser.add_argument(
+        "--speed",
+        default=None,
+        choices=tuple(SPEEDS),
+        help="a named set of fast modes (default: the model's; exact = the published sampler); "
+        "the four flags below change one mode over it",
+    )
+    parser.add_argument("--guidance-until", default=None, help="guide the scales up to this position, 0 to 1")
+    parser.add_argument("--prune-from", default=None, help="prune tokens from this scale position on, 0 to 1")
+    parser.add_argument("--prune-keep", default=None, help="fraction of tokens the pruned scales run on, (0, 1]")
+    parser.add_argument("--stop-after", default=None, help="run the scales up to this position only, 0 to 1")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given by :func:`add_sampling_arguments`' flags (None where unset), for
-    :meth:`SamplingSettings.replace`."""
-    return {name: getattr(args, name) for name in SamplingSettings.field_names()}
+    :meth:`SamplingSettings.replace`: ``--speed``'s fast modes, then each flag given over them."""
+    given = {name: getattr(args, name) for name in SamplingSettings.field_names()}
+    speed = getattr(args, "speed", None)
+    if speed is not None:
+        given = {**SPEEDS[speed], **{k: v for k, v in given.items() if v is not None}}
+    return given
