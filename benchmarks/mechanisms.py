@@ -40,7 +40,7 @@ time would be wrong), so rerunning the same command resumes after the last finis
 
 Usage::
 
-    python benchmarks/mechanisms.py --out benchmarks/results/ --profile        # the measurement (see README)
+    python benchmarks/mechanisms.py --out benchmarks/results/ --profile        # the measurement (results/README.md)
     python benchmarks/mechanisms.py --workdir demo --out benchmarks/results/   # reuse a `var demo` folder
     python benchmarks/mechanisms.py --steps 20 --mechanisms full,lka --samples-per-class 2 --tokenizer-steps 20
     python benchmarks/mechanisms.py --data emoji --workdir demo-emoji --steps 400 --seeds 0,1 --no-equal-time \
@@ -522,9 +522,9 @@ def markdown(meta: dict, rows: list[dict], profiles: dict, md_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def readme_block(data: dict, source: str) -> str:
-    """The README's table (equal steps, and judged accuracy at equal wall time) and the grids side by side;
-    `source` names the results file. Image links are relative to the repository root (the README's folder)."""
+def overview_block(data: dict, source: str, page_dir: Path) -> str:
+    """The table of benchmarks/results/README.md (equal steps, and judged accuracy at equal wall time) and
+    the grids side by side; `source` names the results file. Image links are relative to `page_dir`."""
     meta, rows = data["meta"], data["rows"]
     timed = {r["mechanism"]: r for r in summary_rows(rows, "time")}
     table = []
@@ -547,7 +547,8 @@ def readme_block(data: dict, source: str) -> str:
     grids = [r for r in rows if r.get("grid")]
     if grids:
         lines += ["", "| " + " | ".join(r["mechanism"] for r in grids) + " |", "|" + "---|" * len(grids)]
-        lines.append("| " + " | ".join(f"![{r['mechanism']}]({r['grid']})" for r in grids) + " |")
+        links = [os.path.relpath(ROOT / r["grid"], page_dir.resolve()).replace(os.sep, "/") for r in grids]
+        lines.append("| " + " | ".join(f"![{r['mechanism']}]({link})" for r, link in zip(grids, links)) + " |")
     return "\n".join(lines)
 
 

@@ -1,12 +1,14 @@
-"""The README's benchmark tables, generated from benchmarks/results/*.json, so that the README never quotes
-a number by hand: the bench table (one line per measured row that carries a ratio, with its device and
+"""The results overview, benchmarks/results/README.md, generated from benchmarks/results/*.json so that no
+number on it is quoted by hand: an index (per kind of results file: what it measures, the script that writes
+it, the newest file), the bench table (one line per measured row that carries a ratio, with its device and
 date), and from the newest results of `benchmarks/mechanisms.py` and `benchmarks/scaling.py` the mechanism
-comparison (with the sample grids) and the cost against resolution (with the plot).
+comparisons (with the sample grids) and the cost against resolution (with the plot). The top-level README
+only links to that page.
 
-    python benchmarks/report.py            # print the tables
-    python benchmarks/report.py --write    # replace the README's blocks between their markers:
-                                           # bench-table (required), mechanisms-table,
-                                           # mechanisms_emoji-table, scaling-table
+    python benchmarks/report.py            # print the blocks
+    python benchmarks/report.py --write    # replace the blocks of benchmarks/results/README.md between their
+                                           # markers: results-index, bench-table, mechanisms-table,
+                                           # mechanisms_emoji-table, scaling-table (each required)
 """
 
 from __future__ import annotations
@@ -20,9 +22,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+PAGE = RESULTS / "README.md"
 BEGIN, END = "<!-- bench-table -->", "<!-- /bench-table -->"
+INDEX_BEGIN, INDEX_END = "<!-- results-index -->", "<!-- /results-index -->"
 # results kinds with a block of their own (<!-- KIND-table --> ... <!-- /KIND-table -->): the script that owns it
 BLOCKS = {"mechanisms": "mechanisms", "mechanisms_emoji": "mechanisms", "scaling": "scaling"}
+# the index: file pattern, what it measures, the command that writes it
+KINDS = [
+    ("attention-*.json", "attention kernels, forward and backward, against masked SDPA", "benchmarks/attention.py"),
+    ("spatial-*.json", "the lka and gspn ops (ragged depthwise conv, line scan, gates)", "benchmarks/spatial.py"),
+    ("sample-quick-*.json", "sampling images/s of every mechanism, depth 2", "benchmarks/sample.py --quick"),
+    ("sample-d16-*.json", "VAR-d16 sampling against the published sampler", "benchmarks/sample.py --depth 16"),
+    ("train-quick-*.json", "training tokens/s of every mechanism, depth 2", "benchmarks/train.py --quick"),
+    ("parity-d16-*.json", "VAR-d16 and VQVAE against the published code", "benchmarks/parity.py"),
+    ("mechanisms-*.json", "quality and training cost per mechanism, digits", "benchmarks/mechanisms.py"),
+    ("mechanisms_emoji-*.json", "quality and cost per mechanism, 64 px emoji", "benchmarks/mechanisms.py --data emoji"),
+    ("scaling-*.json", "step time, memory and sampling time against resolution", "benchmarks/scaling.py"),
+    ("compile-triton-*.md", "registers, spills, shared memory per compiled kernel", "python -m kernels.compile_check"),
+]
 
 
 def _line(kind: str, meta: dict, row: dict) -> str | None:
@@ -84,8 +101,24 @@ def newest(kind: str, results: Path = RESULTS) -> Path | None:
     return max(found)[2] if found else None
 
 
+def index(results: Path = RESULTS) -> str:
+    """One line per kind of results file: what it measures, the command that writes it, and its newest
+    files (those of the latest date recorded: a JSON file's `meta.date`, else the date in the name)."""
+    lines = ["| results | measures | written by | newest |", "| --- | --- | --- | --- |"]
+    for pattern, what, script in KINDS:
+        dated = {}
+        for p in results.glob(pattern):
+            date = json.loads(p.read_text())["meta"]["date"] if p.suffix == ".json" else p.stem
+            dated[p.with_suffix(".md").name] = re.findall(r"\d{4}-\d{2}-\d{2}", date)[-1]
+        last = max(dated.values(), default=None)
+        newest_files = ", ".join(f"[{md}]({md})" for md in sorted(dated) if dated[md] == last) or "none yet"
+        lines.append(f"| `{pattern}` | {what} | `{script}` | {newest_files} |")
+    return "\n".join(lines)
+
+
 def kind_block(kind: str, results: Path = RESULTS) -> str | None:
-    """The README block of `kind` (one of `BLOCKS`) from its newest results, None without any."""
+    """The block of `kind` (one of `BLOCKS`) from its newest results, None without any; its links are
+    relative to `results`, the folder of the overview page."""
     path = newest(kind, results)
     if path is None:
         return None
@@ -94,7 +127,7 @@ def kind_block(kind: str, results: Path = RESULTS) -> str | None:
         sys.path.insert(0, here)  # the benchmark scripts own their tables
     md = path.with_suffix(".md").resolve()
     source = md.relative_to(ROOT).as_posix() if md.is_relative_to(ROOT) else md.as_posix()
-    return importlib.import_module(BLOCKS[kind]).readme_block(json.loads(path.read_text()), source)
+    return importlib.import_module(BLOCKS[kind]).overview_block(json.loads(path.read_text()), source, results)
 
 
 def _replace(text: str, begin: str, end: str, body: str) -> tuple[str, int]:
@@ -102,31 +135,28 @@ def _replace(text: str, begin: str, end: str, body: str) -> tuple[str, int]:
     return re.subn(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
 
 
-def write_readme(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> None:
-    text = readme.read_text()
-    text, n = _replace(text, BEGIN, END, table())
-    if n != 1:
-        raise SystemExit(f"{readme}: expected one {BEGIN} ... {END} block, found {n}")
+def write_results_page(page: Path = PAGE, results: Path = RESULTS) -> None:
+    """Replace every generated block of `page` (the overview of `results`); a missing marker is an error."""
+    text = page.read_text()
+    blocks = [(INDEX_BEGIN, INDEX_END, index(results)), (BEGIN, END, table())]
     for kind in BLOCKS:
-        body = kind_block(kind, results)
-        begin, end = f"<!-- {kind}-table -->", f"<!-- /{kind}-table -->"
-        if body is None:
+        blocks.append((f"<!-- {kind}-table -->", f"<!-- /{kind}-table -->", kind_block(kind, results)))
+    for begin, end, body in blocks:
+        if body is None:  # no results of that kind yet: the block keeps what it holds
             continue
         text, n = _replace(text, begin, end, body)
-        if n == 0:
-            print(f"{readme} has no {begin} ... {end} block: the {kind} table is not written there")
-        elif n > 1:
-            raise SystemExit(f"{readme}: expected one {begin} ... {end} block, found {n}")
-    readme.write_text(text)
+        if n != 1:
+            raise SystemExit(f"{page}: expected one {begin} ... {end} block, found {n}")
+    page.write_text(text)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--write", action="store_true", help="rewrite the README's table blocks")
+    p.add_argument("--write", action="store_true", help="rewrite the blocks of benchmarks/results/README.md")
     if p.parse_args().write:
-        write_readme()
+        write_results_page()
     else:
-        print(table())
+        print(f"{INDEX_BEGIN}\n{index()}\n{INDEX_END}\n\n{BEGIN}\n{table()}\n{END}")
         for kind in BLOCKS:
             body = kind_block(kind)
             if body is not None:

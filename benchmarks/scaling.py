@@ -35,7 +35,7 @@ resolutions; `slope_last` is the slope between the two largest. At this small wi
 
 Usage::
 
-    python benchmarks/scaling.py --out benchmarks/results/                        # the measurement (README)
+    python benchmarks/scaling.py --out benchmarks/results/                        # the measurement (results/README.md)
     python benchmarks/scaling.py --resolutions 256 --mechanisms full,lka --repeats 1   # a quick look
     python benchmarks/scaling.py --plot-only benchmarks/results/scaling-<device>-<date>.json
 """
@@ -47,6 +47,7 @@ import contextlib
 import ctypes
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -323,8 +324,9 @@ def _num(v: float) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
 
 
-def readme_block(data: dict, source: str) -> str:
-    """The README's table: per mechanism, each cost at every resolution and its exponent in L; the plot."""
+def overview_block(data: dict, source: str, page_dir: Path) -> str:
+    """The table of benchmarks/results/README.md: per mechanism, each cost at every resolution and its
+    exponent in L; the plot, linked relative to `page_dir` (that page's folder)."""
     meta, rows = data["meta"], data["rows"]
     fit = {f["mechanism"]: f for f in meta["fits"]}
     res = meta["resolutions"]
@@ -348,9 +350,10 @@ def readme_block(data: dict, source: str) -> str:
         "",
         markdown_table(table, ["mechanism", "step ms", "step MiB", "sample ms"]),
     ]
-    png = Path(source).with_suffix(".png")
-    if (Path(__file__).resolve().parents[1] / png).is_file():
-        lines += ["", f"![training step time, memory and sampling time against L]({png.as_posix()})"]
+    png = Path(__file__).resolve().parents[1] / Path(source).with_suffix(".png")
+    if png.is_file():
+        link = os.path.relpath(png, page_dir.resolve()).replace(os.sep, "/")
+        lines += ["", f"![training step time, memory and sampling time against L]({link})"]
     return "\n".join(lines)
 
 

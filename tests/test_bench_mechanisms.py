@@ -154,6 +154,7 @@ def test_mechanisms_script_end_to_end(tmp_path, capsys, one_thread):
     assert "![lka](mechanisms/lka.png)" in md
     block = report.kind_block("mechanisms", out)
     assert "| full | full |" in block and "(3 steps)" in block
+    assert "![lka](mechanisms/lka.png)" in block  # relative to the page, which lives in the results folder
     # a second run reuses every finished run
     capsys.readouterr()
     mechanisms.main([a for a in args if a != "--profile"])
@@ -164,7 +165,7 @@ def test_mechanisms_script_end_to_end(tmp_path, capsys, one_thread):
 
 def test_mechanisms_script_on_emoji_end_to_end(tmp_path, one_thread):
     """`--data emoji` on a package-shaped fixture: the demo's judge, the three judged figures with their
-    references in every row, colour grids under mechanisms-emoji/, its own results kind and README block."""
+    references in every row, colour grids under mechanisms-emoji/, its own results kind and block of benchmarks/results/README.md."""
     from helpers import emoji_package_files
 
     package = tmp_path / "package"
@@ -190,6 +191,7 @@ def test_mechanisms_script_on_emoji_end_to_end(tmp_path, one_thread):
     assert "real emoji" in base.with_suffix(".md").read_text()
     block = report.kind_block("mechanisms_emoji", out)
     assert "| neighborhood |" in block and report.newest("mechanisms", out) is None  # the digits' kind apart
+    assert "![neighborhood](mechanisms-emoji/neighborhood.png)" in block
 
 
 def test_scaling_script_end_to_end(tmp_path, monkeypatch):
@@ -218,6 +220,7 @@ def test_scaling_script_end_to_end(tmp_path, monkeypatch):
         assert not scaling.plot_path(base).exists()
     else:
         assert _png_size(scaling.plot_path(base))[0] > 300
+        assert f"]({scaling.plot_path(base).name})" in report.kind_block("scaling", out)  # linked from the page
     slow = scaling.run_config(scaling.parse_args(["--resolutions", "64", "--timeout", "1"]), "full", 64)
     assert slow["skipped"] == "longer than 1 s" and slow["L"] == 30
 

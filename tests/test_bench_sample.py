@@ -1,4 +1,4 @@
-"""The sampling benchmark's yardsticks: FLOP counting (CPU attention included) and the README line."""
+"""The sampling benchmark's yardsticks: FLOP counting (CPU attention included) and its line in the bench table of benchmarks/results/README.md."""
 
 import sys
 from pathlib import Path
@@ -71,7 +71,7 @@ def test_the_cpu_is_named_with_its_family_and_isa(tmp_path, monkeypatch):
     assert _common.cpu_description(str(tmp_path / "missing"))[1:] == ["avx2"]
 
 
-def test_readme_line_names_the_resolved_precision_and_both_gemm_shares():
+def test_bench_table_line_names_the_resolved_precision_and_both_gemm_shares():
     meta = {"device": "cpu (AMD EPYC, 2 threads)", "date": "2026-12-02", "depth": 16, "gemm_gflops": {"fp32": 150.4}}
     row = dict(
         mechanism="full",

@@ -108,9 +108,19 @@ def test_slow_blocks_run_as_written(tmp_path):
     assert (tmp_path / "runs" / "samples-digits.npz").is_file()
 
 
-def test_benchmark_table_is_generated_from_the_results():
+def test_results_page_is_generated_from_the_results(tmp_path):
+    """benchmarks/results/README.md holds the generated tables (the README only links to it), and every
+    block between its markers is what `python benchmarks/report.py --write` writes now."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from report import BEGIN, END, table
+    from report import BEGIN, END, PAGE, RESULTS, table, write_results_page
 
-    block = README[README.index(BEGIN) + len(BEGIN) : README.index(END)].strip()
-    assert block == table(), "README's benchmark table is stale: run `python benchmarks/report.py --write`"
+    assert "benchmarks/results/README.md" in README and BEGIN not in README
+    text = PAGE.read_text()
+    assert text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip() == table()
+    copy = tmp_path / "README.md"
+    copy.write_text(text)
+    write_results_page(copy, RESULTS)
+    assert copy.read_text() == text, "benchmarks/results/README.md is stale: run `python benchmarks/report.py --write`"
+    copy.write_text(text.replace("<!-- /scaling-table -->", ""))
+    with pytest.raises(SystemExit, match="scaling-table"):
+        write_results_page(copy, RESULTS)
