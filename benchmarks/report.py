@@ -38,6 +38,16 @@ KINDS = [
     ("mechanisms-*.json", "quality and training cost per mechanism, digits", "benchmarks/mechanisms.py"),
     ("mechanisms_emoji-*.json", "quality and cost per mechanism, 64 px emoji", "benchmarks/mechanisms.py --data emoji"),
     ("scaling-*.json", "step time, memory and sampling time against resolution", "benchmarks/scaling.py"),
+    (
+        "fast_sampling_quality_*.json",
+        "judged quality and time of every fast sampling mode (emoji, digits), with Pareto plots",
+        "benchmarks/fast_sampling.py quality",
+    ),
+    (
+        "fast_sampling_speed-*.json",
+        "d16 fast sampling speeds at 256, 512, 1024 px against the published sampler",
+        "benchmarks/fast_sampling.py speed",
+    ),
     ("compile-triton-*.md", "registers, spills, shared memory per compiled kernel", "python -m kernels.compile_check"),
 ]
 
