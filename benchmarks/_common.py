@@ -25,6 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from kernels import SCHEDULES  # noqa: E402  (after the path line, so a bare checkout imports)
+
+# The named patch schedules by resolution in px (kernels/_scales.py types them once).
+PATCH_NUMS: dict[int, tuple[int, ...]] = {int(px): pns for px, pns in SCHEDULES.items()}
+
 
 def attention_of(mechanism: str, depth: int) -> str | list[str]:
     """`model.attention` for a benchmark's mechanism name: "hybrid" is the hybrid preset's pattern at `depth`

@@ -34,13 +34,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernels
-from kernels._scales import token_scale_ids
+from kernels import SCHEDULES, ScaleLayout
 
-PATCH_NUMS = {
-    "256px": (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # L = 680
-    "512px": (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # L = 2240
-    "1024px": (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64),  # L = 9451
-}
+# The named schedules (kernels/_scales.py); 1024 px is Infinity's, L = 10521 (results before 2026-12-07
+# used a 14-scale list of L = 9451).
+PATCH_NUMS = {f"{px}px": pns for px, pns in SCHEDULES.items()}
 GPU_TARGETS = (
     "Targets (GPU): block-causal fwd+bwd >= 1.3x faster than flex_attention and >= 2x faster than masked "
     "SDPA at 512 px; neighborhood k7 >= 5x faster than full attention at 1024 px."
@@ -85,7 +83,7 @@ def _peak_mib(fn: Callable[[], object], device: torch.device) -> float | None:
 
 def _methods(patch_nums, device, quick: bool) -> dict[str, Callable]:
     """name -> attention(q, k, v) for this scale list."""
-    ids_L = token_scale_ids(patch_nums, device)
+    ids_L = ScaleLayout.of(patch_nums).scale_ids(device)
     mask_LL = ids_L[None, :] <= ids_L[:, None]  # key visible iff its scale <= the query's scale
 
     def sdpa(q, k, v):
@@ -124,7 +122,7 @@ def run(quick: bool, device: torch.device, dtypes: list[torch.dtype]) -> list[di
     rows = []
     sizes = {"256px": PATCH_NUMS["256px"]} if quick else PATCH_NUMS
     for size, patch_nums in sizes.items():
-        L = sum(p * p for p in patch_nums)
+        L = ScaleLayout.of(patch_nums).num_tokens
         # d16-like B*H; fewer images at 1024 px so the dense mask baseline fits.
         B, H, D = (1, 4, 64) if quick else ((8, 16, 64) if L < 5000 else (2, 16, 64))
         methods = _methods(patch_nums, device, quick)

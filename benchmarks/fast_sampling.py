@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from _common import markdown_table, metadata, sync, write_results
 
+from kernels import ScaleLayout
 from var.settings import SPEEDS, SamplingSettings
 
 # Fast modes measured besides the named speeds: each a change of the fast-mode fields over exact sampling.
@@ -76,14 +77,14 @@ def modes(only: str | None = None) -> dict[str, dict[str, float]]:
 
 def work(s: SamplingSettings, patch_nums: tuple[int, ...]) -> float:
     """Rows x tokens the transformer runs over every scale, as a share of exact sampling's."""
-    S = len(patch_nums)
-    rows_exact = 2 if s.cfg else 1
-    exact = sum(rows_exact * pn * pn for pn in patch_nums)
+    layout = ScaleLayout.of(patch_nums)
+    S = layout.num_scales
+    exact = (2 if s.cfg else 1) * layout.num_tokens
     done = 0.0
-    for si, pn in enumerate(patch_nums):
+    for si, n in enumerate(layout.sizes):
         if not s.runs(si, S):
             break
-        tokens = max(1, round(s.prune_keep * pn * pn)) if s.pruned_at(si, S) else pn * pn
+        tokens = max(1, round(s.prune_keep * n)) if s.pruned_at(si, S) else n
         done += (2 if s.guided_at(si, S) else 1) * tokens
     return done / exact
 
@@ -323,7 +324,9 @@ def _speed_case(res: int, B: int, with_decoder: bool, args: argparse.Namespace) 
                 pub = (t_pub, t_pub - sorted(steady)[len(steady) // 2])
             else:
                 t = timed(ours, device, repeats=repeats, warmup=1 if repeats > 1 else 0)
-            row = dict(resolution=res, tokens=sum(p * p for p in patch_nums), batch=B, speed=name, precision=precision)
+            row = dict(
+                resolution=res, tokens=ScaleLayout.of(patch_nums).num_tokens, batch=B, speed=name, precision=precision
+            )
             row.update(decoder=with_decoder, seconds=t, transformer_s=ours.transformer_s(), work=work(s, patch_nums))
             if exact is None and name == "exact" and precision == "fp32":
                 exact = (t, row["transformer_s"])

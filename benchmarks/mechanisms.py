@@ -79,6 +79,7 @@ from app.demo import (
     stage_tokens,
     transformer_config,
 )
+from kernels import ScaleLayout
 from scaffold.io import write_atomic
 
 
@@ -291,7 +292,7 @@ def run_one(b: Bench, mechanism: str, steps: int, seed: int, budget: str) -> dic
     t0 = time.perf_counter()
     model_dir = train_var(cfg)
     train_s = time.perf_counter() - t0
-    tokens = steps * cfg.batch_size * sum(pn * pn for pn in cfg.model.patch_nums)
+    tokens = steps * cfg.batch_size * ScaleLayout.of(cfg.model.patch_nums).num_tokens
     m = load_model(model_dir)
     judged, smp = b.harness.evaluate(m, seed)
     row = {
@@ -341,7 +342,7 @@ def profile_mechanism(b: Bench, mechanism: str, steps: int = 3, top: int = 10) -
     from var.token_cache import TokenCache
 
     cfg = transformer_config(b.tokenizer, b.cache, b.args.workdir / "profile", mechanism, 1, data=b.args.data)
-    sizes = [pn * pn for pn in cfg.model.patch_nums]
+    sizes = ScaleLayout.of(cfg.model.patch_nums).sizes
     torch.manual_seed(0)
     model = VAR(cfg.model).train()
     model.init_weights()  # model.init_adaln_gamma, as the training does

@@ -31,6 +31,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import _common
 import torch
 from _common import (
     MECHANISMS,
@@ -48,13 +49,13 @@ from _common import (
 )
 
 from kernels import ENV_VAR
-from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
+from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var import VAR, preset
 from var.official import official_mask_bias
 from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_precision
 from var.settings import SamplingSettings
 
-PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
+PATCH_NUMS = {px: pns for px, pns in _common.PATCH_NUMS.items() if px <= 512}  # the published resolutions
 SETTINGS = SamplingSettings()  # the published FID setting (docs/architecture.md section 8), seed 0, fp32
 # the same as the published sampler's arguments, and as recorded with the results
 SETTING = dict(cfg=SETTINGS.cfg, top_k=SETTINGS.top_k, top_p=SETTINGS.top_p)

@@ -53,16 +53,26 @@ import sys
 import time
 from pathlib import Path
 
+import _common
 import torch
-from _common import MECHANISMS, attention_of, markdown_table, metadata, result_base, sync, timed, write_results
+from _common import (
+    MECHANISMS,
+    attention_of,
+    markdown_table,
+    metadata,
+    result_base,
+    sync,
+    timed,
+    write_results,
+)
 from train import make_step
+
+from kernels import ScaleLayout
 
 PATCH_NUMS = {
     32: (1, 2),  # tiny lists for quick checks of the script (not part of the measurement)
     64: (1, 2, 3, 4),
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),
-    1024: (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64),
+    **_common.PATCH_NUMS,  # the named schedules: 256, 512, 1024 px
 }
 SETTING = dict(cfg=1.5, top_k=900, top_p=0.96)  # the published FID setting (docs/architecture.md section 8)
 
@@ -72,7 +82,7 @@ def say(msg: str) -> None:
 
 
 def tokens(resolution: int) -> int:
-    return sum(pn * pn for pn in PATCH_NUMS[resolution])
+    return ScaleLayout.of(PATCH_NUMS[resolution]).num_tokens
 
 
 # -------------------------------------------------------------------------------------------- fits

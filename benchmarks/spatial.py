@@ -37,12 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import kernels
 
-PATCH_NUMS = {
-    256: (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),  # docs/architecture.md section 4
-    512: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32),  # docs/architecture.md section 4
-    # No published 1024 px schedule; the 512 px one extended so the finest map is 64 x 64.
-    1024: (1, 2, 3, 4, 6, 9, 13, 18, 24, 32, 40, 48, 64),
-}
+# The named schedules (kernels/_scales.py); 1024 px is Infinity's (results before 2026-12-07 used the
+# 512 px list extended by 40, 48, 64).
+PATCH_NUMS = {int(px): pns for px, pns in kernels.SCHEDULES.items()}
 LKA_FILTERS = [(5, 1), (7, 3)]  # docs/architecture.md section 7.4: dw 5x5, then dw 7x7 dilation 3
 
 
@@ -90,7 +87,7 @@ def _fwd_bwd(forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
 def bench_conv(px, B, C, backends, device, dtype, warmup, iters):
     rows = []
     pns = PATCH_NUMS[px]
-    L = sum(p * p for p in pns)
+    L = kernels.ScaleLayout.of(pns).num_tokens
     x = torch.randn(B, L, C, device=device, dtype=dtype, requires_grad=True)
     for k, dilation in LKA_FILTERS:
         w = torch.randn(C, k, k, device=device, dtype=dtype, requires_grad=True)

@@ -17,15 +17,15 @@ import os
 from functools import partial
 from pathlib import Path
 
+import _common
 import torch
 import torch.nn.functional as F
 from _common import MECHANISMS, attention_of, markdown_table, metadata, peak_mib, reset_peak, timed, write_results
 
-from kernels import ENV_VAR
-from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
+from kernels import ENV_VAR, ScaleLayout
 from var import VAR, preset
 
-PATCH_NUMS = {256: PATCH_NUMS_256, 512: PATCH_NUMS_512}
+PATCH_NUMS = {px: pns for px, pns in _common.PATCH_NUMS.items() if px <= 512}  # the published resolutions
 
 
 def make_step(model: VAR, opt: torch.optim.Optimizer, labels, x_BLCv, target_BL, precision: str, device):
@@ -66,7 +66,7 @@ def main() -> None:
     device = torch.device(args.device)
     os.environ[ENV_VAR] = args.backend
     patch_nums = PATCH_NUMS[args.resolution]
-    L = sum(pn * pn for pn in patch_nums)
+    L = ScaleLayout.of(patch_nums).num_tokens
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     rows, base = [], {}
     for mech in args.mechanisms.split(","):

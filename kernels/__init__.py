@@ -17,7 +17,7 @@ on tokens of scales <= k only.
 """
 
 from ._backend import BACKENDS, ENV_VAR, BackendUnavailableError, resolve_backend
-from ._scales import scale_boundaries, token_scale_ids
+from ._scales import SCHEDULES, ScaleLayout
 from .block_causal_attention import block_causal_attention
 from .external_attention import external_attention
 from .gspn_scan import gspn_normalize_gates, gspn_scan
@@ -27,7 +27,9 @@ from .ragged_depthwise_conv2d import ragged_depthwise_conv2d
 __all__ = [
     "BACKENDS",
     "ENV_VAR",
+    "SCHEDULES",
     "BackendUnavailableError",
+    "ScaleLayout",
     "block_causal_attention",
     "external_attention",
     "gspn_normalize_gates",
@@ -35,6 +37,4 @@ __all__ = [
     "neighborhood_attention",
     "ragged_depthwise_conv2d",
     "resolve_backend",
-    "scale_boundaries",
-    "token_scale_ids",
 ]

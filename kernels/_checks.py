@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._scales import normalize_patch_nums
+from ._scales import ScaleLayout
 
 __all__ = [
     "check_dilation",
@@ -47,11 +47,12 @@ def check_same_dtype_device(**tensors: torch.Tensor | None) -> None:
 
 def check_patch_nums(patch_nums: Sequence[int], L: int, source: str) -> tuple[int, ...]:
     """``sum(p*p for p in patch_nums)`` must equal the sequence length L read from ``source``."""
-    pns = normalize_patch_nums(patch_nums)
-    total = sum(p * p for p in pns)
-    if total != L:
-        raise ValueError(f"patch_nums {pns} gives sum(p*p) = {total} tokens but {source} has L = {L}")
-    return pns
+    layout = ScaleLayout.of(patch_nums)
+    if layout.num_tokens != L:
+        raise ValueError(
+            f"patch_nums {layout.patch_nums} gives sum(p*p) = {layout.num_tokens} tokens but {source} has L = {L}"
+        )
+    return layout.patch_nums
 
 
 def check_scale(scale: float | None, head_dim: int) -> float:

@@ -10,7 +10,7 @@ import functools
 
 import torch
 
-from ._scales import scale_boundaries
+from ._scales import ScaleLayout
 
 __all__ = ["TILE_COLUMNS", "scale_offsets", "tile_table"]
 
@@ -21,8 +21,9 @@ TILE_COLUMNS = ("scale_begin", "p", "tile_start", "scale_id")
 @functools.lru_cache(maxsize=128)
 def _tile_rows(patch_nums: tuple[int, ...], block: int) -> tuple[tuple[int, int, int, int], ...]:
     rows = []
-    for s, (p, (begin, _end)) in enumerate(zip(patch_nums, scale_boundaries(patch_nums))):
-        rows += [(begin, p, t0, s) for t0 in range(0, p * p, block)]
+    layout = ScaleLayout.of(patch_nums)
+    for s, (p, n) in enumerate(zip(layout.patch_nums, layout.sizes)):
+        rows += [(layout.begin(s), p, t0, s) for t0 in range(0, n, block)]
     return tuple(rows)
 
 
@@ -37,5 +38,4 @@ def tile_table(patch_nums: tuple[int, ...], block: int, device: torch.device) ->
 @functools.lru_cache(maxsize=128)
 def scale_offsets(patch_nums: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """``int32 [num_scales + 1]``: token offset where each scale begins, then L."""
-    offsets = [b for b, _ in scale_boundaries(patch_nums)] + [sum(p * p for p in patch_nums)]
-    return torch.tensor(offsets, dtype=torch.int32, device=device)
+    return torch.tensor(ScaleLayout.of(patch_nums).offsets, dtype=torch.int32, device=device)

@@ -55,7 +55,6 @@ PRECISIONS: dict[str, tuple[str, str]] = {
     "fp16": ("float16", "highest"),
     "bf16": ("bfloat16", "highest"),
 }
-PATCH_NUMS_D16 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # 256 px, L = 680
 # Shape sets: the d16 model (width 1024, 16 heads of 64) and the same width with heads of 128.
 # ``sides``: GSPN map sides; the scan kernels specialise on next_power_of_2(side). "d16-ci" is d16
 # with only the smallest and largest of them, the fast subset of the default test run.
@@ -110,39 +109,47 @@ def _randn(torch, shape, dtype, grad=True):
     return torch.randn(shape, dtype=dtype).requires_grad_(grad)
 
 
+def _d16_schedule() -> tuple[tuple[int, ...], int]:
+    """The 256 px patch schedule of the d16 model and its length L (imported here: torch is not yet)."""
+    from kernels._scales import SCHEDULES, ScaleLayout
+
+    layout = ScaleLayout.of(SCHEDULES["256"])
+    return layout.patch_nums, layout.num_tokens
+
+
 def _block_causal(torch, dtype, s):
     from kernels.block_causal_attention.triton import block_causal_attention
 
-    L = sum(p * p for p in PATCH_NUMS_D16)
+    patch_nums, L = _d16_schedule()
     q, k, v = (_randn(torch, (s["B"], s["H"], L, s["D"]), dtype) for _ in range(3))
-    block_causal_attention(q, k, v, PATCH_NUMS_D16, s["D"] ** -0.5).sum().backward()
+    block_causal_attention(q, k, v, patch_nums, s["D"] ** -0.5).sum().backward()
 
 
 def _neighborhood(torch, dtype, s):
     from kernels.neighborhood_attention.triton import neighborhood_attention
 
-    L = sum(p * p for p in PATCH_NUMS_D16)
+    patch_nums, L = _d16_schedule()
     q, k, v = (_randn(torch, (s["B"], s["H"], L, s["D"]), dtype) for _ in range(3))
-    neighborhood_attention(q, k, v, PATCH_NUMS_D16, 7, s["D"] ** -0.5).sum().backward()
+    neighborhood_attention(q, k, v, patch_nums, 7, s["D"] ** -0.5).sum().backward()
 
 
 def _external(torch, dtype, s):
     from kernels.external_attention.triton import external_attention
 
-    L = sum(p * p for p in PATCH_NUMS_D16)
+    patch_nums, L = _d16_schedule()
     q = _randn(torch, (s["B"], s["H"], L, s["D"]), dtype)
     mem_k, mem_v = (_randn(torch, (s["H"], s["S"], s["D"]), dtype) for _ in range(2))
-    external_attention(q, mem_k, mem_v, PATCH_NUMS_D16, s["D"] ** -0.5).sum().backward()
+    external_attention(q, mem_k, mem_v, patch_nums, s["D"] ** -0.5).sum().backward()
 
 
 def _conv(kernel_size: int, dilation: int) -> Callable:
     def case(torch, dtype, s):
         from kernels.ragged_depthwise_conv2d.triton import ragged_depthwise_conv2d
 
-        L = sum(p * p for p in PATCH_NUMS_D16)
+        patch_nums, L = _d16_schedule()
         x = _randn(torch, (s["B"], L, s["C"]), dtype)
         weight, bias = _randn(torch, (s["C"], kernel_size, kernel_size), dtype), _randn(torch, (s["C"],), dtype)
-        ragged_depthwise_conv2d(x, PATCH_NUMS_D16, weight, bias, dilation).sum().backward()
+        ragged_depthwise_conv2d(x, patch_nums, weight, bias, dilation).sum().backward()
 
     return case
 
@@ -385,11 +392,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table", metavar="FILE", help="write the Markdown table to FILE ('-' for stdout)")
     args = parser.parse_args(argv)
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # read by triton when ptxas runs
-    results = run_cases(
-        _csv(args.targets, list(TARGETS), "--targets"),
-        _csv(args.precisions, list(PRECISIONS), "--precisions"),
-        _csv(args.shapes, list(SHAPES), "--shapes"),
-    )
+    with contextlib.ExitStack() as stack:
+        if "TRITON_CACHE_DIR" not in os.environ:
+            # A kernel found in the cache is not compiled again, so ptxas prints nothing for it: a second
+            # run over a shared cache would report every kernel without registers. Compile into a fresh one.
+            os.environ["TRITON_CACHE_DIR"] = stack.enter_context(tempfile.TemporaryDirectory(prefix="compile-check-"))
+            stack.callback(os.environ.pop, "TRITON_CACHE_DIR", None)
+        results = run_cases(
+            _csv(args.targets, list(TARGETS), "--targets"),
+            _csv(args.precisions, list(PRECISIONS), "--precisions"),
+            _csv(args.shapes, list(SHAPES), "--shapes"),
+        )
     if args.json:
         print(json.dumps([asdict(r) for r in results]))
     if args.table:

@@ -8,9 +8,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from fast_sampling import MODES, modes, pareto, work
 
+from kernels import SCHEDULES
 from var.settings import SPEEDS, SamplingSettings
 
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+PATCH_NUMS_256 = SCHEDULES["256"]
 
 
 def test_work_counts_rows_times_tokens_against_exact():

@@ -226,9 +226,9 @@ def test_scaling_script_end_to_end(tmp_path, monkeypatch):
 
 
 def test_scaling_model_config_is_the_published_lists():
-    from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
+    from kernels import SCHEDULES
 
-    assert scaling.PATCH_NUMS[256] == PATCH_NUMS_256 and scaling.PATCH_NUMS[512] == PATCH_NUMS_512
+    assert all(scaling.PATCH_NUMS[int(px)] == pns for px, pns in SCHEDULES.items())
     assert scaling.tokens(1024) == 10521 and scaling.PATCH_NUMS[1024][-1] == 64  # 1024 px / f16
 
 

@@ -185,16 +185,6 @@ def test_backend_errors_are_runtime_errors_for_callers(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
-# Scale layout helpers
-
-
-def test_scale_boundaries_and_ids():
-    assert kernels.scale_boundaries([1, 2, 3]) == [(0, 1), (1, 5), (5, 14)]
-    assert kernels.token_scale_ids((1, 2, 3)).tolist() == [0] + [1] * 4 + [2] * 9
-    assert kernels.scale_boundaries((1, 2, 3, 4, 6, 9, 13, 18, 24, 32))[-1] == (1216, 2240)
-
-
-# ----------------------------------------------------------------------------------------------
 # Argument errors: ValueError naming the argument and the values
 
 
@@ -227,7 +217,11 @@ ARG_ERRORS = [
     ("pn-zero", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), (0, 1)), "patch_nums must be .* positive"),
     ("pn-empty", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), []), "patch_nums must hold at least"),
     ("pn-float", lambda: kernels.block_causal_attention(_q(1), _q(1), _q(1), (1.0,)), "patch_nums must be"),
-    ("pn-tensor", lambda: kernels.scale_boundaries(torch.tensor([1, 2])), "patch_nums must be"),
+    (
+        "pn-tensor",
+        lambda: kernels.block_causal_attention(_q(5), _q(5), _q(5), torch.tensor([1, 2])),
+        "patch_nums must be",
+    ),
     # kernel sizes and other ints
     (
         "ks-even",

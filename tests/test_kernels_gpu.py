@@ -24,7 +24,7 @@ from kernels._backend import triton_interpret
 pytestmark = pytest.mark.gpu
 
 PN_TINY = (1, 2, 3, 5)
-PN_256PX = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # L = 680
+PN_256PX = kernels.SCHEDULES["256"]  # L = 680
 # label -> (dtype, torch.get_float32_matmul_precision())
 PRECISIONS = {
     "fp32": (torch.float32, "highest"),

@@ -21,7 +21,7 @@ PATCH_NUMS = [
     pytest.param((1, 2, 3), id="pn=1,2,3"),
     pytest.param((1, 2, 3, 4), id="pn=1,2,3,4"),
 ]
-PN_512PX = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)  # docs/architecture.md section 4, L = 2240
+PN_512PX = kernels.SCHEDULES["512"]  # L = 2240
 
 
 @pytest.fixture(autouse=True)
@@ -555,7 +555,7 @@ def test_references_keep_the_input_dtype(dtype):
 def test_attention_at_512px_scale_list_is_memory_sane(op):
     # L = 2240: a dense L x L x D tensor would be 80M elements per head; the references build at most
     # 1024 x 2240 logits at a time. Forward and backward must finish in seconds on a laptop CPU.
-    L = sum(p * p for p in PN_512PX)
+    L = kernels.ScaleLayout.of(PN_512PX).num_tokens
     assert L == 2240
     q, k, v = (torch.randn(1, 1, L, 16, requires_grad=True) for _ in range(3))
     t0 = time.perf_counter()

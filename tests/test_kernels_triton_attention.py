@@ -17,7 +17,6 @@ from conftest import KERNEL_TOLERANCE
 
 import kernels
 from kernels import _triton_helpers
-from kernels._scales import scale_boundaries
 from kernels.block_causal_attention import triton as bca_triton
 
 # Imported at collection, while TRITON_INTERPRET=1 is set: @triton.jit picks the interpreter when the
@@ -31,7 +30,7 @@ PATCH_NUMS = [
 ]
 HEAD_DIMS = [pytest.param(16, id="D16"), pytest.param(24, id="D24")]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")]
-PN_256PX = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # L = 680
+PN_256PX = kernels.SCHEDULES["256"]  # L = 680
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +91,7 @@ def test_block_causal_batch_heads_scale_and_strides(nan_poisoned_empty):
 
 def test_query_tiles_follow_the_scales():
     tiles = bca_triton.query_tiles(PN_256PX, 64)
-    bounds = scale_boundaries(PN_256PX)
+    bounds = kernels.ScaleLayout.of(PN_256PX).bounds
     covered = [q for q0, q_len, _ in tiles for q in range(q0, q0 + q_len)]
     assert covered == list(range(680))
     for q0, q_len, kv_end in tiles:
@@ -102,7 +101,7 @@ def test_query_tiles_follow_the_scales():
 
 @pytest.mark.parametrize("block", [16, 64], ids=["tile16", "tile64"])
 def test_tile_table_skips_later_scales(block):
-    allowed = sum((e - b) * e for b, e in scale_boundaries(PN_256PX)) / 680**2
+    allowed = sum((e - b) * e for b, e in kernels.ScaleLayout.of(PN_256PX).bounds) / 680**2
     assert allowed == pytest.approx(0.619, abs=1e-3)
     visited = bca_triton.visited_fraction(PN_256PX, block, block)
     assert allowed <= visited <= 0.70

@@ -32,7 +32,7 @@ def test_block_causality(mix):
     labels = torch.tensor([3, 7])
     x = torch.randn(2, L_TINY - 1, 8)
     ref = model(labels, x)
-    ends = [e for _, e in model.begin_ends]
+    ends = [e for _, e in model.layout.bounds]
     for k, end in enumerate(ends[:-1]):
         x2 = x.clone()
         x2[:, end - 1 :] = torch.randn_like(x2[:, end - 1 :])  # the inputs of every scale > k

@@ -2,9 +2,9 @@ import pytest
 import torch
 from helpers import seeded_weights
 
+from kernels import SCHEDULES
 from scaffold import CheckpointError, save_state_dict
 from tokenizer import (
-    PATCH_NUMS_512,
     MultiScaleQuantizer,
     MultiScaleVQVAE,
     VQVAEConfig,
@@ -127,8 +127,8 @@ def test_published_checkpoint_file_and_mismatch_messages(published_state_dict, t
 
 
 def test_published_weights_serve_512px_patch_nums(published_state_dict):
-    vae = load_official_vae(published_state_dict, patch_nums=PATCH_NUMS_512)
-    assert vae.image_size == 512 and vae.patch_nums == PATCH_NUMS_512
+    vae = load_official_vae(published_state_dict, patch_nums=SCHEDULES["512"])
+    assert vae.image_size == 512 and vae.patch_nums == SCHEDULES["512"]
 
 
 def test_hub_download_offline_message(monkeypatch):
@@ -261,11 +261,11 @@ def test_next_scale_input_is_pure(tiny_vae):
 
 
 def test_512px_patch_nums_quantize():
-    q = MultiScaleQuantizer(64, 8, PATCH_NUMS_512)
+    q = MultiScaleQuantizer(64, 8, SCHEDULES["512"])
     f = torch.randn(2, 8, 32, 32)
     idx = q.f_to_idx(f)
-    assert [i.shape[1] for i in idx] == [p * p for p in PATCH_NUMS_512]
-    assert q.idx_to_var_input(idx).shape == (2, sum(p * p for p in PATCH_NUMS_512) - 1, 8)
+    assert [i.shape[1] for i in idx] == [p * p for p in SCHEDULES["512"]]
+    assert q.idx_to_var_input(idx).shape == (2, sum(p * p for p in SCHEDULES["512"]) - 1, 8)
 
 
 def test_training_forward_gradients(tiny_vae):

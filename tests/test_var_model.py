@@ -188,7 +188,7 @@ def test_block_causality(shared_aln, attn_l2_norm):
     labels = torch.tensor([3, 7])
     x = torch.randn(2, L_TINY - 1, 8)
     ref = model(labels, x)
-    for k, (_, end) in enumerate(model.begin_ends[:-1]):
+    for k, (_, end) in enumerate(model.layout.bounds[:-1]):
         x2 = x.clone()
         x2[:, end - 1 :] = torch.randn_like(x2[:, end - 1 :])  # inputs of every scale > k (x has no first token)
         out = model(labels, x2)
@@ -253,7 +253,7 @@ def test_a_registered_mechanism_plugs_in_per_block(monkeypatch):
     states = model.init_state(2)
     tokens = [model.first_scale_tokens(cond)]
     for si in range(1, 4):
-        begin, end = model.begin_ends[si]
+        begin, end = model.layout.bounds[si]
         pn = model.patch_nums[si]
         tokens.append(model.scale_tokens(si, x[:, begin - 1 : end - 1].transpose(1, 2).reshape(2, 8, pn, pn)))
     got = torch.cat([model.forward_scale(t, cond, states, si) for si, t in enumerate(tokens)], 1)

@@ -4,11 +4,9 @@ from .data import DataConfig, DatasetError, DigitsDataset, ImageFolderDataset, b
 from .export import export_tokenizer, load_tokenizer
 from .official import load_official_vae, official_vae_config
 from .quant import MultiScaleQuantizer, phi_index
-from .vqvae import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, VQVAEConfig
+from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 __all__ = [
-    "PATCH_NUMS_256",
-    "PATCH_NUMS_512",
     "DataConfig",
     "DatasetError",
     "DigitsDataset",

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
+from kernels import SCHEDULES
 from scaffold.checkpoint import hub_download, load_state_dict_strict, read_state_dict
 
-from .vqvae import PATCH_NUMS_256, MultiScaleVQVAE, VQVAEConfig
+from .vqvae import MultiScaleVQVAE, VQVAEConfig
 
 __all__ = ["OFFICIAL_VAE_FILE", "load_official_vae", "official_vae_config"]
 
@@ -18,14 +19,14 @@ OFFICIAL_VAE_FILE = "vae_ch160v4096z32.pth"
 _HUB_NAMES = {"hub", "vae_ch160v4096z32", OFFICIAL_VAE_FILE}
 
 
-def official_vae_config(patch_nums: tuple[int, ...] = PATCH_NUMS_256) -> VQVAEConfig:
+def official_vae_config(patch_nums: tuple[int, ...] = SCHEDULES["256"]) -> VQVAEConfig:
     """The published tokenizer's config; the same weights serve 256 px and 512 px (other patch_nums)."""
     return VQVAEConfig(patch_nums=tuple(patch_nums))
 
 
 def load_official_vae(
     path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor] = "hub",
-    patch_nums: tuple[int, ...] = PATCH_NUMS_256,
+    patch_nums: tuple[int, ...] = SCHEDULES["256"],
 ) -> MultiScaleVQVAE:
     """Build the published VQ-VAE and load its weights strictly; returns it in eval mode, frozen.
 

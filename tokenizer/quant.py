@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels import ScaleLayout
+
 __all__ = ["MultiScaleQuantizer", "Phi", "QuantizerOutput", "phi_index"]
 
 
@@ -83,7 +85,8 @@ class MultiScaleQuantizer(nn.Module):
         num_phi: int = 4,
     ):
         super().__init__()
-        self.vocab_size, self.c_vae, self.patch_nums = vocab_size, c_vae, tuple(patch_nums)
+        self.layout = ScaleLayout.of(patch_nums)  # checks the schedule
+        self.vocab_size, self.c_vae, self.patch_nums = vocab_size, c_vae, self.layout.patch_nums
         self.beta, self.using_znorm = beta, using_znorm
         self.embedding = nn.Embedding(vocab_size, c_vae)
         self.quant_resi = PhiShared(c_vae, phi_ratio, num_phi, len(self.patch_nums))
@@ -217,8 +220,8 @@ class MultiScaleQuantizer(nn.Module):
                 f"expected {self.num_scales} per-scale index tensors (patch_nums={self.patch_nums}), got {n}"
             )
         for si, idx in enumerate(idx_Bl):
-            pn = self.patch_nums[si]
-            if idx.ndim != 2 or idx.shape[1] != pn * pn or idx.shape[0] != idx_Bl[0].shape[0]:
-                raise ValueError(f"indices of scale {si} have shape {tuple(idx.shape)}, expected [B, {pn * pn}]")
+            n = self.layout.sizes[si]
+            if idx.ndim != 2 or idx.shape[1] != n or idx.shape[0] != idx_Bl[0].shape[0]:
+                raise ValueError(f"indices of scale {si} have shape {tuple(idx.shape)}, expected [B, {n}]")
             if idx.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"indices of scale {si} must be integers, got {idx.dtype}")

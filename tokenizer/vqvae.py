@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from kernels import SCHEDULES
+
 from .cnn import Decoder, Encoder
 from .quant import MultiScaleQuantizer, QuantizerOutput
 
 __all__ = ["MultiScaleVQVAE", "VQVAEConfig", "VQVAEOutput"]
-
-PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 @dataclass
@@ -29,7 +28,7 @@ class VQVAEConfig:
     dropout: float = 0.0
     attn_lowest: bool = True  # self-attention at the lowest resolution
     attn_mid: bool = True
-    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    patch_nums: tuple[int, ...] = SCHEDULES["256"]
     beta: float = 0.25  # commitment weight of the VQ loss
     using_znorm: bool = False  # cosine instead of L2 nearest-code search
     quant_conv_ks: int = 3

@@ -39,16 +39,12 @@ __all__ = [
     "block_causal_mask",
     "build_mixer",
     "register_mixer",
-    "scale_ids",
 ]
-
-
-scale_ids = kernels.token_scale_ids  # scale index of every token, LongTensor [L]: one helper for kernels and model
 
 
 def block_causal_mask(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
     """Boolean ``[L, L]`` mask, True where query ``n`` may attend to key ``m`` (scale(m) <= scale(n))."""
-    sid_L = scale_ids(patch_nums, device)
+    sid_L = kernels.ScaleLayout.of(patch_nums).scale_ids(device)
     return sid_L[:, None] >= sid_L[None, :]
 
 
@@ -69,7 +65,8 @@ class TokenMixer(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
-        self.patch_nums = tuple(patch_nums)
+        self.layout = kernels.ScaleLayout.of(patch_nums)
+        self.patch_nums = self.layout.patch_nums
 
     def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
         """Teacher forcing over the whole packed sequence ``[B, L, C]`` -> ``[B, L, C]``."""
@@ -211,12 +208,12 @@ class FullAttention(TokenMixer):
         )
 
     def init_state(self, batch: int) -> KVCache:
-        return KVCache(sum(pn * pn for pn in self.patch_nums))
+        return KVCache(self.layout.num_tokens)
 
     def step(self, x_BlC: torch.Tensor, state: KVCache, si: int, begin: Optional[int] = None) -> torch.Tensor:
         q, k, v = self._qkv(x_BlC)
         if begin is None:  # every token of every scale so far: the packed offset of scale si
-            begin = sum(pn * pn for pn in self.patch_nums[:si])
+            begin = self.layout.begin(si)
         k, v = state.write(k, v, begin=begin)
         # the new scale's queries see all cached scales and their own scale: no mask
         return self._out(F.scaled_dot_product_attention(q, k, v, scale=self.scale))

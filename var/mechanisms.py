@@ -27,10 +27,6 @@ from .linear import Linear
 __all__ = ["ExternalAttention", "ExternalState", "GSPNMixer", "LargeKernelAttention", "NeighborhoodAttention"]
 
 
-def _scale_slices(patch_nums: tuple[int, ...]) -> list[slice]:
-    return [slice(b, e) for b, e in kernels.scale_boundaries(patch_nums)]
-
-
 # ------------------------------------------------------------------------------------ neighborhood
 @register_mixer("neighborhood")
 class NeighborhoodAttention(FullAttention):
@@ -71,7 +67,7 @@ class NeighborhoodAttention(FullAttention):
 
     def step(self, x_BlC: torch.Tensor, state, si: int) -> torch.Tensor:
         q, k, v = self._qkv(x_BlC)
-        k, v = state.write(k, v, begin=sum(pn * pn for pn in self.patch_nums[:si]))
+        k, v = state.write(k, v, begin=self.layout.begin(si))
         # The newest scale's queries against the cached keys of all scales, through the same windows.
         mask = self._step_mask(si, x_BlC.device)
         return self._out(
@@ -275,13 +271,14 @@ class _GSPNPacking:
     _cache: ClassVar[dict[tuple[tuple[int, ...], torch.device], _GSPNPacking]] = {}
 
     def __init__(self, patch_nums: tuple[int, ...], device: torch.device) -> None:
-        nd, L = GSPNMixer.DIRECTIONS, sum(p * p for p in patch_nums)
+        layout = kernels.ScaleLayout.of(patch_nums)
+        nd, L = GSPNMixer.DIRECTIONS, layout.num_tokens
         self.rows, self.width = sum(patch_nums), max(patch_nums)
         token = torch.full((self.width, self.rows, nd), L, dtype=torch.long)
         first_row, last_row = torch.zeros(self.rows, dtype=torch.bool), torch.zeros(self.rows, dtype=torch.bool)
         row0 = 0
-        for p, (begin, _end) in zip(patch_nums, kernels.scale_boundaries(patch_nums)):
-            tok_pp = torch.arange(begin, begin + p * p).view(1, p, p)
+        for p, (begin, end) in zip(layout.patch_nums, layout.bounds):
+            tok_pp = torch.arange(begin, end).view(1, p, p)
             # the same orientations as the per-scale layout: oriented[d][i, j] = token at row i, column j
             oriented = _orient(tok_pp, 0), _orient(tok_pp, 1), _orient(tok_pp, 2), _orient(tok_pp, 3)
             for d in range(nd):
@@ -378,8 +375,8 @@ class GSPNMixer(TokenMixer):
         return self.proj(y_BChw.flatten(2).transpose(1, 2))  # [B, pn*pn, C]
 
     def _mix_per_scale(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
-        outs = [self._mix_scale(x_BLC[:, sl], pn) for sl, pn in zip(_scale_slices(patch_nums), patch_nums)]
-        return torch.cat(outs, dim=1)
+        layout = kernels.ScaleLayout.of(patch_nums)
+        return torch.cat([self._mix_scale(x_BlC, pn) for x_BlC, pn in zip(layout.split(x_BLC), patch_nums)], dim=1)
 
     def _mix_packed(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
         B, L, C = x_BLC.shape

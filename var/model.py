@@ -15,9 +15,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from tokenizer import PATCH_NUMS_256, PATCH_NUMS_512
+from kernels import SCHEDULES, ScaleLayout
 from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
-from var.attention import TokenMixer, build_mixer, scale_ids
+from var.attention import TokenMixer, build_mixer
 from var.linear import Linear, linear
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "hybrid_attention", "preset"]
@@ -29,7 +29,7 @@ class VARConfig:
 
     depth: int = 16
     num_classes: int = 1000
-    patch_nums: tuple[int, ...] = PATCH_NUMS_256
+    patch_nums: tuple[int, ...] = SCHEDULES["256"]
     vocab_size: int = 4096
     c_vae: int = 32
     # one registered mechanism name for every block, or a list with one name per block
@@ -59,7 +59,7 @@ class VARConfig:
 
     @property
     def num_tokens(self) -> int:
-        return sum(pn * pn for pn in self.patch_nums)
+        return ScaleLayout.of(self.patch_nums).num_tokens
 
     def resolved_drop_path_rate(self) -> float:
         return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
@@ -79,7 +79,7 @@ PRESETS: dict[str, VARConfig] = {
     "d20": VARConfig(depth=20),
     "d24": VARConfig(depth=24),
     "d30": VARConfig(depth=30),
-    "d36": VARConfig(depth=36, patch_nums=PATCH_NUMS_512, shared_aln=True),  # the 512 px model
+    "d36": VARConfig(depth=36, patch_nums=SCHEDULES["512"], shared_aln=True),  # the 512 px model
 }
 
 
@@ -193,14 +193,10 @@ class VAR(nn.Module):
         super().__init__()
         self.config = config
         C, V, S = config.width, config.vocab_size, len(config.patch_nums)
-        self.patch_nums = tuple(config.patch_nums)
-        self.L = config.num_tokens
-        self.first_l = self.patch_nums[0] ** 2
-        self.begin_ends: list[tuple[int, int]] = []
-        start = 0
-        for pn in self.patch_nums:
-            self.begin_ends.append((start, start + pn * pn))
-            start += pn * pn
+        self.layout = ScaleLayout.of(config.patch_nums)
+        self.patch_nums = self.layout.patch_nums
+        self.L = self.layout.num_tokens
+        self.first_l = self.layout.sizes[0]
 
         self.word_embed = Linear(config.c_vae, C)
         self.class_emb = nn.Embedding(config.num_classes + 1, C)  # last row: the null class for guidance
@@ -208,7 +204,7 @@ class VAR(nn.Module):
         self.pos_1LC = nn.Parameter(torch.empty(1, self.L, C))
         self.lvl_embed = nn.Embedding(S, C)
         # published: the scale id of every token, a persistent buffer of the checkpoints
-        self.register_buffer("lvl_1L", scale_ids(self.patch_nums).view(1, self.L))
+        self.register_buffer("lvl_1L", self.layout.scale_ids().view(1, self.L))
         # The published checkpoints also hold `attn_bias_for_masking`, the dense [1, 1, L, L] block-causal
         # mask as 0/-inf floats. It is not kept here (L^2 floats on every device, moved and broadcast by
         # DDP for nothing: each mixer builds its own mask from patch_nums); load_official_var checks
@@ -306,7 +302,7 @@ class VAR(nn.Module):
 
     def scale_tokens(self, si: int, next_BChw: torch.Tensor) -> torch.Tensor:
         """Input tokens of scale ``si >= 1``, ``[B, pn*pn, C]``, from the VAE's next-scale input ``[B, Cvae, pn, pn]``."""
-        begin, end = self.begin_ends[si]
+        begin, end = self.layout.bounds[si]
         x_BlCv = next_BChw.flatten(2).transpose(1, 2)  # [B, pn*pn, Cvae]
         return self.word_embed(x_BlCv) + self.lvl_pos()[:, begin:end]
 

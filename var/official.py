@@ -8,6 +8,7 @@ from typing import Any, Union
 
 import torch
 
+from kernels import ScaleLayout
 from scaffold.checkpoint import (
     CheckpointError,
     check_state_dict,
@@ -15,7 +16,7 @@ from scaffold.checkpoint import (
     load_state_dict_strict,
     read_state_dict,
 )
-from var.attention import block_causal_mask, scale_ids
+from var.attention import block_causal_mask
 from var.model import VAR, VARConfig, preset
 
 __all__ = ["describe_foreign_checkpoint", "load_official_var", "official_mask_bias"]
@@ -85,7 +86,7 @@ def load_official_var(
             f"{what}: {MASK_KEY} {tuple(mask.shape)} is not the block-causal mask of patch_nums={model.patch_nums}"
         )
     check_state_dict(model, state_dict, what)
-    if not torch.equal(state_dict["lvl_1L"], scale_ids(model.patch_nums).view(1, -1)):
+    if not torch.equal(state_dict["lvl_1L"], ScaleLayout.of(model.patch_nums).scale_ids().view(1, -1)):
         raise CheckpointError(f"{what}: lvl_1L does not match patch_nums={model.patch_nums}")
     load_state_dict_strict(model, state_dict, what, assign=True)
     return model.eval()

@@ -361,7 +361,7 @@ def generate(
             elif pruning:  # a later scale is pruned: keep this one's hidden states for it
                 hidden_BlC = model.hidden_scale(x_BlC, states, si, mods)
                 logits_BlV = model.logits(hidden_BlC, cond_BD)
-                cached += pn * pn
+                cached += model.layout.sizes[si]
             else:
                 logits_BlV = forward_scale(x_BlC, cond_BD, states, si, mods)
         if step is not None:  # a CUDA graph's output is overwritten by its next replay; the caller may keep it

@@ -36,6 +36,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import Dataset
 
+from kernels import ScaleLayout
 from scaffold.config import add_config_arguments, config_to_dict, load_config
 from scaffold.errors import UserError
 from scaffold.io import fsync_folder, remove_stale_temporaries, user_error_for, write_atomic
@@ -108,7 +109,7 @@ class CacheHeader:
 
     @property
     def num_tokens(self) -> int:
-        return sum(pn * pn for pn in self.patch_nums)
+        return ScaleLayout.of(self.patch_nums).num_tokens
 
 
 def read_header(path: Path) -> CacheHeader:
@@ -239,7 +240,7 @@ class TokenCache(Dataset):
 
     def split_scales(self, idx_BL: torch.Tensor) -> list[torch.Tensor]:
         """[B, L] -> list over scales of [B, pn*pn] (the tokenizer's `idx_Bl` layout)."""
-        return list(idx_BL.split([pn * pn for pn in self.header.patch_nums], dim=1))
+        return ScaleLayout.of(self.header.patch_nums).split(idx_BL)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -277,7 +278,7 @@ def tokenize(cfg: TokenizeConfig, vae: MultiScaleVQVAE | None = None, stop_after
     train_set, val_set = build_datasets(cfg.data)
     dataset = train_set if cfg.split == "train" else val_set
     n = min(len(dataset), cfg.max_images) if cfg.max_images else len(dataset)
-    views, L = cfg.views, sum(pn * pn for pn in vae.patch_nums)
+    views, L = cfg.views, ScaleLayout.of(vae.patch_nums).num_tokens
     dtype = token_dtype(vae.vocab_size)
     header = CacheHeader(
         vocab_size=vae.vocab_size,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
+from kernels import ScaleLayout
 from scaffold.checkpoint import check_keys
 from scaffold.config import add_config_arguments
 from scaffold.ema import EMA
@@ -201,7 +202,7 @@ class VARTraining(L.LightningModule):
         self.ema = EMA(self.var, cfg.ema_decay, warmup=10).eval() if cfg.ema_decay > 0 else None
         self.vae = vae.requires_grad_(False).eval()
         self.class_names = list(class_names or [str(i) for i in range(cfg.model.num_classes)])
-        self.split_sizes = [pn * pn for pn in cfg.model.patch_nums]
+        self.layout = ScaleLayout.of(cfg.model.patch_nums)
         # Grouped before a strategy wraps the model: FSDP flattens the parameters (same objects, 1-D shards).
         self.param_groups = param_groups(self.var, cfg.optim.weight_decay)[0]
         self.checkpoint_keys = [k for k in self.state_dict() if not k.startswith("vae.")]
@@ -260,7 +261,7 @@ class VARTraining(L.LightningModule):
         idx_BL, label_B = self._tokens(batch)
         B, Ltok = idx_BL.shape
         with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
-            x_BLCv = self.vae.idx_to_var_input(list(idx_BL.split(self.split_sizes, dim=1)))
+            x_BLCv = self.vae.idx_to_var_input(self.layout.split(idx_BL))
         logits_BLV = self.var(label_B, x_BLCv)
         V = logits_BLV.shape[-1]
         loss_BL = F.cross_entropy(
@@ -282,12 +283,10 @@ class VARTraining(L.LightningModule):
         """Per-scale mean loss and accuracy, over all tokens (published Lmean) and the last scale (Ltail)."""
         hit_BL = (logits_BLV.argmax(-1) == idx_BL).float()
         logs = {"train/loss_mean": loss_BL.mean(), "train/acc_mean": hit_BL.mean() * 100}
-        last = self.split_sizes[-1]
+        last = self.layout.sizes[-1]
         logs["train/loss_tail"] = loss_BL[:, -last:].mean()
         logs["train/acc_tail"] = hit_BL[:, -last:].mean() * 100
-        for si, (l_Bl, h_Bl) in enumerate(
-            zip(loss_BL.split(self.split_sizes, 1), hit_BL.split(self.split_sizes, 1), strict=True)
-        ):
+        for si, (l_Bl, h_Bl) in enumerate(zip(self.layout.split(loss_BL), self.layout.split(hit_BL), strict=True)):
             logs[f"scale/loss_{si}"] = l_Bl.mean()
             logs[f"scale/acc_{si}"] = h_Bl.mean() * 100
         logs["train/lr"] = torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"])
@@ -349,7 +348,7 @@ def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
     """`scaffold.training.make_trainer` with gradient clipping, no validation loop, the tokens/s
     (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
-    tokens = throughput_monitor(cfg, tokens_per_sample=sum(pn * pn for pn in cfg.model.patch_nums))
+    tokens = throughput_monitor(cfg, tokens_per_sample=ScaleLayout.of(cfg.model.patch_nums).num_tokens)
     strategy = fsdp_strategy(cfg.trainer.strategy, {VAR})
     return make_trainer(cfg, callbacks=[tokens], **{"strategy": strategy, **clip, **overrides})
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 
 __all__ = ["block_causal_attention"]
 
@@ -22,7 +22,7 @@ def block_causal_attention(
     acc_dtype = torch.promote_types(q_BHLD.dtype, torch.float32)
     q, k, v = (t.to(acc_dtype) for t in (q_BHLD, k_BHLD, v_BHLD))
     out_per_scale = []
-    for begin, end in scale_boundaries(patch_nums):
+    for begin, end in ScaleLayout.of(patch_nums).bounds:
         logits_BHlE = torch.matmul(q[:, :, begin:end], k[:, :, :end].transpose(-1, -2)) * scale  # E = end
         out_per_scale.append(torch.matmul(logits_BHlE.softmax(dim=-1), v[:, :, :end]))  # [B, H, l, D]
     return torch.cat(out_per_scale, dim=2).to(q_BHLD.dtype)  # [B, H, L, D]

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .._backend import triton_interpret
 from .._precision import dot_precision
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 from .._triton_helpers import (
     LOG2E,
     attention_delta,
@@ -68,7 +68,7 @@ def query_tiles(patch_nums: tuple[int, ...], block_m: int) -> tuple[tuple[int, i
     """
     return tuple(
         (q0, min(block_m, end - q0), end)
-        for begin, end in scale_boundaries(patch_nums)
+        for begin, end in ScaleLayout.of(patch_nums).bounds
         for q0 in range(begin, end, block_m)
     )
 

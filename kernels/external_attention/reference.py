@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 
 __all__ = ["L1_EPS", "external_attention"]
 
@@ -32,7 +32,7 @@ def external_attention(
     a_BHLS = torch.einsum("bhld,hsd->bhls", q, mem_k) * scale
     lse_prefix_BH1S = None
     A_per_scale = []
-    for begin, end in scale_boundaries(patch_nums):
+    for begin, end in ScaleLayout.of(patch_nums).bounds:
         a_BHlS = a_BHLS[:, :, begin:end]
         lse_block_BH1S = a_BHlS.logsumexp(dim=2, keepdim=True)
         lse_prefix_BH1S = (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 
 __all__ = ["neighborhood_attention", "neighborhood_mask"]
 
@@ -57,7 +57,7 @@ def neighborhood_attention(
     acc_dtype = torch.promote_types(q_BHLD.dtype, torch.float32)
     q, k, v = (t.to(acc_dtype) for t in (q_BHLD, k_BHLD, v_BHLD))
     out_per_scale = []
-    for s, (begin, end) in enumerate(scale_boundaries(patch_nums)):
+    for s, (begin, end) in enumerate(ScaleLayout.of(patch_nums).bounds):
         visible_lE = neighborhood_mask(patch_nums, kernel_size, s, q.device)
         logits_BHlE = torch.matmul(q[:, :, begin:end], k[:, :, :end].transpose(-1, -2)) * scale
         # Every query sees at least itself, so no row is all -inf and softmax stays finite.

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .._backend import triton_interpret
 from .._precision import dot_precision
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 from .._triton_helpers import (
     LOG2E,
     attention_delta,
@@ -68,7 +68,7 @@ def _table_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     tiles_T3 = torch.tensor(query_tiles(patch_nums, block_r, block_c), dtype=torch.int32, device=device)  # [T, 3]
     side_S = torch.tensor(patch_nums, dtype=torch.int32, device=device)  # [S]
-    begin_S = torch.tensor([b for b, _ in scale_boundaries(patch_nums)], dtype=torch.int32, device=device)  # [S]
+    begin_S = torch.tensor(ScaleLayout.of(patch_nums).offsets[:-1], dtype=torch.int32, device=device)  # [S]
     return tiles_T3, side_S, begin_S
 
 

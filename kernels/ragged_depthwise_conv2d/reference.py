@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._scales import scale_boundaries
+from .._scales import ScaleLayout
 
 __all__ = ["ragged_depthwise_conv2d"]
 
@@ -37,7 +37,7 @@ def ragged_depthwise_conv2d(
     bias = None if bias_C is None else bias_C.to(acc_dtype)
     weight_C1kk = weight_Ckk.to(acc_dtype).unsqueeze(1)  # conv2d's depthwise layout [C_out, C_in / groups, k, k]
     out_per_scale = []
-    for p, (begin, end) in zip(patch_nums, scale_boundaries(patch_nums)):
+    for p, (begin, end) in zip(patch_nums, ScaleLayout.of(patch_nums).bounds):
         r = min(k // 2, (p - 1) // dilation)  # taps within reach of the map on each side of the centre
         if r == 0:  # the centre tap alone: a per-channel scale and shift, in the token layout
             x_BlC, w_C = x[:, begin:end], weight_C1kk[:, 0, k // 2, k // 2]
