@@ -49,7 +49,7 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     """The CPU's model name, and where /proc/cpuinfo has them its x86 family and model numbers and the widest
     matrix ISA torch finds: virtual machines often call every generation "AMD EPYC" (a Zen 2 with AVX2 and a
     Zen 5 with AVX512-BF16 both were), and the two differ 4x in fp32 and 1000x in bf16 GEMM throughput."""
-    from var.linear import cpu_info
+    from kernels import cpu_info
 
     fields = cpu_info(cpuinfo)
     parts = [fields.get("model name") or platform.processor() or platform.machine()]
@@ -120,7 +120,7 @@ def _products(a: torch.Tensor) -> list[Callable[[torch.Tensor, torch.Tensor], to
     """The libraries that run a linear layer of `a`'s dtype and device: ``F.linear`` (BLAS: MKL on an x86 CPU),
     and for fp32 on a CPU oneDNN too (:mod:`var.linear`: MKL runs its AVX2 code on AMD CPUs). The fastest is
     the machine's limit, whichever library the models use."""
-    from var.linear import onednn_linear_available
+    from kernels import onednn_linear_available
 
     products = [F.linear]
     if a.device.type == "cpu" and a.dtype == torch.float32 and onednn_linear_available():
@@ -142,7 +142,7 @@ def count_flops(fn: Callable[[], object]) -> float:
     by torch's FlopCounterMode; the CPU attention kernel, missing from its table, is counted as on GPU."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-    from var.linear import onednn_linear_available
+    from kernels import onednn_linear_available
 
     def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
         return sdpa_flop_count(query_shape, key_shape, value_shape)

@@ -22,7 +22,7 @@ from _common import markdown_table, metadata, write_results
 from sample import build, published_models
 
 from var import sample
-from var.linear import CPU_GEMM_ENV_VAR, onednn_linear_available
+from kernels import CPU_GEMM_ENV_VAR, onednn_linear_available
 
 
 def to_uint8(imgs: torch.Tensor) -> torch.Tensor:

@@ -49,10 +49,11 @@ from _common import (
 )
 
 from kernels import ENV_VAR
+from scaffold.precision import autocast, resolve_precision
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var import VAR, preset
 from var.official import official_mask_bias
-from var.sample import AUTOCAST_DTYPES, CompiledStep, decode, generate, resolve_precision
+from var.sample import CompiledStep, decode, generate
 from var.settings import SamplingSettings
 
 PATCH_NUMS = {px: pns for px, pns in _common.PATCH_NUMS.items() if px <= 512}  # the published resolutions
@@ -113,14 +114,12 @@ def published_models(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torch
 
 
 def published_sampler(repo: Path, model: VAR, vae: MultiScaleVQVAE, device: torch.device):
-    """The published sampler with our weights: `fn(labels, autocast_dtype) -> images`."""
+    """The published sampler with our weights: `fn(labels, precision) -> images`, under the autocast that our
+    sampler uses for that precision (scaffold.precision.autocast)."""
     pub, _ = published_models(repo, model, vae, device)
 
-    def run(labels: torch.Tensor, autocast_dtype: torch.dtype | None):
-        with (
-            torch.inference_mode(),
-            torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None),
-        ):
+    def run(labels: torch.Tensor, precision: str):
+        with torch.inference_mode(), autocast(device, precision):
             return pub.autoregressive_infer_cfg(B=len(labels), label_B=labels, g_seed=0, **SETTING)
 
     return run
@@ -224,7 +223,7 @@ def main() -> None:
                             ours = Sampler(model, vae, labels, settings=settings, step=step, device=device)
                             if pub is not None and backend == "torch":
                                 t, t_pub = timed_pair(
-                                    ours, partial(pub, labels, AUTOCAST_DTYPES[resolved]), device, repeats=args.repeats
+                                    ours, partial(pub, labels, resolved), device, repeats=args.repeats
                                 )
                             else:
                                 t, t_pub = timed(ours, device, repeats=args.repeats, warmup=1), None

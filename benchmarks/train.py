@@ -23,16 +23,15 @@ import torch.nn.functional as F
 from _common import MECHANISMS, attention_of, markdown_table, metadata, peak_mib, reset_peak, timed, write_results
 
 from kernels import ENV_VAR, ScaleLayout
+from scaffold.precision import autocast
 from var import VAR, preset
 
 PATCH_NUMS = {px: pns for px, pns in _common.PATCH_NUMS.items() if px <= 512}  # the published resolutions
 
 
 def make_step(model: VAR, opt: torch.optim.Optimizer, labels, x_BLCv, target_BL, precision: str, device):
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
     def forward_loss(labels, x_BLCv, target_BL):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, precision):
             logits = model(labels, x_BLCv)
         return F.cross_entropy(logits.float().flatten(0, 1), target_BL.flatten())
 

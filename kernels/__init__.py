@@ -16,7 +16,16 @@ Sequences are next-scale token sequences: ``patch_nums`` lists the side of each 
 on tokens of scales <= k only.
 """
 
-from ._backend import BACKENDS, ENV_VAR, BackendUnavailableError, resolve_backend
+from ._backend import (
+    BACKENDS,
+    CPU_GEMM_ENV_VAR,
+    ENV_VAR,
+    BackendUnavailableError,
+    cpu_gemm,
+    cpu_info,
+    onednn_linear_available,
+    resolve_backend,
+)
 from ._scales import SCHEDULES, ScaleLayout
 from .block_causal_attention import block_causal_attention
 from .external_attention import external_attention
@@ -26,15 +35,19 @@ from .ragged_depthwise_conv2d import ragged_depthwise_conv2d
 
 __all__ = [
     "BACKENDS",
+    "CPU_GEMM_ENV_VAR",
     "ENV_VAR",
     "SCHEDULES",
     "BackendUnavailableError",
     "ScaleLayout",
     "block_causal_attention",
+    "cpu_gemm",
+    "cpu_info",
     "external_attention",
     "gspn_normalize_gates",
     "gspn_scan",
     "neighborhood_attention",
+    "onednn_linear_available",
     "ragged_depthwise_conv2d",
     "resolve_backend",
 ]

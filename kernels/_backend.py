@@ -15,6 +15,11 @@ Rules (docs/architecture.md section 7):
 - The environment variable ``VAR_KERNEL_BACKEND`` (auto | triton | torch), when set, overrides the
   argument, so a whole run can be switched to the reference without touching code.
 
+The CPU GEMM (:func:`cpu_gemm`): which library runs the transformer's fp32 inference linears on a CPU,
+``"onednn"`` on x86 CPUs whose vendor is not Intel and ``"blas"`` (PyTorch's own ``F.linear``, MKL)
+everywhere else; ``VAR_CPU_GEMM`` (auto | onednn | blas) overrides it, and a bad value is named. The
+measurements behind the rule, and where oneDNN may run, are in ``var/linear.py``.
+
 Registering an op: one row of :data:`OPS` names the modules of its two implementations, each
 defining a function named after the op with the same signature (arguments already checked and
 normalised by the public op, no ``backend``). Nothing is found by file-name convention; a module
@@ -35,11 +40,16 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "CPU_GEMM_ENV_VAR",
     "ENV_VAR",
     "OPS",
     "BackendUnavailableError",
     "KernelFallbackWarning",
+    "cpu_gemm",
+    "cpu_info",
+    "cpu_vendor",
     "get_impl",
+    "onednn_linear_available",
     "resolve_backend",
     "torch_unavailable_reason",
     "triton_installed",
@@ -49,6 +59,8 @@ __all__ = [
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
 ENV_VAR = "VAR_KERNEL_BACKEND"
+CPU_GEMM_ENV_VAR = "VAR_CPU_GEMM"
+CpuGemm = Literal["onednn", "blas"]
 
 # op name -> (module of the PyTorch reference, module of the Triton kernels), relative to kernels/.
 OPS: dict[str, tuple[str, str]] = {
@@ -223,3 +235,55 @@ def _run_with_fallback(op: str, impl: Callable, *args):
                 stacklevel=3,
             )
     return _reference_impl(op)(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU GEMM: oneDNN or BLAS for fp32 inference linears (module docstring)
+
+
+@functools.cache
+def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (``vendor_id``, ``cpu family``, ``model name``, ...);
+    empty where there is no such file (not Linux)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the end of the first processor's block
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; "" elsewhere."""
+    return cpu_info().get("vendor_id", "")
+
+
+@functools.cache
+def onednn_linear_available() -> bool:
+    """Whether this torch build has oneDNN and its fused linear op (``torch.ops.mkldnn._linear_pointwise``)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018 - raises where the build lacks the op
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def cpu_gemm() -> CpuGemm:
+    """Which library runs the fp32 linear layers of inference on this CPU: oneDNN on x86 CPUs that are not
+    Intel's, BLAS elsewhere; ``VAR_CPU_GEMM`` overrides it (the module docstring)."""
+    choice = os.environ.get(CPU_GEMM_ENV_VAR, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "onednn", "blas"):
+        raise ValueError(f"{CPU_GEMM_ENV_VAR} must be auto, onednn or blas, got {choice!r}")
+    if choice == "blas" or not onednn_linear_available():
+        return "blas"
+    if choice == "onednn":
+        return "onednn"
+    vendor = cpu_vendor()  # "" where there is no vendor_id line: not an x86 CPU on Linux
+    return "onednn" if vendor and vendor != "GenuineIntel" else "blas"

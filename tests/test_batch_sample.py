@@ -15,10 +15,10 @@ import var.batch_sample as batch
 from app.cli import main
 from scaffold.errors import UserError
 from scaffold.io import temporary_path
+from scaffold.precision import resolve_precision
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
 from var.export import export_model, load_model
-from var.sample import resolve_precision
 from var.settings import MODEL_DEFAULTS, SPEEDS, SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
@@ -238,10 +238,11 @@ def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_v
 def test_auto_precision_resolving_otherwise_on_resume_is_refused(tmp_path, model_dir, capsys, monkeypatch):
     """A folder sampled where "auto" meant fp32, resumed where it means bf16 (a CPU with AVX512-BF16)."""
     out = tmp_path / "s"
-    sampler = sys.modules["var.sample"]  # `var.sample` the attribute is the function
-    monkeypatch.setattr(sampler, "native_bf16", lambda device: False)
+    from scaffold import precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
     assert _sample(tmp_path, model_dir, out) == 0
-    monkeypatch.setattr(sampler, "native_bf16", lambda device: True)
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
     capsys.readouterr()
     assert _sample(tmp_path, model_dir, out, "--per-class", "3") == 2
     assert "precision='fp32' (now 'bf16')" in capsys.readouterr().err

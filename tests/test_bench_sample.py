@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from _common import count_flops, gemm_flops_per_s, peak_gemm_flops_per_s
 from report import _line
 
-from var.linear import onednn_linear_available
+from kernels import onednn_linear_available
 
 
 def test_count_flops_includes_the_cpu_attention_kernel():

@@ -437,3 +437,47 @@ def test_dot_precision_follows_torch_matmul_precision(setting, fp32, half):
         assert dot_precision(torch.float16) == half and dot_precision(torch.bfloat16) == half
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU GEMM choice: oneDNN or BLAS for fp32 inference linears (var/linear.py runs it)
+
+needs_onednn = pytest.mark.skipif(
+    not _backend.onednn_linear_available(), reason="this torch build has no oneDNN linear"
+)
+
+
+@pytest.fixture
+def vendor(monkeypatch):
+    def set_vendor(name: str) -> None:
+        monkeypatch.setattr(_backend, "cpu_vendor", lambda: name)
+
+    monkeypatch.delenv(_backend.CPU_GEMM_ENV_VAR, raising=False)
+    return set_vendor
+
+
+@pytest.mark.parametrize(("name", "expected"), [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
+@needs_onednn
+def test_the_rule_picks_onednn_on_x86_cpus_that_are_not_intel(vendor, name, expected):
+    vendor(name)
+    assert _backend.cpu_gemm() == expected
+
+
+@needs_onednn
+def test_the_environment_overrides_the_rule_and_a_bad_value_is_named(vendor, monkeypatch):
+    vendor("GenuineIntel")
+    monkeypatch.setenv(_backend.CPU_GEMM_ENV_VAR, "onednn")
+    assert _backend.cpu_gemm() == "onednn"
+    vendor("AuthenticAMD")
+    monkeypatch.setenv(_backend.CPU_GEMM_ENV_VAR, "blas")
+    assert _backend.cpu_gemm() == "blas"
+    monkeypatch.setenv(_backend.CPU_GEMM_ENV_VAR, "mkl")
+    with pytest.raises(ValueError, match=r"VAR_CPU_GEMM.*'mkl'"):
+        _backend.cpu_gemm()
+
+
+def test_cpu_info_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("vendor_id\t: AuthenticAMD\ncpu family\t: 25\n\nvendor_id\t: Other\n")
+    assert _backend.cpu_info.__wrapped__(str(info)) == {"vendor_id": "AuthenticAMD", "cpu family": "25"}
+    assert _backend.cpu_info.__wrapped__(str(tmp_path / "missing")) == {}

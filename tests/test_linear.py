@@ -4,41 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from var import linear as linear_mod
-from var.linear import CPU_GEMM_ENV_VAR, Linear, cpu_gemm, linear
+from kernels import CPU_GEMM_ENV_VAR, onednn_linear_available
+from var.linear import Linear, linear
 
-needs_onednn = pytest.mark.skipif(
-    not linear_mod.onednn_linear_available(), reason="this torch build has no oneDNN linear"
-)
-
-
-@pytest.fixture
-def vendor(monkeypatch):
-    def set_vendor(name: str) -> None:
-        monkeypatch.setattr(linear_mod, "cpu_vendor", lambda: name)
-
-    monkeypatch.delenv(CPU_GEMM_ENV_VAR, raising=False)
-    return set_vendor
-
-
-@pytest.mark.parametrize(("name", "expected"), [("AuthenticAMD", "onednn"), ("GenuineIntel", "blas"), ("", "blas")])
-@needs_onednn
-def test_the_rule_picks_onednn_on_x86_cpus_that_are_not_intel(vendor, name, expected):
-    vendor(name)
-    assert cpu_gemm() == expected
-
-
-@needs_onednn
-def test_the_environment_overrides_the_rule_and_a_bad_value_is_named(vendor, monkeypatch):
-    vendor("GenuineIntel")
-    monkeypatch.setenv(CPU_GEMM_ENV_VAR, "onednn")
-    assert cpu_gemm() == "onednn"
-    vendor("AuthenticAMD")
-    monkeypatch.setenv(CPU_GEMM_ENV_VAR, "blas")
-    assert cpu_gemm() == "blas"
-    monkeypatch.setenv(CPU_GEMM_ENV_VAR, "mkl")
-    with pytest.raises(ValueError, match=r"VAR_CPU_GEMM.*'mkl'"):
-        cpu_gemm()
+needs_onednn = pytest.mark.skipif(not onednn_linear_available(), reason="this torch build has no oneDNN linear")
 
 
 def _spy(monkeypatch) -> list:

@@ -2,22 +2,18 @@ import pytest
 import torch
 from helpers import tiny_var
 
-from scaffold.errors import UserError
+from kernels import CPU_GEMM_ENV_VAR
 from var import VAR, SamplingSettings, generate, sample, sample_progressive
 from var.attention import KVCache
-from var.linear import CPU_GEMM_ENV_VAR
 from var.sample import (
     CompiledStep,
-    PrecisionError,
     decode,
     fill_pruned,
     filter_top_k_top_p,
     guidance_ratio,
     guide,
     kept_tokens,
-    native_bf16,
     prune_scores,
-    resolve_precision,
     static_states,
 )
 from var.settings import SPEEDS, SettingsError
@@ -163,36 +159,6 @@ def test_mixed_precision_sampling(model, vae, precision):
     assert same > 0.5, f"{precision} greedy tokens agree with fp32 on only {same:.0%}"
     with pytest.raises(ValueError, match="precision must be one of"):
         sample(model, vae, labels, precision="int8")
-
-
-@pytest.mark.parametrize(
-    "caps, expected",
-    [
-        ({"avx2": True}, "fp32"),  # this project's 2-core AMD EPYC (Zen 2): no AVX-512 at all
-        ({"avx512_f": True, "avx512_vnni": True}, "fp32"),  # a Xeon without AVX512-BF16: bf16 emulated, 3.8x slower
-        ({"avx512_f": True, "avx512_bf16": True}, "bf16"),  # AMD EPYC Zen 4 / Intel Cooper Lake
-        ({"amx_tile": True, "amx_bf16": True}, "bf16"),  # Intel Sapphire Rapids
-    ],
-    ids=["avx2", "avx512-no-bf16", "avx512-bf16", "amx"],
-)
-def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, caps, expected):
-    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
-    assert native_bf16("cpu") == (expected == "bf16")
-    assert resolve_precision("auto", torch.device("cpu")) == expected
-    for explicit in ("fp32", "bf16", "fp16"):  # an explicit choice is never second-guessed
-        assert resolve_precision(explicit, "cpu") == explicit
-
-
-@pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
-def test_auto_precision_on_cuda_needs_compute_capability_8(monkeypatch, capability, expected):
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert resolve_precision("auto", torch.device("cuda", 0)) == expected
-
-
-def test_unknown_precision_is_a_user_error():
-    with pytest.raises(PrecisionError, match="precision must be one of auto, fp32, bf16, fp16, got 'tf32'"):
-        resolve_precision("tf32", "cpu")
-    assert issubclass(PrecisionError, UserError)
 
 
 @pytest.mark.parametrize("native", [False, True], ids=["no-native-bf16", "native-bf16"])
@@ -491,3 +457,24 @@ def test_positions_are_fractions_of_the_schedule():
     assert not SamplingSettings(cfg=0.0).guided_at(0, 4)
     assert SamplingSettings(stop_after=0.0).runs(0, 4)  # the first scale always runs
     assert not SamplingSettings(prune_from=0.0, prune_keep=0.5).pruned_at(0, 4)  # one token: nothing to prune
+
+
+def _torch_switches() -> dict:
+    return dict(
+        matmul=torch.get_float32_matmul_precision(),
+        cuda_tf32=torch.backends.cuda.matmul.allow_tf32,
+        cudnn_tf32=torch.backends.cudnn.allow_tf32,
+        grad=torch.is_grad_enabled(),
+        autocast=torch.is_autocast_enabled("cpu"),
+        threads=torch.get_num_threads(),
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_sampling_leaves_torch_global_switches_alone(model, vae, precision):
+    # TF32 and the rest of torch's process-wide state belong to the user (scaffold/precision.py).
+    before = _torch_switches()
+    sample(model, vae, torch.tensor([0, 1]), seed=0, precision=precision)
+    list(sample_progressive(model, vae, torch.tensor([2]), seed=0, precision=precision))
+    assert _torch_switches() == before

@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import seeded_weights
 
+from kernels import CPU_GEMM_ENV_VAR
 from tokenizer import MultiScaleVQVAE, VQVAEConfig
 from var import VAR, VARConfig, sample
-from var.linear import CPU_GEMM_ENV_VAR
 
 PATCH_NUMS = (1, 2, 3, 4)
 CONFIG = VARConfig(depth=2, num_classes=10, patch_nums=PATCH_NUMS, vocab_size=64, c_vae=8)

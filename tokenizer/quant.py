@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import ScaleLayout
+from scaffold.precision import full_precision
 
 __all__ = ["MultiScaleQuantizer", "Phi", "QuantizerOutput", "phi_index"]
 
@@ -173,9 +174,9 @@ class MultiScaleQuantizer(nn.Module):
     def forward(self, f_BChw: torch.Tensor) -> QuantizerOutput:
         """Training path: quantized latent with a straight-through gradient, the VQ loss and the indices.
 
-        Runs in fp32 whatever the autocast context (docs/architecture.md section 9: the VQ stays in fp32).
+        Runs in fp32 whatever the autocast context (scaffold/precision.py: the VQ is an fp32 island).
         """
-        with torch.autocast(device_type=f_BChw.device.type, enabled=False):
+        with full_precision(f_BChw.device):
             f = f_BChw.float()
             f_hat, idx_Bl, loss, z_NC = self._quantize(f, with_loss=True)
             # Straight-through: the value of f_hat, the gradient of f.
@@ -184,7 +185,7 @@ class MultiScaleQuantizer(nn.Module):
 
     @torch.no_grad()
     def f_to_idx(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
-        with torch.autocast(device_type=f_BChw.device.type, enabled=False):
+        with full_precision(f_BChw.device):
             return self._quantize(f_BChw, with_loss=False)[1]
 
     # ------------------------------------------------------------------------------------ decoding

@@ -190,7 +190,8 @@ def _check_record(out: Path, new: dict, rank: int) -> None:
 @torch.no_grad()
 def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) -> np.ndarray:
     """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch."""
-    from var.sample import autocast, generate
+    from scaffold.precision import autocast
+    from var.sample import generate
 
     device = loaded.model.lvl_1L.device
     labels = torch.tensor([c for c, _ in jobs], device=device)
@@ -229,7 +230,7 @@ def generate_folder(
     """
     from tqdm import tqdm
 
-    from var.sample import resolve_precision
+    from scaffold.precision import resolve_precision
 
     per_class, batch_size = count(per_class, "--per-class"), count(batch_size, "--batch-size")
     bad = [c for c in classes if not 0 <= c < loaded.num_classes]

@@ -7,8 +7,9 @@ own convolutions and bf16 matmuls already use - reached 285-380 GFLOP/s, in exac
 from 1.12x to 1.70x the published sampler (``benchmarks/results/sample-d16-cpu-amd-epyc-family-26-*``). On Intel CPUs MKL runs
 at the machine's fp32 peak (375 GFLOP/s on a 2-core Xeon), so it stays there.
 
-Rule (:func:`cpu_gemm`): ``"onednn"`` on x86 CPUs whose vendor is not Intel, ``"blas"`` (PyTorch's own
-``F.linear``) everywhere else; the environment variable ``VAR_CPU_GEMM`` (auto | onednn | blas) overrides it.
+Rule (:func:`kernels.cpu_gemm`; ``kernels/_backend.py`` holds every choice of compute backend): ``"onednn"``
+on x86 CPUs whose vendor is not Intel, ``"blas"`` (PyTorch's own ``F.linear``) everywhere else; the
+environment variable ``VAR_CPU_GEMM`` (auto | onednn | blas) overrides it.
 oneDNN is only used where it computes what ``F.linear`` computes, in fp32, without autograd:
 
 - a CPU tensor, fp32 input and weight, no autocast on the CPU (under autocast ``F.linear`` casts to bf16 and
@@ -23,66 +24,17 @@ as two BLAS builds would. oneDNN also fuses the FFN's tanh-GELU into the GEMM (`
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CPU_GEMM_ENV_VAR", "Linear", "cpu_gemm", "cpu_info", "cpu_vendor", "linear", "onednn_linear_available"]
+from kernels import cpu_gemm
 
-CPU_GEMM_ENV_VAR = "VAR_CPU_GEMM"
-CpuGemm = Literal["onednn", "blas"]
+__all__ = ["Linear", "linear"]
+
 Activation = Optional[Literal["gelu_tanh"]]
-
-
-@functools.cache
-def cpu_info(path: str = "/proc/cpuinfo") -> dict[str, str]:
-    """The first processor's fields in ``/proc/cpuinfo`` (``vendor_id``, ``cpu family``, ``model name``, ...);
-    empty where there is no such file (not Linux)."""
-    fields: dict[str, str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                if not line.strip():
-                    break  # the end of the first processor's block
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    return fields
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``, ...) from ``/proc/cpuinfo``; "" elsewhere."""
-    return cpu_info().get("vendor_id", "")
-
-
-@functools.cache
-def onednn_linear_available() -> bool:
-    """Whether this torch build has oneDNN and its fused linear op (``torch.ops.mkldnn._linear_pointwise``)."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        torch.ops.mkldnn._linear_pointwise.default  # noqa: B018 - raises where the build lacks the op
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-def cpu_gemm() -> CpuGemm:
-    """Which library runs the fp32 linear layers of inference on this CPU (the module docstring's rule)."""
-    choice = os.environ.get(CPU_GEMM_ENV_VAR, "auto").strip().lower() or "auto"
-    if choice not in ("auto", "onednn", "blas"):
-        raise ValueError(f"{CPU_GEMM_ENV_VAR} must be auto, onednn or blas, got {choice!r}")
-    if choice == "blas" or not onednn_linear_available():
-        return "blas"
-    if choice == "onednn":
-        return "onednn"
-    vendor = cpu_vendor()  # "" where there is no vendor_id line: not an x86 CPU on Linux
-    return "onednn" if vendor and vendor != "GenuineIntel" else "blas"
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:

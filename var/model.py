@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from kernels import SCHEDULES, ScaleLayout
+from scaffold.precision import full_precision
 from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
 from var.attention import TokenMixer, build_mixer
 from var.linear import Linear, linear
@@ -314,7 +315,7 @@ class VAR(nn.Module):
 
     def logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         """Head: AdaLN then Linear, always in fp32 (published ``get_logits``)."""
-        with torch.autocast(h_BLC.device.type, enabled=False):
+        with full_precision(h_BLC.device):
             return self.head(self.head_nm(h_BLC.float(), cond_BD.float()))
 
     # ---- teacher forcing ----
@@ -329,7 +330,7 @@ class VAR(nn.Module):
         if self.training and self.config.cond_drop_rate > 0:
             drop_B = torch.rand(B, device=labels_B.device) < self.config.cond_drop_rate
             labels_B = torch.where(drop_B, self.config.num_classes, labels_B)
-        with torch.autocast(x_BLCv.device.type, enabled=False):
+        with full_precision(x_BLCv.device):
             cond_BD = self.class_emb(labels_B)
             sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
             x_BLC = torch.cat((sos, self.word_embed(x_BLCv.float())), dim=1) + self.lvl_pos()

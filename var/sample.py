@@ -33,19 +33,15 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from scaffold.errors import UserError
-from scaffold.precision import native_bf16
+from scaffold.precision import AUTOCAST_DTYPES, autocast, resolve_precision
 from var.attention import KVCache
 from var.model import VAR
-from var.settings import PRECISIONS, SamplingSettings, SettingsError, merge_settings
+from var.settings import SamplingSettings, SettingsError, merge_settings
 
 __all__ = [
-    "AUTOCAST_DTYPES",
     "CompiledStep",
-    "PrecisionError",
     "ScaleStep",
     "Teacher",
-    "autocast",
     "decode",
     "draw",
     "fill_pruned",
@@ -56,9 +52,7 @@ __all__ = [
     "gumbel_embed",
     "kept_tokens",
     "make_generators",
-    "native_bf16",
     "prune_scores",
-    "resolve_precision",
     "sample",
     "sample_progressive",
     "static_states",
@@ -150,33 +144,6 @@ def gumbel_embed(
         exp_BlV = torch.empty_like(logits_BlV).exponential_(generator=rng)
     y_soft = ((logits_BlV - exp_BlV.log()) / tau).softmax(dim=-1)
     return y_soft @ codebook_VC
-
-
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # "auto" resolves to one
-
-
-class PrecisionError(UserError, ValueError):
-    """A sampling precision that is not one of "auto", "fp32", "bf16", "fp16"."""
-
-
-def resolve_precision(precision: str, device: Union[torch.device, str]) -> str:
-    """The precision to sample with: "fp32", "bf16" or "fp16" as given; "auto" is "bf16" where the device
-    has native bf16 (:func:`native_bf16`) and "fp32" (exact) everywhere else, so that it never slows a
-    machine down. Anything else raises :class:`PrecisionError`."""
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if precision not in AUTOCAST_DTYPES:
-        raise PrecisionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    return precision
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context of a sampling `precision`: "fp32" (exact; the published parity), "bf16" or
-    "fp16" (mixed precision for the transformer and the VAE decoder; logits and the quantizer stay fp32),
-    or "auto" (:func:`resolve_precision`). The published sampling notebook runs under fp16 autocast on GPU;
-    on a CPU with AVX512-BF16 or AMX, "bf16" is about twice as fast as fp32, and 3.8x slower without."""
-    dtype = AUTOCAST_DTYPES[resolve_precision(precision, device)]
-    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
 @torch.no_grad()
@@ -294,7 +261,7 @@ def generate(
 
     ``settings`` and ``changes``: the settings rule, ``seed``: the seeding rule (module docstring).
     With ``cfg > 0`` the batch is doubled with the null class; with ``cfg == 0`` only the conditional
-    half runs (the unconditional one would be weighted by 0). ``precision``: see :func:`autocast`.
+    half runs (the unconditional one would be weighted by 0). ``precision``: see :func:`scaffold.precision.autocast`.
     ``teacher`` forces tokens (editing). ``step``: a :class:`CompiledStep` of ``model`` (static caches and
     one compiled graph per scale) instead of the eager ``model.forward_scale`` with fresh caches.
     Call it with the model in eval mode: in training mode drop-path would perturb every scale.

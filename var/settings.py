@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from scaffold.errors import UserError
+from scaffold.precision import SAMPLING_PRECISIONS
 
 __all__ = [
     "MAX_CFG",
@@ -50,8 +51,8 @@ __all__ = [
     "number",
 ]
 
-# "auto" lets the sampler pick per device (see var.sample); the others force an autocast dtype.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# "auto" lets the sampler pick per device; the others force an autocast dtype (scaffold/precision.py).
+PRECISIONS = SAMPLING_PRECISIONS
 MAX_SEED = 2**32 - 1  # what a web form's number field and every device's generator take
 MAX_CFG = 100.0  # guidance beyond this only saturates; 1e39 is finite in float64 but inf in the logits' dtype
 
@@ -131,7 +132,7 @@ class SamplingSettings:
     visuals only. ``seed``: the global seed, 0 to :data:`MAX_SEED`: the sampling functions seed one
     generator for the batch with it unless given per-call seeds, `var sample` derives each image's seed
     from it (var.batch_sample.image_seed), the web UI gives image i ``seed + i``. ``precision``: one of
-    :data:`PRECISIONS` (var.sample.autocast); "fp32" reproduces the published sampler exactly,
+    :data:`PRECISIONS` (scaffold.precision.autocast); "fp32" reproduces the published sampler exactly,
     "auto" is bf16 where the device computes it natively and fp32 elsewhere (:data:`MODEL_DEFAULTS`).
 
     Fast modes, each off by default (positions: the comment above the fields; :data:`SPEEDS` names sets):

@@ -29,6 +29,7 @@ from kernels import ScaleLayout
 from scaffold.checkpoint import check_keys
 from scaffold.config import add_config_arguments
 from scaffold.ema import EMA
+from scaffold.precision import full_precision
 from scaffold.sharding import clip_gradients, fsdp_strategy, full_state_dict, full_weights
 from scaffold.training import (
     RunConfig,
@@ -248,7 +249,7 @@ class VARTraining(L.LightningModule):
     def _tokens(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         x, label_B = batch
         if x.is_floating_point():  # data.source=images: tokenize on the fly with the frozen tokenizer
-            with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            with torch.no_grad(), full_precision(x.device):
                 x = torch.cat(self.vae.img_to_idx(x.float()), dim=1)
         return x.long(), label_B.long()
 
@@ -260,7 +261,7 @@ class VARTraining(L.LightningModule):
         torch.manual_seed(((cfg.seed * 1_000_003 + step) * 1009 + self.global_rank) * acc + batch_idx % acc)
         idx_BL, label_B = self._tokens(batch)
         B, Ltok = idx_BL.shape
-        with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
+        with torch.no_grad(), full_precision(idx_BL.device):
             x_BLCv = self.vae.idx_to_var_input(self.layout.split(idx_BL))
         logits_BLV = self.var(label_B, x_BLCv)
         V = logits_BLV.shape[-1]
