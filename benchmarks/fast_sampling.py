@@ -106,18 +106,18 @@ def _sample_set(m, settings: SamplingSettings, counts: list[int], seed: int, bat
 
 
 def quality(args: argparse.Namespace) -> None:
-    from app.demo import DemoOptions, batched, demo_datasets, emoji_sample_counts, load_emoji_judge, save_grid
     from var.export import load_model
+    from var.pipeline import PipelineOptions, batched, emoji_sample_counts, load_datasets, load_emoji_judge, save_grid
 
     torch.manual_seed(0)
     m = load_model(args.workdir / "model")
-    opts = DemoOptions(workdir=args.workdir, data=args.data, data_root=args.data_root)
+    opts = PipelineOptions(workdir=args.workdir, data=args.data, data_root=args.data_root)
     seeds = [int(s) for s in args.seeds.split(",")]
     base = m.sampling
     if args.data == "emoji":
         from var.emoji_eval import judge_emoji
 
-        train, val = demo_datasets(opts, m.vae.image_size)
+        train, val = load_datasets(opts, m.vae.image_size)
         judge = load_emoji_judge(opts, len(train.class_names), m.vae.image_size)
         counts = emoji_sample_counts(val.labels, m.num_classes, args.samples_per_class)
         with torch.no_grad():

@@ -63,14 +63,16 @@ import torch
 import torch.nn.functional as F
 from _common import MECHANISMS, ROOT, markdown_table, metadata, timed, write_results
 
-from app.demo import (
+from kernels import ScaleLayout
+from scaffold.io import write_atomic
+from var.pipeline import (
     ClassSamples,
-    DemoOptions,
+    PipelineOptions,
     attention_options_used,
     batched,
-    demo_datasets,
     emoji_sample_counts,
     heldout_loss,
+    load_datasets,
     load_emoji_judge,
     sample_classes,
     save_grid,
@@ -79,8 +81,6 @@ from app.demo import (
     stage_tokens,
     transformer_config,
 )
-from kernels import ScaleLayout
-from scaffold.io import write_atomic
 
 
 def say(msg: str) -> None:
@@ -156,7 +156,7 @@ class DigitsHarness:
     data = "digits"
     columns = ("judged", "lowest class", "Frechet", "held-out loss", "NN ratio", "exact copies")
 
-    def __init__(self, args: argparse.Namespace, opts: DemoOptions):
+    def __init__(self, args: argparse.Namespace, opts: PipelineOptions):
         from var.digits_eval import load_judge
 
         self.args = args
@@ -195,12 +195,12 @@ class EmojiHarness:
     data = "emoji"
     columns = ("judged", "vs real", "lowest class", "Frechet", "position", "held-out loss", "NN ratio", "exact copies")
 
-    def __init__(self, args: argparse.Namespace, opts: DemoOptions):
+    def __init__(self, args: argparse.Namespace, opts: PipelineOptions):
         from tokenizer import load_tokenizer
 
         self.args, self.opts = args, opts
         vae = load_tokenizer(opts.workdir / "tokenizer")
-        self.train, self.val = demo_datasets(opts, vae.image_size)
+        self.train, self.val = load_datasets(opts, vae.image_size)
         judge = stage_judge(opts, vae.image_size)
         say(f"judge: balanced accuracy on held-out real emoji {judge['heldout_accuracy']:.1%}")
         self.judge = load_emoji_judge(opts, len(self.train.class_names), vae.image_size)
@@ -305,7 +305,7 @@ def run_one(b: Bench, mechanism: str, steps: int, seed: int, budget: str) -> dic
         "params_m": sum(p.numel() for p in m.model.parameters()) / 1e6,
         "train_s": train_s,
         "tokens_per_s": loop_tokens_per_s(run_dir) or tokens / train_s,
-        "heldout_loss": heldout_loss(model_dir, DemoOptions(b.args.workdir, data=b.args.data)),
+        "heldout_loss": heldout_loss(model_dir, PipelineOptions(b.args.workdir, data=b.args.data)),
         **judged,
         "sample_images_per_s": len(smp.labels) / smp.seconds,
         "images": len(smp.labels),
@@ -581,7 +581,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.steps = preset.max_steps if args.steps is None else args.steps
     args.neighborhood_window = preset.model.attention_options.get("neighborhood", {}).get("kernel_size")
     args.mechanisms = args.mechanisms.split(",")
-    from app.demo import mechanisms
+    from var.pipeline import mechanisms
 
     unknown = [m for m in args.mechanisms if m not in mechanisms()]
     if unknown:
@@ -594,7 +594,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
     started = time.time()
-    opts = DemoOptions(
+    opts = PipelineOptions(
         workdir=args.workdir,
         data=args.data,
         data_root=args.data_root,

@@ -21,8 +21,8 @@ import torch
 from _common import markdown_table, metadata, write_results
 from sample import build, published_models
 
-from var import sample
 from kernels import CPU_GEMM_ENV_VAR, onednn_linear_available
+from var import sample
 
 
 def to_uint8(imgs: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ def test_digits_neighborhood_window_is_smaller_than_the_largest_scale():
     """On the digits a window of max(patch_nums) or more would make neighborhood attention full attention."""
     from pathlib import Path as P
 
-    from app.demo import attention_options_used, transformer_config
+    from var.pipeline import attention_options_used, transformer_config
 
     cfg = transformer_config(P("tok"), P("cache"), P("run"), "neighborhood", steps=1)
     assert attention_options_used(cfg.model)["neighborhood"]["kernel_size"] < max(cfg.model.patch_nums)
