@@ -37,18 +37,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("tokenize", "var.token_cache", "encode a dataset once into a token cache for training the transformer"),
     Command("train", "var.train", "train the transformer from a token cache (Lightning; CPU, GPU, DDP/FSDP, nodes)"),
     Command("sample", "var.batch_sample", "batch-generate N images per class as PNG folders and an ADM-format .npz"),
-    Command(
-        "edit",
-        "app.edit_command",
-        "regenerate a masked region of an image, with or without a class (the UI's Edit tab)",
-    ),
+    Command("edit", "app.edit_command", "regenerate a masked region of an image, with or without a class"),
     Command("eval", "var.evaluate", "score samples: FID, IS, precision/recall (local Inception weights) or --digits"),
     Command("app", "app.serve", "serve the web UI: sample by class, watch scales refine, edit images (Gradio)"),
-    Command(
-        "demo",
-        "app.demo",
-        "the whole pipeline on the bundled digits in minutes on a CPU (or --data emoji: 64 px colour), then the web UI",
-    ),
+    Command("demo", "app.demo", "the whole pipeline on a CPU: digits in minutes (or --data emoji), then the web UI"),
 )
 
 

@@ -219,10 +219,23 @@ def result_base(out_dir: str | os.PathLike, name: str, meta: dict) -> Path:
 
 def write_results(out_dir: str | os.PathLike, name: str, meta: dict, rows: list[dict], markdown: str) -> Path:
     """`<out_dir>/<name>-<device slug>-<date>.json` and `.md`, each written atomically."""
+    from scaffold.io import write_atomic
+
     base = result_base(out_dir, name, meta)
     base.parent.mkdir(parents=True, exist_ok=True)
     for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=2)), (".md", markdown)):
-        tmp = base.with_name(base.name + suffix + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, base.with_name(base.name + suffix))
+        write_atomic(base.with_name(base.name + suffix), text + "\n")
     return base
+
+
+def memory_note(device: torch.device) -> str:
+    """What the tables' peak-memory column measures on ``device``."""
+    return "CUDA peak allocated" if device.type == "cuda" else "process peak RSS (upper bound)"
+
+
+def publish(args, kind: str, meta: dict, rows: list[dict], markdown: str) -> None:
+    """Print ``markdown``; with ``--out``, write the results as ``<kind>-quick`` or ``<kind>-d<depth>``."""
+    print(markdown)
+    if args.out:
+        name = f"{kind}-" + ("quick" if args.quick else f"d{args.depth}")
+        print("wrote", write_results(args.out, name, meta, rows, markdown))

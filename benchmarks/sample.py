@@ -38,14 +38,15 @@ from _common import (
     attention_of,
     count_flops,
     markdown_table,
+    memory_note,
     metadata,
     peak_gemm_flops_per_s,
     peak_mib,
+    publish,
     reset_peak,
     sync,
     timed,
     timed_pair,
-    write_results,
 )
 
 from kernels import ENV_VAR
@@ -285,14 +286,9 @@ def main() -> None:
         f"# Sampling throughput\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
         f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM GFLOP/s (m x k x n) in the same run: "
         f"{gemm_text}; peak memory: "
-        f"{'CUDA peak allocated' if device.type == 'cuda' else 'process peak RSS (upper bound)'}\n\n"
-        + markdown_table(rows, cols)
+        f"{memory_note(device)}\n\n" + markdown_table(rows, cols)
     )
-    print(md)
-    if args.out:
-        print(
-            "wrote", write_results(args.out, "sample-" + ("quick" if args.quick else f"d{args.depth}"), meta, rows, md)
-        )
+    publish(args, "sample", meta, rows, md)
 
 
 if __name__ == "__main__":

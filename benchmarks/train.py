@@ -20,7 +20,17 @@ from pathlib import Path
 import _common
 import torch
 import torch.nn.functional as F
-from _common import MECHANISMS, attention_of, markdown_table, metadata, peak_mib, reset_peak, timed, write_results
+from _common import (
+    MECHANISMS,
+    attention_of,
+    markdown_table,
+    memory_note,
+    metadata,
+    peak_mib,
+    publish,
+    reset_peak,
+    timed,
+)
 
 from kernels import ENV_VAR, ScaleLayout
 from scaffold.precision import autocast
@@ -116,14 +126,9 @@ def main() -> None:
         f"# Training step\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}; "
         f"depth {args.depth}, batch {args.batch_size}, {args.resolution} px (L = {L}), backend {args.backend}, "
         f"{args.precision}; peak memory: "
-        f"{'CUDA peak allocated' if device.type == 'cuda' else 'process peak RSS (upper bound)'}\n\n"
-        + markdown_table(rows, cols)
+        f"{memory_note(device)}\n\n" + markdown_table(rows, cols)
     )
-    print(md)
-    if args.out:
-        print(
-            "wrote", write_results(args.out, "train-" + ("quick" if args.quick else f"d{args.depth}"), meta, rows, md)
-        )
+    publish(args, "train", meta, rows, md)
 
 
 if __name__ == "__main__":
