@@ -55,6 +55,11 @@ def _assert_same_fwd_bwd(fn_ref, fn_naive, inputs: list[torch.Tensor]) -> None:
         torch.testing.assert_close(g_ref, g_naive)
 
 
+def _assert_matches_naive(op, naive, inputs: list[torch.Tensor], *args, **kwargs) -> None:
+    """``op(*inputs, *args, **kwargs)`` and its gradients against the naive version called the same way."""
+    _assert_same_fwd_bwd(lambda *t: op(*t, *args, **kwargs), lambda *t: naive(*t, *args, **kwargs), inputs)
+
+
 # ----------------------------------------------------------------------------------------------
 # Naive versions, one output element (or one query row) at a time
 
@@ -205,20 +210,14 @@ def _L(patch_nums):
 def test_block_causal_attention_matches_naive(patch_nums):
     B, H, D = 2, 2, 5
     q, k, v = (_rand(B, H, _L(patch_nums), D, seed=s) for s in range(3))
-    _assert_same_fwd_bwd(
-        lambda q, k, v: kernels.block_causal_attention(q, k, v, patch_nums),
-        lambda q, k, v: naive_block_causal_attention(q, k, v, patch_nums),
-        [q, k, v],
-    )
+    _assert_matches_naive(kernels.block_causal_attention, naive_block_causal_attention, [q, k, v], patch_nums)
 
 
 def test_block_causal_attention_custom_scale_and_gradcheck():
     patch_nums = (1, 2)
     q, k, v = (_rand(1, 2, 5, 3, seed=s) for s in range(3))
-    _assert_same_fwd_bwd(
-        lambda q, k, v: kernels.block_causal_attention(q, k, v, patch_nums, scale=0.7),
-        lambda q, k, v: naive_block_causal_attention(q, k, v, patch_nums, scale=0.7),
-        [q, k, v],
+    _assert_matches_naive(
+        kernels.block_causal_attention, naive_block_causal_attention, [q, k, v], patch_nums, scale=0.7
     )
     assert _gradcheck(lambda q, k, v: kernels.block_causal_attention(q, k, v, patch_nums), (q, k, v))
 
@@ -228,10 +227,8 @@ def test_block_causal_attention_custom_scale_and_gradcheck():
 def test_neighborhood_attention_matches_naive(patch_nums, kernel_size):
     B, H, D = 1, 2, 4
     q, k, v = (_rand(B, H, _L(patch_nums), D, seed=s) for s in range(3))
-    _assert_same_fwd_bwd(
-        lambda q, k, v: kernels.neighborhood_attention(q, k, v, patch_nums, kernel_size),
-        lambda q, k, v: naive_neighborhood_attention(q, k, v, patch_nums, kernel_size),
-        [q, k, v],
+    _assert_matches_naive(
+        kernels.neighborhood_attention, naive_neighborhood_attention, [q, k, v], patch_nums, kernel_size
     )
 
 
@@ -239,10 +236,8 @@ def test_neighborhood_attention_larger_map_matches_naive_and_gradcheck():
     # A coarse scale larger than the window (n=5 > 3), so projected windows on earlier scales move.
     patch_nums, kernel_size = (1, 5, 7), 3
     q, k, v = (_rand(1, 1, _L(patch_nums), 3, seed=s) for s in range(3))
-    _assert_same_fwd_bwd(
-        lambda q, k, v: kernels.neighborhood_attention(q, k, v, patch_nums, kernel_size, scale=0.9),
-        lambda q, k, v: naive_neighborhood_attention(q, k, v, patch_nums, kernel_size, scale=0.9),
-        [q, k, v],
+    _assert_matches_naive(
+        kernels.neighborhood_attention, naive_neighborhood_attention, [q, k, v], patch_nums, kernel_size, scale=0.9
     )
     small = [t.detach()[:, :, :5].clone().requires_grad_() for t in (q, k, v)]
     assert _gradcheck(lambda q, k, v: kernels.neighborhood_attention(q, k, v, (1, 2), 1), small)
@@ -253,20 +248,14 @@ def test_external_attention_matches_naive(patch_nums):
     B, H, D, S = 2, 2, 3, 4
     q = _rand(B, H, _L(patch_nums), D, seed=0)
     mem_k, mem_v = _rand(H, S, D, seed=1), _rand(H, S, D, seed=2)
-    _assert_same_fwd_bwd(
-        lambda q, mk, mv: kernels.external_attention(q, mk, mv, patch_nums),
-        lambda q, mk, mv: naive_external_attention(q, mk, mv, patch_nums),
-        [q, mem_k, mem_v],
-    )
+    _assert_matches_naive(kernels.external_attention, naive_external_attention, [q, mem_k, mem_v], patch_nums)
 
 
 def test_external_attention_custom_scale_and_gradcheck():
     patch_nums = (1, 2)
     q, mem_k, mem_v = _rand(1, 2, 5, 3, seed=0), _rand(2, 4, 3, seed=1), _rand(2, 4, 3, seed=2)
-    _assert_same_fwd_bwd(
-        lambda q, mk, mv: kernels.external_attention(q, mk, mv, patch_nums, scale=2.0),
-        lambda q, mk, mv: naive_external_attention(q, mk, mv, patch_nums, scale=2.0),
-        [q, mem_k, mem_v],
+    _assert_matches_naive(
+        kernels.external_attention, naive_external_attention, [q, mem_k, mem_v], patch_nums, scale=2.0
     )
     assert _gradcheck(lambda q, mk, mv: kernels.external_attention(q, mk, mv, patch_nums), (q, mem_k, mem_v))
 
@@ -323,11 +312,7 @@ def test_gspn_scan_matches_naive(shape, chunk):
     x, lam = _rand(N, C, H, W, seed=0), _rand(N, C, H, W, seed=1)
     # Normalised gates, as the op expects; detached so g is a leaf the gradient check can compare.
     g = kernels.gspn_normalize_gates(_rand(N, 3, C, H, W, seed=2, requires_grad=False)).requires_grad_()
-    _assert_same_fwd_bwd(
-        lambda x, lam, g: kernels.gspn_scan(x, lam, g, chunk=chunk),
-        lambda x, lam, g: naive_gspn_scan(x, lam, g, chunk=chunk),
-        [x, lam, g],
-    )
+    _assert_matches_naive(kernels.gspn_scan, naive_gspn_scan, [x, lam, g], chunk=chunk)
 
 
 @pytest.mark.parametrize(
