@@ -233,8 +233,13 @@ def memory_note(device: torch.device) -> str:
     return "CUDA peak allocated" if device.type == "cuda" else "process peak RSS (upper bound)"
 
 
-def publish(args, kind: str, meta: dict, rows: list[dict], markdown: str) -> None:
-    """Print ``markdown``; with ``--out``, write the results as ``<kind>-quick`` or ``<kind>-d<depth>``."""
+def publish(args, kind: str, title: str, details: str, meta: dict, rows: list[dict], cols: list[str], device) -> None:
+    """Print the table of ``rows`` under ``title`` and a line of where and what (``details``: the settings);
+    with ``--out``, write the results as ``<kind>-quick`` or ``<kind>-d<depth>``."""
+    markdown = (
+        f"# {title}\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}; "
+        f"{details}; peak memory: {memory_note(device)}\n\n" + markdown_table(rows, cols)
+    )
     print(markdown)
     if args.out:
         name = f"{kind}-" + ("quick" if args.quick else f"d{args.depth}")

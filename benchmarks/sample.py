@@ -37,8 +37,6 @@ from _common import (
     MECHANISMS,
     attention_of,
     count_flops,
-    markdown_table,
-    memory_note,
     metadata,
     peak_gemm_flops_per_s,
     peak_mib,
@@ -282,13 +280,10 @@ def main() -> None:
         "ratio_vs_published",
     ]
     gemm_text = ", ".join(f"{k} {v / 1e9:.3g} ({'x'.join(map(str, gemm_shape[k]))})" for k, v in gemm.items())
-    md = (
-        f"# Sampling throughput\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, "
-        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM GFLOP/s (m x k x n) in the same run: "
-        f"{gemm_text}; peak memory: "
-        f"{memory_note(device)}\n\n" + markdown_table(rows, cols)
+    details = (
+        f"depth {args.depth}, cfg 1.5 / top-k 900 / top-p 0.96; GEMM GFLOP/s (m x k x n) in the same run: {gemm_text}"
     )
-    publish(args, "sample", meta, rows, md)
+    publish(args, "sample", "Sampling throughput", details, meta, rows, cols, device)
 
 
 if __name__ == "__main__":

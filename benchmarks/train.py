@@ -23,8 +23,6 @@ import torch.nn.functional as F
 from _common import (
     MECHANISMS,
     attention_of,
-    markdown_table,
-    memory_note,
     metadata,
     peak_mib,
     publish,
@@ -122,13 +120,11 @@ def main() -> None:
         quick=args.quick,
     )
     cols = ["mechanism", "compile", "params_m", "tokens_per_s", "step_ms", "peak_mib", "vs_full"]
-    md = (
-        f"# Training step\n\n{meta['device']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}; "
+    details = (
         f"depth {args.depth}, batch {args.batch_size}, {args.resolution} px (L = {L}), backend {args.backend}, "
-        f"{args.precision}; peak memory: "
-        f"{memory_note(device)}\n\n" + markdown_table(rows, cols)
+        f"{args.precision}"
     )
-    publish(args, "train", meta, rows, md)
+    publish(args, "train", "Training step", details, meta, rows, cols, device)
 
 
 if __name__ == "__main__":
