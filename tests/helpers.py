@@ -201,3 +201,20 @@ def write_tarball(path: Path, files: dict[str, bytes], extra: dict[str, bytes] |
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
+
+
+def record_losses(module, crash_at: int | None = None) -> list[float]:
+    """Wrap ``module.training_step`` so that it records each step's loss (the list returned, filled as the
+    run goes) and raises a simulated crash at global step ``crash_at``."""
+    losses: list[float] = []
+    original = module.training_step
+
+    def recording_step(batch, batch_idx):
+        if module.global_step == crash_at:
+            raise RuntimeError("simulated crash")
+        loss = original(batch, batch_idx)
+        losses.append(float(loss.detach()))
+        return loss
+
+    module.training_step = recording_step
+    return losses

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_locked_out, full_disk, lock_held_elsewhere
+from helpers import assert_locked_out, full_disk, lock_held_elsewhere, record_losses
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from app.cli import main
@@ -71,17 +71,7 @@ def fit(cfg: TokenizerTrainConfig, ckpt_path=None, crash_at=None) -> tuple[Token
     torch.manual_seed(cfg.seed)
     data = TokenizerData(cfg.data, cfg.batch_size, 0, cfg.seed)
     module = TokenizerTraining(cfg)
-    losses: list[float] = []
-    original = module.training_step
-
-    def recording_step(batch, batch_idx):
-        if module.global_step == crash_at:
-            raise RuntimeError("simulated crash")
-        loss = original(batch, batch_idx)
-        losses.append(float(loss))
-        return loss
-
-    module.training_step = recording_step
+    losses = record_losses(module, crash_at)
     trainer = build_trainer(cfg, logger=False)
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module, losses

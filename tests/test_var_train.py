@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_locked_out, lock_held_elsewhere
+from helpers import assert_locked_out, lock_held_elsewhere, record_losses
 from torch import nn
 
 from app.cli import main
@@ -75,17 +75,7 @@ def fit(cfg: VARTrainConfig, ckpt_path=None, crash_at=None) -> tuple[VARTraining
     data = VARData(cfg, vae)
     data.setup()
     module = VARTraining(cfg, vae, data.class_names)
-    losses: list[float] = []
-    original = module.training_step
-
-    def recording_step(batch, batch_idx):
-        if module.global_step == crash_at:
-            raise RuntimeError("simulated crash")
-        loss = original(batch, batch_idx)
-        losses.append(float(loss.detach()))
-        return loss
-
-    module.training_step = recording_step
+    losses = record_losses(module, crash_at)
     build_trainer(cfg, logger=False).fit(module, datamodule=data, ckpt_path=ckpt_path)
     return module, losses
 
