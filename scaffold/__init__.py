@@ -10,6 +10,7 @@ from .checkpoint import (
     load_state_dict_strict,
     read_state_dict,
     save_state_dict,
+    sha256_of,
 )
 from .config import ConfigError, config_to_dict, load_config
 from .errors import UserError
@@ -31,5 +32,6 @@ __all__ = [
     "read_state_dict",
     "remove_stale_temporaries",
     "save_state_dict",
+    "sha256_of",
     "write_atomic",
 ]

@@ -5,6 +5,8 @@ Shared by `load_official_vae`, the transformer's `load_official_var` and both ex
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import os
 from collections.abc import Collection, Mapping
@@ -18,6 +20,9 @@ from .errors import UserError
 from .io import write_atomic
 
 __all__ = [
+    "HUB_REPO",
+    "HUB_REVISION",
+    "HUB_SHA256",
     "CheckpointError",
     "check_keys",
     "check_state_dict",
@@ -25,9 +30,21 @@ __all__ = [
     "load_state_dict_strict",
     "read_state_dict",
     "save_state_dict",
+    "sha256_of",
 ]
 
+# The published checkpoints, pinned: the hub repo at one commit, and the SHA-256 of every file taken from it
+# (the git-lfs pointers' oids at that commit). A download is used only if its bytes have this hash, so a
+# changed file on the hub, a corrupted cache or a tampered mirror is refused rather than unpickled.
 HUB_REPO = "FoundationVision/var"
+HUB_REVISION = "6d0ee6598a42f75079aa79e58b012b57b284c91b"
+HUB_SHA256: dict[str, str] = {
+    "vae_ch160v4096z32.pth": "7c3ec27ae28a3f87055e83211ea8cc8558bd1985d7b51742d074fb4c2fcf186c",
+    "var_d16.pth": "4f6151aad91c94e03e224dd7358d8389fa05301c0c291279566998efb54b0ecb",
+    "var_d20.pth": "f7d232978e6fe82a4f2e0f5d82b012e01b1aa5abfe93ce2b56104ec0e878a10f",
+    "var_d24.pth": "12c03619b2d3906ed19fe59539a90aadf60d72287dbaa31cf540435e76ddf789",
+    "var_d30.pth": "7b11551dd4d794c7d6ed10b3d2822d42efe609a86128171b646e543dd2633b56",
+}
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -118,19 +135,49 @@ def load_state_dict_strict(
             raise RuntimeError(f"tensors not set by the checkpoint {what}: {left}")
 
 
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The file's SHA-256, hex; computed once per process for a file of unchanged size and modification time."""
+    st = os.stat(path)
+    return _sha256_cached(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+
+
 def hub_download(filename: str, repo_id: str = HUB_REPO) -> str:
-    """Download (or take from the local cache) `filename` of the Hugging Face repo `repo_id`."""
+    """`filename` of the hub repo `repo_id` at the pinned :data:`HUB_REVISION` (downloaded once, then taken
+    from huggingface_hub's cache), checked against its SHA-256 in :data:`HUB_SHA256` before anyone reads it.
+    A file without a pinned hash is refused: this project never loads a download it cannot check."""
+    expected = HUB_SHA256.get(filename) if repo_id == HUB_REPO else None
+    if expected is None:
+        raise CheckpointError(
+            f"'{filename}' of '{repo_id}' has no SHA-256 pinned in this version (known: {', '.join(HUB_SHA256)}); "
+            "download it yourself and pass the local file path instead"
+        )
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as err:  # pragma: no cover - huggingface_hub is a hard dependency
         raise CheckpointError("huggingface_hub is not installed; pip install huggingface_hub") from err
     try:
-        return hf_hub_download(repo_id=repo_id, filename=filename)
+        path = hf_hub_download(repo_id=repo_id, filename=filename, revision=HUB_REVISION)
     except Exception as err:
         # Offline (HF_HUB_OFFLINE, no route, DNS), gated or missing file: one actionable message.
         raise CheckpointError(
             f"could not get '{filename}' from the Hugging Face hub repo '{repo_id}' "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}). "
-            f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/main/{filename} "
+            f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/{HUB_REVISION}/{filename} "
             f"elsewhere and pass the local file path instead."
         ) from err
+    found = sha256_of(path)
+    if found != expected:
+        raise CheckpointError(
+            f"{path}: the download of '{filename}' has SHA-256 {found}, not the published {expected}; the file "
+            "is corrupt or not the published one. Delete it (huggingface_hub's cache) and download it again."
+        )
+    return path

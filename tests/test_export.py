@@ -5,8 +5,9 @@ import torch
 from helpers import L_TINY, tiny_var
 
 from scaffold import CheckpointError
+from scaffold.checkpoint import sha256_of
 from var import sample
-from var.export import export_model, file_sha256, load_model
+from var.export import export_model, load_model
 from var.settings import MODEL_DEFAULTS, SamplingSettings
 
 
@@ -122,7 +123,7 @@ def test_the_folder_records_its_tokenizer_and_loading_checks_it(tmp_path, tiny_v
 
     out = export_model(tiny_var(), tiny_vae, tmp_path / "m")
     recorded = OmegaConf.load(out / "config.yaml").tokenizer_sha256
-    assert recorded == file_sha256(out / "tokenizer" / "model.safetensors")
+    assert recorded == sha256_of(out / "tokenizer" / "model.safetensors")
     load_model(out)
     # the same architecture with other weights: _check_pair cannot see it, the record does
     other = type(tiny_vae)(tiny_vae.config).eval()
@@ -186,7 +187,7 @@ def test_a_published_checkpoint_file_is_a_model(tmp_path, tiny_vae, monkeypatch)
     assert calls == {"var": (["blocks.0.w", "blocks.15.w"], 16, str(weights)),
                      "vae": str(tmp_path / "vae_ch160v4096z32.pth")}  # fmt: skip
     assert loaded.model is model and loaded.name == str(weights) and len(loaded.class_names) == 1000
-    assert loaded.identity["tokenizer_sha256"] == file_sha256(tmp_path / "vae_ch160v4096z32.pth")
+    assert loaded.identity["tokenizer_sha256"] == sha256_of(tmp_path / "vae_ch160v4096z32.pth")
 
 
 def test_a_model_folder_is_read_without_interpolation(tmp_path, tiny_vae, monkeypatch):

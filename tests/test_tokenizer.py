@@ -3,7 +3,8 @@ import torch
 from helpers import seeded_weights
 
 from kernels import SCHEDULES
-from scaffold import CheckpointError, save_state_dict
+from scaffold import CheckpointError, save_state_dict, sha256_of
+from scaffold.checkpoint import HUB_REVISION, HUB_SHA256
 from tokenizer import (
     MultiScaleQuantizer,
     MultiScaleVQVAE,
@@ -144,13 +145,14 @@ def test_hub_download_path_uses_the_published_file_name(monkeypatch, tmp_path, p
     torch.save(published_state_dict, path)
     calls = []
 
-    def fake_download(repo_id, filename):
-        calls.append((repo_id, filename))
+    def fake_download(repo_id, filename, revision):
+        calls.append((repo_id, filename, revision))
         return str(path)
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    monkeypatch.setitem(HUB_SHA256, "vae_ch160v4096z32.pth", sha256_of(path))  # this test's stand-in file
     vae = load_official_vae("hub")
-    assert calls == [("FoundationVision/var", "vae_ch160v4096z32.pth")]
+    assert calls == [("FoundationVision/var", "vae_ch160v4096z32.pth", HUB_REVISION)]
     assert torch.equal(vae.quantize.embedding.weight, published_state_dict["quantize.embedding.weight"])
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from helpers import L_TINY, TINY_VAR, tiny_var
 
-from scaffold import CheckpointError
+from scaffold import CheckpointError, sha256_of
+from scaffold.checkpoint import HUB_REVISION, HUB_SHA256
 from var import MIXERS, PRESETS, VAR, TokenMixer, VARConfig, load_official_var, preset
 from var.attention import FullAttention
 
@@ -124,13 +125,14 @@ def test_hub_download_uses_the_published_file_name(monkeypatch, tmp_path):
     )
     calls = []
 
-    def fake_download(repo_id, filename):
-        calls.append((repo_id, filename))
+    def fake_download(repo_id, filename, revision):
+        calls.append((repo_id, filename, revision))
         return str(tmp_path / filename)
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_download)
+    monkeypatch.setitem(HUB_SHA256, "var_d2.pth", sha256_of(tmp_path / "var_d2.pth"))  # the stand-in's hash
     loaded = load_official_var("hub", config=model.config)
-    assert calls == [("FoundationVision/var", "var_d2.pth")]
+    assert calls == [("FoundationVision/var", "var_d2.pth", HUB_REVISION)]
     assert torch.equal(loaded.head.weight, model.head.weight)
 
 

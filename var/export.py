@@ -41,6 +41,7 @@ from scaffold import (
     load_state_dict_strict,
     read_state_dict,
     save_state_dict,
+    sha256_of,
     write_atomic,
 )
 from tokenizer import MultiScaleVQVAE, export_tokenizer, load_official_vae, load_tokenizer
@@ -53,22 +54,12 @@ __all__ = [
     "ExportConfig",
     "LoadedModel",
     "export_model",
-    "file_sha256",
     "load_model",
 ]
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.yaml", "tokenizer"
 PUBLISHED = ("d16", "d20", "d24", "d30")
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, in hex (a model's identity: its weights, not its path)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:  # hashlib.file_digest is Python 3.11+; the project supports 3.10
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -103,12 +94,12 @@ class LoadedModel:
         del arch["init_adaln_gamma"]  # how training began, not what the weights compute: identities stay as they were
         model = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
         if self.weights_file is not None:
-            model.update(bytes.fromhex(file_sha256(self.weights_file)))
+            model.update(bytes.fromhex(sha256_of(self.weights_file)))
         else:  # built in memory (tests, a caller's own model): hash the tensors themselves
             for k, v in sorted(self.model.state_dict().items()):
                 model.update(k.encode() + v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         if self.tokenizer_file is not None:
-            tok = file_sha256(self.tokenizer_file)
+            tok = sha256_of(self.tokenizer_file)
         else:
             h = hashlib.sha256()
             for k, v in sorted(self.vae.state_dict().items()):
@@ -149,7 +140,7 @@ def export_model(
         model=model.config,
         class_names=names,
         sampling=(sampling if sampling is not None else MODEL_DEFAULTS).as_dict(),
-        tokenizer_sha256=file_sha256(out / TOKENIZER / WEIGHTS),
+        tokenizer_sha256=sha256_of(out / TOKENIZER / WEIGHTS),
     )
     write_atomic(out / CONFIG, OmegaConf.to_yaml(config_to_dict(cfg)))
     return out
@@ -236,7 +227,7 @@ def _load_folder(folder: Path) -> LoadedModel:
     load_state_dict_strict(model, read_state_dict(folder / WEIGHTS), str(folder / WEIGHTS), assign=True)
     _check_pair(model, vae, str(folder))  # an architecture mismatch says more than a hash mismatch
     tokenizer_file = folder / TOKENIZER / WEIGHTS
-    if cfg.tokenizer_sha256 and (found := file_sha256(tokenizer_file)) != cfg.tokenizer_sha256:
+    if cfg.tokenizer_sha256 and (found := sha256_of(tokenizer_file)) != cfg.tokenizer_sha256:
         raise CheckpointError(
             f"{folder / TOKENIZER} is not the tokenizer this model was exported with (its weights' SHA-256 is "
             f"{found[:12]}..., {CONFIG} records {cfg.tokenizer_sha256[:12]}...): "
