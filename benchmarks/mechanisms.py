@@ -139,7 +139,7 @@ LOOP_RATE = "train/device/items_per_sec"  # tokens/s: the transformer training c
 def loop_tokens_per_s(run_dir: Path) -> float | None:
     """Tokens/s of the training loop alone: the harmonic mean of the rates the run logged (each over the
     same number of steps, so this is total tokens over total time); None if it logged none. The rate is
-    `ThroughputMonitor`'s tokens/s of the one device (`scaffold.training.throughput_monitor`)."""
+    `ThroughputMonitor`'s tokens/s of the one device (`scaffold.loggers.throughput_monitor`)."""
     import csv
 
     logs = sorted(run_dir.glob("logs/*/metrics.csv"), key=lambda p: p.stat().st_mtime)

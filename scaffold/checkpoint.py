@@ -1,6 +1,10 @@
-"""Reading, strictly loading and downloading state dicts, with messages that name the problem.
+"""Reading checkpoint files with messages that name the problem: state dicts (read, strictly loaded,
+downloaded) and the step of a training checkpoint.
 
-Shared by `load_official_vae`, the transformer's `load_official_var` and both exports.
+State dicts are shared by `load_official_vae`, the transformer's `load_official_var` and both exports; a
+training checkpoint (Lightning's: `state_dict`, `global_step`, optimizer state...) is read here without
+Lightning (`probe_checkpoint`) and by Lightning through `scaffold.resume.AtomicCheckpointIO`, both with
+`CHECKPOINT_SAFE_GLOBALS` and the same one-line reason (`load_error_reason`).
 """
 
 from __future__ import annotations
@@ -9,6 +13,9 @@ import functools
 import hashlib
 import io
 import os
+import pickle
+import re
+import zipfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ from .errors import UserError
 from .io import write_atomic
 
 __all__ = [
+    "CHECKPOINT_SAFE_GLOBALS",
     "HUB_REPO",
     "HUB_REVISION",
     "HUB_SHA256",
@@ -27,7 +35,9 @@ __all__ = [
     "check_keys",
     "check_state_dict",
     "hub_download",
+    "load_error_reason",
     "load_state_dict_strict",
+    "probe_checkpoint",
     "read_state_dict",
     "save_state_dict",
     "sha256_of",
@@ -181,3 +191,46 @@ def hub_download(filename: str, repo_id: str = HUB_REPO) -> str:
             "is corrupt or not the published one. Delete it (huggingface_hub's cache) and download it again."
         )
     return path
+
+
+# What `torch.load(weights_only=True)` may build besides tensors, containers and plain values. A checkpoint of
+# both trainings holds nothing else (their state is tensors, numbers, strings, lists and dicts): the list is
+# empty on purpose, and a type is added here only when a checkpoint this project writes needs it.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+def load_error_reason(err: Exception) -> str:
+    """Why `torch.load` failed on a training checkpoint, in one line."""
+    if isinstance(err, pickle.UnpicklingError) and "weights_only" in str(err).lower():
+        # torch's message is many lines of advice to load with weights_only=False: exactly what must not happen.
+        found = re.search(r"GLOBAL (\S+)|global ['`]?([\w.]+)", str(err))
+        what = f" ({next(g for g in found.groups() if g)})" if found else ""
+        return (
+            f"it holds objects other than tensors and plain values{what}; refused, as loading them would run "
+            f"code from the file (a checkpoint of this project never holds any)"
+        )
+    text = str(err).splitlines()[0] if str(err) else "no details"
+    return f"{type(err).__name__}: {text}"
+
+
+def probe_checkpoint(path: str | os.PathLike) -> int:
+    """The `global_step` of a Lightning checkpoint, read without loading its tensors (memory-mapped).
+
+    Raises CheckpointError naming the file when it is empty, truncated or not a Lightning checkpoint.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip whose directory comes last
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is cut short or not a checkpoint ({size} bytes, no zip directory at its end)"
+        )
+    try:
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_error_reason(err)}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint (no state_dict and global_step)")
+    return int(ckpt["global_step"])

@@ -35,6 +35,17 @@ def nextscale_cache(tmp_path_factory):
 
 
 @pytest.fixture
+def mixers():
+    """`var.MIXERS`, put back as it was after the test: for tests that `register_mixer` a mechanism of their own."""
+    from var import MIXERS
+
+    before = dict(MIXERS)
+    yield MIXERS
+    MIXERS.clear()
+    MIXERS.update(before)
+
+
+@pytest.fixture
 def one_thread():
     """One intra-op thread for the training tests: on a shared 2-core machine OpenMP threads spin against
     other processes and a tiny training step gets 10-20x slower (measured: 1.1 s vs 19 s for a four-step

@@ -1,4 +1,5 @@
-"""Shared test helpers: tiny VAR configs with non-trivial weights, a tiny emoji package."""
+"""Shared test helpers: tiny VAR configs with non-trivial weights, a tiny emoji package, a two-parameter
+Lightning run with step checkpoints."""
 
 import base64
 import hashlib
@@ -7,10 +8,15 @@ import json
 import tarfile
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
+from scaffold.config import load_config
+from scaffold.resume import AtomicCheckpointIO, StepCheckpoint
+from scaffold.run_config import RunConfig
 from tokenizer.emoji import CATEGORIES
 from var import VAR, VARConfig
 
@@ -218,3 +224,45 @@ def record_losses(module, crash_at: int | None = None) -> list[float]:
 
     module.training_step = recording_step
     return losses
+
+
+class Tiny(L.LightningModule):
+    """Two parameters: a fit of a few steps takes well under a second, so the run scaffold is tested alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        return self.lin(x).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def tiny_batches() -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=4)
+
+
+def train_tiny(out_dir: Path, max_steps: int, every: int = 1, keep: int = 2, ckpt_path=None) -> L.Trainer:
+    """Fit `Tiny` to `max_steps` with the run's checkpointing (`StepCheckpoint` through `AtomicCheckpointIO`)."""
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        devices=1,
+        callbacks=[StepCheckpoint(out_dir, every, keep)],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+    trainer.fit(Tiny(), tiny_batches(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def cpu_run_config(tmp_path: Path, *overrides: str) -> RunConfig:
+    """A `RunConfig` in `tmp_path` on one CPU in fp32, loaded (and so validated) with `overrides`."""
+    base = [f"out_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.devices=1", "precision=32-true"]
+    return load_config(RunConfig, None, [*base, *overrides])

@@ -184,7 +184,7 @@ def test_gspn_gates_and_scan(shape, chunk, precision, request):
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_mechanism_modules_agree_compiled(name, precision):
     """Each mixer module with backend="triton" and backend="torch" on CUDA: output and every gradient."""
-    from var.attention import build_mixer
+    from var.registry import build_mixer
 
     dtype, matmul = PRECISIONS[precision]
     torch.set_float32_matmul_precision(matmul)

@@ -12,18 +12,12 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 from app.cli import main
 from scaffold import save_state_dict
 from scaffold.config import load_config
+from scaffold.errors import TrainingError
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, load_tokenizer
 from tokenizer.codebook import CodebookUsage, restart_dead_codes, usage_fractions
 from tokenizer.data import DatasetError
 from tokenizer.losses import LPIPS, PatchDiscriminator, adaptive_weight, load_perceptual
-from tokenizer.train import (
-    StepBatchSampler,
-    TokenizerTrainConfig,
-    TokenizerTraining,
-    TrainingError,
-    build_trainer,
-    train_tokenizer,
-)
+from tokenizer.train import TokenizerTrainConfig, TokenizerTraining, build_trainer, train_tokenizer
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
@@ -156,17 +150,6 @@ def test_train_export_and_reload_reconstruct_identically(tmp_path):
     assert ckpt["state_dict"]["ema.n_averaged"] == 3  # the initial copy and two updates
     img = torch.rand(2, 3, 16, 16) * 2 - 1
     torch.testing.assert_close(vae.reconstruct(img), ema.eval().reconstruct(img), rtol=0, atol=0)
-
-
-def test_step_batch_sampler_is_a_function_of_the_step():
-    a = StepBatchSampler(10, 4, seed=1)
-    b = StepBatchSampler(10, 4, seed=1, start_step=2)
-    it = iter(a)
-    first = [next(it) for _ in range(4)]
-    assert next(iter(b)) == first[2]
-    assert sorted(first[0] + first[1] + first[2][:2]) == list(range(10))  # one pass is a permutation
-    r0, r1 = StepBatchSampler(10, 2, 1, rank=0, world_size=2), StepBatchSampler(10, 2, 1, rank=1, world_size=2)
-    assert r0.batch(0) + r1.batch(0) == a.batch(0)
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from helpers import L_TINY, TINY_VAR, tiny_var
 
 from scaffold import CheckpointError, sha256_of
 from scaffold.checkpoint import HUB_REVISION, HUB_SHA256
-from var import MIXERS, PRESETS, VAR, TokenMixer, VARConfig, load_official_var, preset
+from var import PRESETS, VAR, TokenMixer, VARConfig, load_official_var, preset, register_mixer
 from var.attention import FullAttention
 
 # ------------------------------------------------------------------------------------ published layout
@@ -221,7 +221,7 @@ def test_logits_are_fp32_under_autocast():
     assert logits.dtype == torch.float32
 
 
-def test_a_registered_mechanism_plugs_in_per_block(monkeypatch):
+def test_a_registered_mechanism_plugs_in_per_block(mixers):
     class MeanOfPast(TokenMixer):
         """Mean of every token of scales <= the query's: a stateful, block-causal toy mechanism."""
 
@@ -245,7 +245,7 @@ def test_a_registered_mechanism_plugs_in_per_block(monkeypatch):
             state["count"] += x_BlC.shape[1]
             return self.proj((state["sum"] / state["count"]).expand_as(x_BlC) * self.gain)
 
-    monkeypatch.setitem(MIXERS, "mean", MeanOfPast)
+    register_mixer("mean", MeanOfPast)
     model = tiny_var(attention=["mean", "full"], attention_options={"mean": {"gain": 2.0}})
     assert isinstance(model.blocks[1].attn, FullAttention) and model.blocks[0].attn.gain == 2.0
     labels, x = torch.tensor([3, 7]), torch.randn(2, L_TINY - 1, 8)

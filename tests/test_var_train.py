@@ -13,10 +13,11 @@ from torch import nn
 
 from app.cli import main
 from scaffold import ConfigError, config_to_dict, load_config
+from scaffold.errors import TrainingError
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
 from var import VAR, VARConfig, load_model, sample
 from var.token_cache import TokenCacheError, TokenizeConfig, load_vae, tokenize
-from var.train import TrainingError, VARData, VARTrainConfig, VARTraining, build_trainer, param_groups, train_var
+from var.train import VARData, VARTrainConfig, VARTraining, build_trainer, param_groups, train_var
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "configs" / "var"

@@ -23,25 +23,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from scaffold.batches import ordered_loader, step_batch_loader
 from scaffold.config import add_config_arguments
 from scaffold.ema import EMA
-from scaffold.training import (
-    RunConfig,
-    StepBatchSampler,
-    TrainerConfig,
-    TrainingError,
-    check_finite_weights,
-    fit_and_checkpoint,
-    make_trainer,
-    ordered_loader,
-    run_folder_lock,
-    run_training,
-    save_grid_rows,
-    skip_nonfinite,
-    start_run,
-    step_batch_loader,
-    throughput_monitor,
-)
+from scaffold.errors import TrainingError
+from scaffold.loggers import save_grid_rows, throughput_monitor
+from scaffold.nonfinite import check_finite_weights, skip_nonfinite
+from scaffold.run import fit_and_checkpoint, make_trainer, run_folder_lock, run_training, start_run
+from scaffold.run_config import RunConfig, TrainerConfig
 
 from .codebook import CodebookUsage, restart_dead_codes, usage_fractions
 from .data import DataConfig, build_datasets
@@ -54,7 +43,6 @@ __all__ = [
     "CodebookConfig",
     "LossConfig",
     "OptimConfig",
-    "StepBatchSampler",
     "TokenizerData",
     "TokenizerTrainConfig",
     "TokenizerTrainerConfig",
@@ -378,7 +366,7 @@ class TokenizerTraining(L.LightningModule):
 
 # ------------------------------------------------------------------------------------- the driver
 def build_trainer(cfg: TokenizerTrainConfig, **overrides) -> L.Trainer:
-    """`scaffold.training.make_trainer` with periodic validation, and DDP that tolerates the idle discriminator."""
+    """`scaffold.run.make_trainer` with periodic validation, and DDP that tolerates the idle discriminator."""
     tc = cfg.trainer
     # Lightning warns that under manual optimization a step checkpoint holds the weights after that
     # step's update. That is what resuming needs: global_step already counts the step.

@@ -1,10 +1,11 @@
 """The VAR transformer, its sampler and zero-shot editing."""
 
-from var.attention import MIXERS, TokenMixer, register_mixer
+from var.attention import TokenMixer
 from var.edit import edit
 from var.export import LoadedModel, export_model, load_model
 from var.model import PRESETS, VAR, VARConfig, hybrid_attention, preset
 from var.official import load_official_var
+from var.registry import MIXERS, register_mixer
 from var.sample import generate, sample, sample_progressive
 from var.settings import MODEL_DEFAULTS, SamplingSettings
 

@@ -12,15 +12,14 @@ called in two ways:
 
 Running ``step`` over the scales in order must give the rows of the teacher-forcing output.
 
-A mechanism registers itself under a name with :func:`register_mixer`; ``VARConfig.attention``
-picks one name per block and :func:`build_mixer` constructs it, so adding a mechanism touches
-neither the block nor the model.
+A mechanism names itself (``name``) and is listed in the table of :mod:`var.registry`;
+``VARConfig.attention`` picks one name per block and :func:`var.registry.build_mixer` constructs it, so
+adding a mechanism touches neither the block nor the model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
@@ -31,15 +30,7 @@ from torch import nn
 import kernels
 from var.linear import Linear, linear
 
-__all__ = [
-    "MIXERS",
-    "FullAttention",
-    "KVCache",
-    "TokenMixer",
-    "block_causal_mask",
-    "build_mixer",
-    "register_mixer",
-]
+__all__ = ["FullAttention", "KVCache", "TokenMixer", "block_causal_mask"]
 
 
 def block_causal_mask(patch_nums: tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
@@ -49,7 +40,8 @@ def block_causal_mask(patch_nums: tuple[int, ...], device: Optional[torch.device
 
 
 class TokenMixer(nn.Module):
-    """Interface of a block's attention sublayer. Subclasses set ``name`` and implement the three methods.
+    """Interface of a block's attention sublayer. Subclasses set ``name`` (their key in
+    :data:`var.registry.MIXERS`) and implement the three methods.
 
     Constructor: ``Mixer(dim, num_heads, patch_nums, *, attn_l2_norm=True, **options)``, where
     ``options`` come from ``VARConfig.attention_options[name]`` (e.g. a kernel size).
@@ -91,30 +83,6 @@ class TokenMixer(nn.Module):
         return None if state is None else state.first_rows(rows)
 
 
-MIXERS: dict[str, type[TokenMixer]] = {}
-
-
-def register_mixer(name: str) -> Callable[[type[TokenMixer]], type[TokenMixer]]:
-    """Class decorator: make a :class:`TokenMixer` selectable as ``VARConfig.attention = name``."""
-
-    def register(cls: type[TokenMixer]) -> type[TokenMixer]:
-        if name in MIXERS:
-            raise ValueError(f"attention mechanism {name!r} is already registered ({MIXERS[name].__qualname__})")
-        cls.name = name
-        MIXERS[name] = cls
-        return cls
-
-    return register
-
-
-def build_mixer(
-    name: str, dim: int, num_heads: int, patch_nums: tuple[int, ...], *, attn_l2_norm: bool = True, **options: Any
-) -> TokenMixer:
-    if name not in MIXERS:
-        raise ValueError(f"unknown attention mechanism {name!r}; registered: {sorted(MIXERS)}")
-    return MIXERS[name](dim, num_heads, patch_nums, attn_l2_norm=attn_l2_norm, **options)
-
-
 @dataclass
 class KVCache:
     """Sampling state of :class:`FullAttention`: the keys and values of the scales seen so far.
@@ -151,7 +119,6 @@ class KVCache:
         return KVCache(self.length, self.k[:rows], self.v[:rows])
 
 
-@register_mixer("full")
 class FullAttention(TokenMixer):
     """Softmax attention with the block-causal mask, as in the published ``models/basic_var.py``.
 
@@ -160,6 +127,7 @@ class FullAttention(TokenMixer):
     ``scale_mul_1H11`` when ``attn_l2_norm``; ``proj``.
     """
 
+    name: ClassVar[str] = "full"
     # published: max_scale_mul = log(100), a cap on the learned per-head temperature
     MAX_SCALE_MUL: ClassVar[float] = math.log(100)
     prunable: ClassVar[bool] = True  # a query sees every cached key: any subset of queries, in any order

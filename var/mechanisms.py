@@ -1,8 +1,8 @@
 """The four other token mixers of docs/architecture.md section 7: neighborhood, external, lka and gspn.
 
 Each is a :class:`~var.attention.TokenMixer` (teacher forcing over the packed sequence, plus a
-one-scale `step` with an explicit sampling state), registered under its name so that
-`VARConfig.attention` can pick it per block. Each keeps its parameter count at or below that of
+one-scale `step` with an explicit sampling state), listed under its `name` in `var.registry.MIXERS` so
+that `VARConfig.attention` can pick it per block. Each keeps its parameter count at or below that of
 full attention (4 C^2 + O(C)); the numbers are in each class docstring and tested.
 The computation goes through the `kernels` ops (PyTorch reference or fused Triton kernel, chosen
 by `backend`); `extra_repr` names the backend that runs on the module's device.
@@ -21,19 +21,19 @@ from torch import nn
 import kernels
 from kernels.neighborhood_attention.reference import neighborhood_mask
 
-from .attention import FullAttention, TokenMixer, backend_repr, register_mixer
+from .attention import FullAttention, TokenMixer, backend_repr
 from .linear import Linear
 
 __all__ = ["ExternalAttention", "ExternalState", "GSPNMixer", "LargeKernelAttention", "NeighborhoodAttention"]
 
 
 # ------------------------------------------------------------------------------------ neighborhood
-@register_mixer("neighborhood")
 class NeighborhoodAttention(FullAttention):
     """Pyramid neighborhood attention: the projections of full attention (same parameters, 4 C^2 + O(C)),
     but a query of scale k sees, in every scale s <= k, only a `kernel_size` window around its projected
     position (docs/architecture.md section 7.2). Sampling state: the key/value cache, as for full attention."""
 
+    name: ClassVar[str] = "neighborhood"
     prunable: ClassVar[bool] = False  # its windows are tied to grid positions
 
     def __init__(
@@ -107,7 +107,6 @@ class ExternalState:
         return ExternalState(self.max_BH1S[:rows], self.sum_BH1S[:rows])
 
 
-@register_mixer("external")
 class ExternalAttention(TokenMixer):
     """External attention (two learned memories per head) with the block-causal double normalisation
     of docs/architecture.md section 7.3: softmax over the visible tokens, then L1 over the memory slots.
@@ -117,6 +116,7 @@ class ExternalAttention(TokenMixer):
     Sampling state: a running max and sum per (head, memory slot) (:class:`ExternalState`).
     """
 
+    name: ClassVar[str] = "external"
     prunable: ClassVar[bool] = True  # each token on its own against the memories
 
     L1_EPS: ClassVar[float] = 1e-6
@@ -182,7 +182,6 @@ def _depthwise_weight(channels: int, k: int) -> tuple[nn.Parameter, nn.Parameter
     )
 
 
-@register_mixer("lka")
 class LargeKernelAttention(TokenMixer):
     """Large kernel attention on each scale's map separately (docs/architecture.md section 7.4):
     u = gelu(proj_1(x)); attn = pw(dw_dilated(dw(u))); out = proj(u * attn), with dw depthwise 5x5 and
@@ -191,6 +190,8 @@ class LargeKernelAttention(TokenMixer):
     Parameters: proj_1, pw, proj: 3 (C^2 + C); depthwise 25 C + 49 C + 2 C: 3 C^2 + 79 C <= 4 C^2 + O(C).
     Nothing crosses scales, so sampling needs no state: a step convolves the current scale alone.
     """
+
+    name: ClassVar[str] = "lka"
 
     def __init__(
         self,
@@ -309,7 +310,6 @@ class _GSPNPacking:
         return cls._cache[key]
 
 
-@register_mixer("gspn")
 class GSPNMixer(TokenMixer):
     """Generalized spatial propagation (docs/architecture.md section 7.5) on each scale's map separately.
 
@@ -332,6 +332,7 @@ class GSPNMixer(TokenMixer):
     Both layouts agree to float rounding (tested in float64, gradients included).
     """
 
+    name: ClassVar[str] = "gspn"
     DIRECTIONS: ClassVar[int] = 4
 
     def __init__(

@@ -17,9 +17,9 @@ from torch import nn
 
 from kernels import SCHEDULES, ScaleLayout
 from scaffold.precision import full_precision
-from var import mechanisms as _mechanisms  # noqa: F401  (registers neighborhood, external, lka, gspn)
-from var.attention import TokenMixer, build_mixer
+from var.attention import TokenMixer
 from var.linear import Linear, linear
+from var.registry import build_mixer
 
 __all__ = ["PRESETS", "VAR", "VARConfig", "hybrid_attention", "preset"]
 

@@ -26,26 +26,17 @@ from lightning.pytorch.utilities import grad_norm
 from torch.utils.data import DataLoader, Dataset
 
 from kernels import ScaleLayout
+from scaffold.batches import step_batch_loader
 from scaffold.checkpoint import check_keys
 from scaffold.config import add_config_arguments
 from scaffold.ema import EMA
+from scaffold.errors import TrainingError
+from scaffold.loggers import save_grid_rows, throughput_monitor
+from scaffold.nonfinite import check_finite_weights, skip_nonfinite
 from scaffold.precision import full_precision
+from scaffold.run import fit_and_checkpoint, make_trainer, run_folder_lock, run_training, start_run
+from scaffold.run_config import RunConfig, TrainerConfig
 from scaffold.sharding import clip_gradients, fsdp_strategy, full_state_dict, full_weights
-from scaffold.training import (
-    RunConfig,
-    TrainerConfig,
-    TrainingError,
-    check_finite_weights,
-    fit_and_checkpoint,
-    make_trainer,
-    run_folder_lock,
-    run_training,
-    save_grid_rows,
-    skip_nonfinite,
-    start_run,
-    step_batch_loader,
-    throughput_monitor,
-)
 from tokenizer import DataConfig, MultiScaleVQVAE, build_datasets
 from tokenizer.data import class_names as dataset_class_names
 from var.export import export_model
@@ -346,7 +337,7 @@ class VARTraining(L.LightningModule):
 
 # ------------------------------------------------------------------------------------- the driver
 def build_trainer(cfg: VARTrainConfig, **overrides) -> L.Trainer:
-    """`scaffold.training.make_trainer` with gradient clipping, no validation loop, the tokens/s
+    """`scaffold.run.make_trainer` with gradient clipping, no validation loop, the tokens/s
     (`throughput_monitor`) and FSDP that shards each `VAR` (the live one, the EMA's) alike."""
     clip = dict(gradient_clip_val=cfg.optim.grad_clip or None, gradient_clip_algorithm="norm", limit_val_batches=0)
     tokens = throughput_monitor(cfg, tokens_per_sample=ScaleLayout.of(cfg.model.patch_nums).num_tokens)

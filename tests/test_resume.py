@@ -1,11 +1,11 @@
-"""The Lightning plumbing of both trainings (scaffold.training): atomic checkpoints, pruning, resume, errors.
+"""A run's checkpoints (scaffold.resume): written atomically beside themselves, pruned, never a half file
+after a kill or a full disk, read as data only, and the one a run resumes from.
 
-A two-parameter LightningModule keeps every test well under a second of training; the trainings' own
-test files check that both train.py use this plumbing (exact resume, a truncated last.ckpt).
+`helpers.train_tiny` fits a two-parameter module; the trainings' own test files check that both
+train.py use this (exact resume, a truncated last.ckpt).
 """
 
 import errno
-import io
 import logging
 import os
 import subprocess
@@ -14,58 +14,18 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-from helpers import full_disk
-from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, TensorDataset
+from helpers import full_disk, train_tiny
 
-from scaffold import CheckpointError, ConfigError, DiskFullError, load_config
+from scaffold import CheckpointError, DiskFullError
+from scaffold.checkpoint import probe_checkpoint
+from scaffold.errors import TrainingError
 from scaffold.io import temporary_path
-from scaffold.loggers import make_logger
-from scaffold.training import (
-    AtomicCheckpointIO,
-    RunConfig,
-    StepCheckpoint,
-    TrainingError,
-    find_resume_checkpoint,
-    make_trainer,
-    prepare_run_folder,
-    probe_checkpoint,
-)
+from scaffold.resume import AtomicCheckpointIO, find_resume_checkpoint
+from scaffold.run import prepare_run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.lin = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        (x,) = batch
-        return self.lin(x).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def train(out_dir: Path, max_steps: int, every: int = 1, keep: int = 2, ckpt_path=None) -> L.Trainer:
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        callbacks=[StepCheckpoint(out_dir, every, keep)],
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=out_dir,
-    )
-    data = DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=4)
-    trainer.fit(Tiny(), data, ckpt_path=ckpt_path)
-    return trainer
 
 
 def step_files(out_dir: Path) -> list[str]:
@@ -73,17 +33,17 @@ def step_files(out_dir: Path) -> list[str]:
 
 
 def test_step_checkpoints_are_pruned_to_the_newest(tmp_path):
-    train(tmp_path, max_steps=5, keep=2)
+    train_tiny(tmp_path, max_steps=5, keep=2)
     assert step_files(tmp_path) == ["last.ckpt", "step0000004.ckpt", "step0000005.ckpt"]
     # Files of an earlier, killed run (Lightning's own pruning does not know them) go too.
     (tmp_path / "checkpoints" / "step0000099.ckpt").write_bytes(b"x")
     os.utime(tmp_path / "checkpoints" / "step0000099.ckpt", (0, 0))  # written long ago
-    train(tmp_path, max_steps=7, keep=2, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    train_tiny(tmp_path, max_steps=7, keep=2, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
     assert step_files(tmp_path) == ["last.ckpt", "step0000006.ckpt", "step0000007.ckpt"]
 
 
 def test_checkpoint_temporary_is_beside_the_checkpoint_not_in_tmpdir(tmp_path, monkeypatch):
-    """The issue: Lightning staged checkpoints in $TMPDIR and copied across filesystems into last.ckpt."""
+    """Lightning's own writer staged checkpoints in $TMPDIR and copied them across filesystems into last.ckpt."""
     other = Path("/dev/shm")
     if other.is_dir() and os.access(other, os.W_OK) and other.stat().st_dev != tmp_path.stat().st_dev:
         tmpdir = Path(tempfile.mkdtemp(dir=other))  # a real second filesystem
@@ -103,7 +63,7 @@ def test_checkpoint_temporary_is_beside_the_checkpoint_not_in_tmpdir(tmp_path, m
 
     monkeypatch.setattr(os, "replace", replace)
     try:
-        train(tmp_path, max_steps=2)
+        train_tiny(tmp_path, max_steps=2)
         assert list(tmpdir.iterdir()) == []
     finally:
         for p in tmpdir.iterdir():
@@ -122,7 +82,7 @@ def dead_pid() -> int:
 
 
 def test_a_killed_save_leaves_last_ckpt_whole_and_the_next_start_removes_its_temporary(tmp_path):
-    train(tmp_path, max_steps=1)
+    train_tiny(tmp_path, max_steps=1)
     folder = tmp_path / "checkpoints"
     left = temporary_path(folder / "last.ckpt", pid=dead_pid())
     left.write_bytes(b"half a checkpo")  # what SIGKILL during a save leaves (the slow test below does it for real)
@@ -133,7 +93,7 @@ def test_a_killed_save_leaves_last_ckpt_whole_and_the_next_start_removes_its_tem
 
 @pytest.mark.slow  # a child process importing torch and Lightning: ~20 s on a busy 2-core machine
 def test_kill_at_the_rename_keeps_the_old_checkpoint_and_the_next_start_cleans_up(tmp_path):
-    train(tmp_path, max_steps=1)
+    train_tiny(tmp_path, max_steps=1)
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     # A process that saves a new checkpoint over last.ckpt and is SIGKILLed at the rename.
@@ -141,7 +101,7 @@ def test_kill_at_the_rename_keeps_the_old_checkpoint_and_the_next_start_cleans_u
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
         import torch
-        from scaffold.training import AtomicCheckpointIO
+        from scaffold.resume import AtomicCheckpointIO
         os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)
         AtomicCheckpointIO().save_checkpoint({{"state_dict": {{"w": torch.ones(1000)}}, "global_step": 9}}, {str(last)!r})
     """)
@@ -157,28 +117,28 @@ def test_kill_at_the_rename_keeps_the_old_checkpoint_and_the_next_start_cleans_u
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "text"])
 def test_resume_skips_a_damaged_last_ckpt_saying_why(tmp_path, caplog, damage):
-    train(tmp_path, max_steps=3)
+    train_tiny(tmp_path, max_steps=3)
     last = tmp_path / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
     last.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "text": b"not a checkpoint\n"}[damage])
-    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+    with caplog.at_level(logging.INFO, logger="scaffold.resume"):
         chosen = find_resume_checkpoint(tmp_path, "true")
     assert chosen == str(tmp_path / "checkpoints" / "step0000003.ckpt")
     reason = "the file is empty" if damage == "empty" else "it is cut short or not a checkpoint"
     assert f"skipping cannot read checkpoint {last}: {reason}" in caplog.text
     assert "resuming from" in caplog.text and "(step 3)" in caplog.text
-    trainer = train(tmp_path, max_steps=4, ckpt_path=chosen)  # and it really resumes
+    trainer = train_tiny(tmp_path, max_steps=4, ckpt_path=chosen)  # and it really resumes
     assert trainer.global_step == 4
 
 
 def test_lightning_s_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_path, caplog):
     """`trainer.fit(ckpt_path="last")` resolves through StepCheckpoint: a cut-short last.ckpt (newer than
     every step checkpoint, so Lightning alone would pick it) gives way to the newest step checkpoint."""
-    train(tmp_path, max_steps=3)
+    train_tiny(tmp_path, max_steps=3)
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.write_bytes(last.read_bytes()[:100])
-    with caplog.at_level(logging.INFO, logger="scaffold.training"):
-        trainer = train(tmp_path, max_steps=5, ckpt_path="last")
+    with caplog.at_level(logging.INFO, logger="scaffold.resume"):
+        trainer = train_tiny(tmp_path, max_steps=5, ckpt_path="last")
     assert f"skipping cannot read checkpoint {last}" in caplog.text
     assert f"resuming from {tmp_path / 'checkpoints' / 'step0000003.ckpt'} (step 3)" in caplog.text
     assert trainer.global_step == 5 and probe_checkpoint(last) == 5
@@ -186,16 +146,16 @@ def test_lightning_s_ckpt_path_last_takes_the_newest_checkpoint_that_loads(tmp_p
     (empty / "checkpoints").mkdir(parents=True)
     (empty / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(TrainingError, match="no checkpoint in .* loads .*the file is empty"):
-        train(empty, max_steps=1, ckpt_path="last")
+        train_tiny(empty, max_steps=1, ckpt_path="last")
 
 
 def test_resume_last_takes_the_highest_step_not_the_newest_file(tmp_path, caplog):
     """A copied or touched older checkpoint (the newest file) must not take a run back."""
-    train(tmp_path, max_steps=3, keep=2)
+    train_tiny(tmp_path, max_steps=3, keep=2)
     folder = tmp_path / "checkpoints"
     for name in ("last.ckpt", "step0000003.ckpt"):
         os.utime(folder / name, (1_000_000, 1_000_000))  # step 2 is now the newest file by far
-    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+    with caplog.at_level(logging.INFO, logger="scaffold.resume"):
         assert find_resume_checkpoint(tmp_path, "last") == str(folder / "last.ckpt")
     assert "(step 3)" in caplog.text
     (folder / "last.ckpt").write_bytes(b"")  # among the intact ones only
@@ -234,24 +194,24 @@ class RunsCode:
 
 def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(tmp_path, caplog):
     """A file dropped into a run's checkpoint folder must not run code when the run resumes."""
-    train(tmp_path, max_steps=2)
+    train_tiny(tmp_path, max_steps=2)
     marker = tmp_path / "ran"
     last = tmp_path / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {}, "global_step": 99, "payload": RunsCode(marker)}, last)  # the newest file
-    with caplog.at_level(logging.INFO, logger="scaffold.training"):
+    with caplog.at_level(logging.INFO, logger="scaffold.resume"):
         chosen = find_resume_checkpoint(tmp_path, "last")
     assert chosen == str(tmp_path / "checkpoints" / "step0000002.ckpt")
     assert f"skipping cannot read checkpoint {last}: it holds objects other than tensors" in caplog.text
     for load in (probe_checkpoint, AtomicCheckpointIO().load_checkpoint, lambda p: find_resume_checkpoint(tmp_path, p)):
         with pytest.raises(CheckpointError, match=f"cannot read checkpoint {last}: .*posix.mkdir.*refused"):
             load(str(last))
-    trainer = train(tmp_path, max_steps=3, ckpt_path="last")  # Lightning's own resume goes through the same checks
+    trainer = train_tiny(tmp_path, max_steps=3, ckpt_path="last")  # Lightning's own resume goes through the same checks
     assert trainer.global_step == 3
     assert not marker.exists()
 
 
 def test_disk_full_during_a_checkpoint_save_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
-    train(tmp_path, max_steps=1)
+    train_tiny(tmp_path, max_steps=1)
     last = tmp_path / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
 
@@ -260,112 +220,3 @@ def test_disk_full_during_a_checkpoint_save_names_the_file_and_keeps_the_old_one
         AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.ones(1000)}, last)
     assert last.read_bytes() == before
     assert step_files(tmp_path) == ["last.ckpt", "step0000001.ckpt"]
-
-
-# ------------------------------------------------------------------------ trainer arguments, loggers
-def run_config(tmp_path: Path, *overrides: str) -> RunConfig:
-    base = [f"out_dir={tmp_path}", "trainer.accelerator=cpu", "trainer.devices=1", "precision=32-true"]
-    return load_config(RunConfig, None, [*base, *overrides])
-
-
-def test_any_trainer_argument_passes_through(tmp_path):
-    cfg = run_config(tmp_path, "trainer.accumulate_grad_batches=3", "trainer.num_sanity_val_steps=2")
-    assert cfg.trainer.extra == {"accumulate_grad_batches": 3, "num_sanity_val_steps": 2}
-    trainer = make_trainer(cfg)
-    assert trainer.accumulate_grad_batches == 3 and trainer.num_sanity_val_steps == 2  # over make_trainer's 0
-    assert make_trainer(run_config(tmp_path)).accumulate_grad_batches == 1
-
-
-@pytest.mark.parametrize(
-    "override, match",
-    [
-        (
-            "trainer.acumulate_grad_batches=2",
-            r"unknown key 'trainer.acumulate_grad_batches'; did you mean 'trainer.accumulate_grad_batches'\?",
-        ),
-        (
-            "trainer.extra.acumulate_grad_batches=2",
-            r"trainer.acumulate_grad_batches is not an argument of lightning.Trainer; did you mean",
-        ),
-        ("trainer.max_steps=5", r"trainer.max_steps is not passed to lightning.Trainer: set max_steps instead"),
-        ("trainer.gradient_clip_val=1", r"trainer.gradient_clip_val is not passed .*optim.grad_clip"),
-        ("trainer.logger=false", r"trainer.logger is not passed to lightning.Trainer: set logger instead"),
-        ("logger=tb", r"logger must be one of csv, tensorboard, wandb, none; got 'tb'"),
-        ("trainer.accumulate_grad_batches=0", r"trainer.accumulate_grad_batches must be an integer >= 1, got 0"),
-    ],
-    ids=["typo", "typo-in-extra", "max_steps", "clip", "logger-in-trainer", "logger-choice", "accumulate-0"],
-)
-def test_a_wrong_trainer_argument_names_the_key(tmp_path, override, match):
-    with pytest.raises(ConfigError, match=match):
-        run_config(tmp_path, override)
-
-
-def test_trainer_arguments_lightning_or_the_stage_refuses_name_the_key(tmp_path):
-    with pytest.raises(
-        ConfigError, match=r"lightning.Trainer refused trainer.limit_train_batches=-1: .*invalid value -1"
-    ):
-        make_trainer(run_config(tmp_path, "trainer.limit_train_batches=-1"))
-    with pytest.raises(ConfigError, match=r"trainer.val_check_interval is not passed .*this training sets it .*=5"):
-        make_trainer(run_config(tmp_path, "trainer.val_check_interval=3"), val_check_interval=5)
-
-
-@pytest.mark.parametrize("seed", ["-1", "4294967296", "true"])
-def test_the_run_seed_is_checked(tmp_path, seed):
-    with pytest.raises(ConfigError, match=r"seed must be between 0 and 4294967295|seed.*(bool|int)"):
-        run_config(tmp_path, f"seed={seed}")
-    assert run_config(tmp_path, "seed=4294967295").seed == 2**32 - 1
-
-
-def test_logger_choice(tmp_path):
-    assert isinstance(make_trainer(run_config(tmp_path)).logger, CSVLogger)  # the default
-    assert make_trainer(run_config(tmp_path, "logger=none")).logger is None
-    assert make_logger("none", tmp_path) is False
-
-
-@pytest.mark.parametrize("kind, packages", [("tensorboard", ["tensorboard", "tensorboardX"]), ("wandb", ["wandb"])])
-def test_a_logger_whose_package_is_missing_says_what_to_install(tmp_path, monkeypatch, kind, packages):
-    for package in packages:
-        monkeypatch.setitem(sys.modules, package, None)  # `import package` raises ImportError
-    cfg = run_config(tmp_path, f"logger={kind}")
-    with pytest.raises(ConfigError, match=rf"logger={kind} needs the {packages[0]} package: pip install {packages[0]}"):
-        make_trainer(cfg)
-
-
-def test_auto_training_precision_is_bf16_only_where_native(monkeypatch):
-    from scaffold import precision
-
-    monkeypatch.setattr(precision, "native_bf16", lambda device: True)
-    assert precision.training_precision("auto", "cpu") == "bf16-mixed"
-    monkeypatch.setattr(precision, "native_bf16", lambda device: False)
-    assert precision.training_precision("auto", "cpu") == "32-true"
-    assert precision.training_precision("16-mixed", "cpu") == "16-mixed"  # an explicit choice is kept
-    assert precision.training_precision("auto", "tpu") == "32-true"
-
-
-def test_the_progress_bar_counts_steps_out_of_max_steps_across_a_resume(tmp_path, monkeypatch):
-    """Not Lightning's "Epoch 0/-2" (the trainings run by max_steps): "step 5/5", and a run resumed at step 5
-    of 8 ends at "8/8", not at the 3 batches this process ran."""
-    import rich
-
-    from scaffold.training import progress_bar
-
-    def run(max_steps, ckpt_path=None) -> str:
-        console = rich.console.Console(record=True, force_terminal=True, width=120, file=io.StringIO())
-        monkeypatch.setattr("lightning.pytorch.callbacks.progress.rich_progress.get_console", lambda: console)
-        trainer = L.Trainer(
-            max_steps=max_steps,
-            accelerator="cpu",
-            devices=1,
-            callbacks=[StepCheckpoint(tmp_path, 1, 1), *progress_bar(True)],
-            logger=False,
-            enable_model_summary=False,
-            default_root_dir=tmp_path,
-        )
-        trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(64, 2)), batch_size=4), ckpt_path=ckpt_path)
-        return console.export_text()
-
-    first = run(5)
-    assert "step" in first and "5/5" in first and "Epoch" not in first
-    resumed = run(8, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
-    assert "8/8" in resumed and "3/3" not in resumed and "Epoch" not in resumed
-    assert progress_bar(False) == []
