@@ -272,9 +272,10 @@ def test_a_folder_from_before_the_record_is_refused(tmp_path, model_dir, capsys)
         (["--cfg", "1e39"], "guidance (cfg) must be at most 100, got 1e+39"),  # finite, but inf in the logits
         (["--out", "."], "--out . is the working folder or one above it"),
         (["--out", ".."], "--out .. is the working folder or one above it"),
+        (["--model", "nowhere", "--top-k", "-1"], "top-k must be >= 0"),  # parsed before a model is loaded
     ],
     ids=["cfg-nan", "cfg-inf", "top-k-negative", "top-k-fraction", "top-p-2", "seed", "precision", "per-class",
-         "classes", "out-empty", "cfg-absurd", "out-here", "out-above"],
+         "classes", "out-empty", "cfg-absurd", "out-here", "out-above", "before-the-model"],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--out ''` must not write into the current folder
@@ -287,12 +288,12 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir
 
 
 def test_the_web_ui_and_the_command_refuse_with_the_same_words(tmp_path, model_dir, capsys):
-    from app.logic import generate_images
+    from app.logic import parse_request
 
     loaded = load_model(model_dir)
     for flag, key, value in [("--top-k", "top_k", "-5"), ("--top-p", "top_p", "2"), ("--cfg", "cfg", "nan")]:
         with pytest.raises(UserError) as web:
-            generate_images(loaded, 1, 1, **{key: value})
+            parse_request(loaded, 1, 1, **{key: value})
         assert _sample(tmp_path, model_dir, tmp_path / "s", flag, value) == 2
         assert capsys.readouterr().err.strip() == f"var sample: error: {web.value}"
 
