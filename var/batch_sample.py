@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line alone decides is checked before loading a model that may take a
     # minute, and before anything is written: a refused request leaves no folder and no record.
     per_class, batch_size = count(args.per_class, "--per-class"), count(args.batch_size, "--batch-size")
-    SamplingSettings().replace(**given_settings(args))  # the flags alone, checked
+    changes = given_settings(args)  # the sampling flags, parsed: the model's settings are not known yet
     out = _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
@@ -347,7 +347,7 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     loaded = load_model(args.model, device)
     classes = parse_classes(args.classes, loaded.num_classes)
-    settings = loaded.sampling.replace(**given_settings(args))
+    settings = loaded.sampling.replace(**changes)
     if rank == 0:
         print(f"{loaded.describe()}; {len(classes)} classes x {per_class} images -> {out}")
     # Rank 0 holds the folder from its record's check to OUT.npz: a second `var sample` into it is refused
