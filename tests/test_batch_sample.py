@@ -16,9 +16,17 @@ from app.cli import main
 from scaffold.errors import UserError
 from scaffold.io import temporary_path
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
-from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
+from var.batch_sample import (
+    SampleError,
+    generate_folder,
+    image_seed,
+    npz_path,
+    parse_classes,
+    to_uint8,
+    write_npz,
+)
 from var.export import export_model, load_model
-from var.sample import resolve_precision
+from var.sample import resolve_precision, sample
 from var.settings import MODEL_DEFAULTS, SPEEDS, SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
@@ -131,6 +139,24 @@ def test_more_smooth_is_batch_independent_too(tmp_path, model_dir):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     generate_folder(loaded, tmp_path / "c", [1, 2], 2, SETTINGS, progress=False)
     assert _files(tmp_path / "a") != _files(tmp_path / "c")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [SETTINGS, SETTINGS.replace(precision="bf16"), SETTINGS.replace(more_smooth=True)],
+    ids=["fp32", "bf16", "more_smooth"],
+)
+def test_each_image_is_the_sampler_s_image_of_it_alone(tmp_path, model_dir, settings):
+    """Batch sampling decodes with the sampler's decode: each PNG is, byte for byte, what var.sample.sample
+    gives for that image alone with its seed, in every precision (a copy of decode had drifted from it: the
+    tokenizer's residual convolutions ran under the bf16 autocast, which the sampler keeps in fp32)."""
+    loaded = load_model(model_dir)
+    out = tmp_path / "s"
+    generate_folder(loaded, out, CLASSES, 2, settings, batch_size=4, progress=False)
+    for c in CLASSES:
+        for i in range(2):
+            alone = sample(loaded.model, loaded.vae, [c], settings, seed=[image_seed(settings.seed, c, i)])
+            assert np.array_equal(np.asarray(Image.open(batch.image_path(out, c, i))), to_uint8(alone)[0]), (c, i)
 
 
 def test_other_settings_are_refused(tmp_path, model_dir):

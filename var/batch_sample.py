@@ -10,10 +10,11 @@ Output::
                                class-major then index order, written atomically once every image exists
 
 Seeding rule: image (class c, index i) is drawn with its own generator seeded by :func:`image_seed`
-``(seed, c, i)`` (63 bits of a BLAKE2b hash), through :func:`var.sample.sample`'s per-image seeds, and
-decoded from its tokens alone. Its bytes therefore depend on the global seed, the class, the index, the
-sampling settings and the device's arithmetic, never on the batch size, the number of processes, or
-where an interrupted run resumed.
+``(seed, c, i)`` (63 bits of a BLAKE2b hash), through :func:`var.sample.generate`'s per-image seeds, and
+decoded from its tokens alone by the sampler's :func:`var.sample.decode`. Its bytes therefore are those of
+``sample(model, vae, [c], settings, seed=[image_seed(seed, c, i)])`` and depend on the global seed, the
+class, the index, the sampling settings and the device's arithmetic, never on the batch size, the number
+of processes, or where an interrupted run resumed.
 
 Lock: the process writing OUT (rank 0) holds ``OUT/.lock`` (scaffold.lock) from the check of its record
 to the end of OUT.npz; a second `var sample` into OUT exits 2 naming it, and the lock ends with the
@@ -189,8 +190,9 @@ def _check_record(out: Path, new: dict, rank: int) -> None:
 
 @torch.no_grad()
 def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) -> np.ndarray:
-    """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch."""
-    from var.sample import autocast, generate
+    """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch:
+    image (c, i) is, byte for byte, ``sample(model, vae, [c], s, seed=[image_seed(s.seed, c, i)])`` alone."""
+    from var.sample import decode, generate
 
     device = loaded.model.lvl_1L.device
     labels = torch.tensor([c for c, _ in jobs], device=device)
@@ -199,16 +201,15 @@ def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) 
     for step in generate(loaded.model, loaded.vae, labels, s, seed=seeds):
         idx_Bl.append(step.idx_Bl)
     vae = loaded.vae
-    # Tokens are identical whatever the batch, but a batched decoder's float sums are not: decoding each
-    # image alone keeps its bytes independent of the batch (a pixel at a rounding boundary would flip).
-    # With more_smooth the image is not a function of the tokens: its f_hat is used, and the batch is
-    # kept at one image (see generate_folder).
-    with autocast(device, s.precision):  # the decoder under the same precision as var.sample.decode
-        if s.more_smooth:
-            imgs = [vae.fhat_to_img(step.f_hat[b : b + 1]) for b in range(len(jobs))]
-        else:
-            imgs = [vae.idx_to_img([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
-    return to_uint8(torch.cat(imgs).float().add(1).mul(0.5))
+    # Tokens are identical whatever the batch, but the batch's f_hat and a batched decoder's float sums are
+    # not: each image's f_hat is summed from its own tokens (fp32, as generate sums it) and decoded alone,
+    # so a pixel at a rounding boundary cannot flip with the batch. With more_smooth the image is not a
+    # function of the tokens: the f_hat of generate is used, and the batch is kept at one (generate_folder).
+    if s.more_smooth:
+        f_hats = [step.f_hat[b : b + 1] for b in range(len(jobs))]
+    else:
+        f_hats = [vae.idx_to_fhat([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
+    return to_uint8(torch.cat([decode(vae, f_hat, s.precision) for f_hat in f_hats]))
 
 
 def generate_folder(
