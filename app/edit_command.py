@@ -5,8 +5,9 @@ class), out-painting (a mask over the border) - with the Edit tab's :func:`app.l
 image is center-cropped to a square and resized to the model's resolution, and the mask, given as a
 mask image of the same size as the image (white = regenerate) or as a pixel box, is cropped and resized
 with it. The flags are parsed as the page's widgets are (:func:`var.settings.parse_changes`, and
-:func:`app.logic.parse_label` for a class id). The result is written atomically as a PNG, under a lock (``.OUT.lock``
-beside it, scaffold.lock) that refuses a second `var edit` to the same file while this one runs::
+:func:`app.logic.parse_label` for a class id). The result is written atomically as a PNG, under a lock
+(``.OUT.lock`` beside it, scaffold.lock) that refuses a second `var edit` to the same file while this
+one runs::
 
     var edit --model demo/model --image in.png --box 8,8,24,24 --class 3 --out out.png
     var edit --model d16 --image photo.jpg --mask mask.png --class "golden retriever" --out dog.png
