@@ -1,11 +1,13 @@
 """`var edit`: the web UI's Edit tab from the command line.
 
 Regenerates the masked part of one image - in-painting (no class), class-conditional editing (a
-class), out-painting (a mask over the border) - with :func:`var.edit.edit`, exactly as the Edit tab
-does: the image is center-cropped to a square and resized to the model's resolution, and the mask,
-given as a mask image of the same size as the image (white = regenerate) or as a pixel box, is
-cropped and resized with it. The result is written atomically as a PNG, under a lock (``.OUT.lock``
-beside it, scaffold.lock) that refuses a second `var edit` to the same file while this one runs::
+class), out-painting (a mask over the border) - with the Edit tab's :func:`app.logic.edit_image`: the
+image is center-cropped to a square and resized to the model's resolution, and the mask, given as a
+mask image of the same size as the image (white = regenerate) or as a pixel box, is cropped and resized
+with it. The flags are parsed as the page's widgets are (:func:`var.settings.parse_changes`, and
+:func:`app.logic.parse_label` for a class id). The result is written atomically as a PNG, under a lock
+(``.OUT.lock`` beside it, scaffold.lock) that refuses a second `var edit` to the same file while this
+one runs::
 
     var edit --model demo/model --image in.png --box 8,8,24,24 --class 3 --out out.png
     var edit --model d16 --image photo.jpg --mask mask.png --class "golden retriever" --out dog.png
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.logic import InputError, center_square, parse_label, square_mask, to_pil
+from app.logic import InputError, center_square, edit_image, parse_label, square_mask
 from scaffold.io import write_atomic
 from scaffold.lock import folder_lock
 from tokenizer.data import read_rgb
@@ -99,10 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from var.edit import edit
     from var.export import load_model
 
-    # Everything the command line alone decides is checked before loading the model.
+    # Everything the command line alone decides is parsed and checked before loading the model (which may
+    # take a minute); the class, a name or an id, once the model's class names are there. Each once.
     image_path, out = Path(args.image), Path(args.out)
     if not image_path.is_file():
         raise InputError(f"image not found: {image_path}")
@@ -110,15 +112,16 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--out must name a .png file, got {args.out!r}")
     image = read_rgb(image_path)
     mask = mask_array(args.mask, args.box, *image.size)
+    changes = given_settings(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_model(args.model, device)
-    settings = loaded.sampling.replace(**given_settings(args))
     label = parse_class(args.label, loaded.class_names)
+    settings = loaded.sampling.replace(**changes)
     size = loaded.vae.image_size
     image_3HW, mask_HW = center_square(image, size), square_mask(mask, size)
     with folder_lock(out, lock_file=lock_file(out)):  # a second `var edit` to the same --out is refused
-        result = edit(loaded.model, loaded.vae, image_3HW, mask_HW, label, settings, seed=[settings.seed])
-        write_atomic(out, lambda f: to_pil(result)[0].save(f, format="PNG"))
+        result = edit_image(loaded, image_3HW, mask_HW, label, settings)
+        write_atomic(out, lambda f: result.save(f, format="PNG"))
     what = "in-painted" if label == loaded.num_classes else f"edited as class {label} ({loaded.class_names[label]})"
     share = float((mask_HW > 0.5).float().mean())
     print(f"{image_path} {what}, {share:.0%} of it regenerated -> {out}")

@@ -1,10 +1,13 @@
-"""The web UI's logic with no Gradio in it: argument checks, label parsing, image and mask preparation,
+"""The web UI's logic with no Gradio in it: request parsing, upload checks, image and mask preparation,
 :func:`generate_images` / :func:`generate_progressive` (sampling) and :func:`edit_image` (editing).
 
-Sampling settings follow :mod:`var.sample`'s rule with the model's defaults as the base: ``settings``
-(default ``loaded.sampling``) with keyword changes of its fields, a change left ``None`` keeping the
-value; they are checked by :class:`var.settings.SamplingSettings`, the same check (ranges and words) as
-`var sample`'s. The settings' ``seed`` gives image i the seed ``seed + i``. Every refusal is a
+A request is parsed once, where it enters (:func:`parse_request`, called by app/web.py's handlers): a class
+picker entry or number becomes the class index of each image, and the widgets' values (text, numbers, a
+speed name) become one :class:`var.settings.SamplingSettings`, the model's with the speed's fast modes and
+the given fields over them, checked by the rule of `var sample` and `var edit` (:func:`var.settings.parse_changes`:
+the same ranges and words). The handlers take those labels and that settings object and hand them on to
+:mod:`var.sample` / :mod:`var.edit` as they are: nothing after the boundary parses a label or builds settings
+again. Image i of a request is seeded with ``seed + i`` (:func:`image_seeds`). Every refusal is a
 ``UserError`` (:class:`InputError` for the UI's own checks) whose message is shown to the user as it is.
 """
 
@@ -22,7 +25,7 @@ from tokenizer.data import to_rgb
 from var.edit import edit
 from var.export import LoadedModel
 from var.sample import decode, generate, sample
-from var.settings import MAX_SEED, SamplingSettings, SettingsError, count, integer, merge_settings
+from var.settings import MAX_SEED, SamplingSettings, SettingsError, count, integer, parse_changes
 
 __all__ = [
     "MAX_IMAGES",
@@ -34,8 +37,10 @@ __all__ = [
     "edit_image",
     "generate_images",
     "generate_progressive",
+    "image_seeds",
     "mask_from_editor",
     "parse_label",
+    "parse_request",
     "request_settings",
     "shade",
     "square_mask",
@@ -82,16 +87,37 @@ def request_settings(
 ) -> tuple[int, SamplingSettings]:
     """``(num_images, settings)`` of a request, checked: ``defaults`` (the model's), with the fast modes of
     ``speed`` (a name of :data:`~var.settings.SPEEDS`; ``None`` or "" keeps the model's), then the given
-    ``changes`` of its fields (text, numbers; ``None`` keeps the default)."""
+    ``changes`` of its fields (text, numbers; ``None`` keeps the default), built once."""
     n = count(num_images, "number of images", 1, MAX_IMAGES)
-    if speed not in (None, ""):
-        defaults = SamplingSettings.preset(str(speed).strip(), defaults)
-    s = merge_settings(defaults, changes)
+    s = defaults.replace(**parse_changes(changes, speed))
     if s.seed + n - 1 > MAX_SEED:  # image i uses seed + i: the last one must still be a seed
         raise SettingsError(
             f"seed must be at most {MAX_SEED - n + 1} for {n} images (image i uses seed + i), got {s.seed}", "seed"
         )
     return n, s
+
+
+def parse_request(
+    loaded: LoadedModel,
+    label: Any,
+    num_images: Any = 1,
+    speed: str | None = None,
+    *,
+    allow_null: bool = False,
+    **changes: Any,
+) -> tuple[list[int], SamplingSettings]:
+    """A request of the page or the API, parsed: ``(labels, settings)``, the class index of each of the
+    ``num_images`` images (:func:`parse_label`; ``allow_null`` for an edit) and the model's settings with
+    ``speed`` and ``changes`` over them (:func:`request_settings`). The handlers take these as they are."""
+    label = parse_label(label, loaded.num_classes, allow_null)
+    n, settings = request_settings(loaded.sampling, num_images, speed, **changes)
+    return [label] * n, settings
+
+
+def image_seeds(settings: SamplingSettings, num_images: int) -> list[int]:
+    """The seed of each image of a request, ``seed + i`` for image i, each drawn on its own generator: an
+    image depends only on its class and seed, never on how many were asked for (var.sample's seeding rule)."""
+    return [settings.seed + i for i in range(num_images)]
 
 
 # ----------------------------------------------------------------------------- images
@@ -188,58 +214,40 @@ def shade(image_3HW: torch.Tensor, mask_HW: torch.Tensor) -> Image.Image:
 # ----------------------------------------------------------------------------- sampling
 
 
-def _request(
-    loaded: LoadedModel, label: Any, num_images: Any, settings: SamplingSettings | None, changes: dict[str, Any]
-) -> tuple[list[int], list[int], SamplingSettings]:
-    """Checked ``(labels, per-image seeds, settings)`` of a generate request: image i gets ``seed + i``."""
-    label = parse_label(label, loaded.num_classes)
-    n, s = request_settings(settings if settings is not None else loaded.sampling, num_images, **changes)
-    return [label] * n, [s.seed + i for i in range(n)], s
-
-
 def generate_progressive(
-    loaded: LoadedModel, label: Any, num_images: Any = 1, settings: SamplingSettings | None = None, **changes: Any
+    loaded: LoadedModel, labels: Sequence[int], settings: SamplingSettings
 ) -> Iterator[tuple[int, list[Image.Image]]]:
     """``(scale index, images)`` after every scale; the last images equal :func:`generate_images`'s.
 
-    Image i is seeded with ``seed + i`` on its own generator, so it depends only on its class and
-    seed, never on how many images were asked for (see the seeding rule in :mod:`var.sample`).
-    ``settings`` and ``changes``: the module docstring's rule (default: the model's settings).
+    ``labels`` (a class index per image) and ``settings``: a parsed request (:func:`parse_request`);
+    image i is seeded with ``seed + i`` (:func:`image_seeds`).
     """
-    labels, seeds, s = _request(loaded, label, num_images, settings, changes)
-    for step in generate(loaded.model, loaded.vae, labels, s, seed=seeds):
-        yield step.si, to_pil(decode(loaded.vae, step.f_hat, s.precision))
+    for step in generate(loaded.model, loaded.vae, labels, settings, seed=image_seeds(settings, len(labels))):
+        yield step.si, to_pil(decode(loaded.vae, step.f_hat, settings.precision))
 
 
-def generate_images(
-    loaded: LoadedModel, label: Any, num_images: Any = 1, settings: SamplingSettings | None = None, **changes: Any
-) -> list[Image.Image]:
-    """``num_images`` images of class ``label`` (image i from seed ``seed + i``), checked arguments;
-    ``settings`` and ``changes`` as in :func:`generate_progressive`."""
-    labels, seeds, s = _request(loaded, label, num_images, settings, changes)
-    return to_pil(sample(loaded.model, loaded.vae, labels, s, seed=seeds))
+def generate_images(loaded: LoadedModel, labels: Sequence[int], settings: SamplingSettings) -> list[Image.Image]:
+    """The images of a parsed request (:func:`parse_request`): one per label, image i from seed ``seed + i``."""
+    return to_pil(sample(loaded.model, loaded.vae, labels, settings, seed=image_seeds(settings, len(labels))))
 
 
 def edit_image(
     loaded: LoadedModel,
     image: Image.Image | torch.Tensor,
     mask: torch.Tensor,
-    label: Any,
-    settings: SamplingSettings | None = None,
+    label: int,
+    settings: SamplingSettings,
     *,
     return_tokens: bool = False,
-    **changes: Any,
 ) -> Image.Image | tuple[Image.Image, list[torch.Tensor]]:
     """Regenerate the masked part of ``image`` as class ``label`` (``num_classes`` = no class: in-painting).
 
     ``image``: a PIL image of any size (center-cropped and resized to the model's resolution) or a
     ``[3, H, W]`` tensor in [0, 1] already at it. ``mask``: ``[h, w]`` in [0, 1], 1 = regenerate.
-    ``settings`` and ``changes``: the module docstring's rule (default: the model's settings); the image
-    is drawn with the settings' seed. ``return_tokens`` also returns the tokens of every scale
-    (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
+    ``label`` and ``settings``: a parsed request (:func:`parse_request` with ``allow_null``, or `var edit`'s
+    flags); the image is drawn with the settings' seed. ``return_tokens`` also returns the tokens of every
+    scale (``[1, pn*pn]`` each), as :func:`var.edit.edit`.
     """
-    label = parse_label(label, loaded.num_classes, allow_null=True)
-    _, s = request_settings(settings if settings is not None else loaded.sampling, 1, **changes)
     size = loaded.vae.image_size
     image_3HW = center_square(image, size) if isinstance(image, Image.Image) else image
     if tuple(image_3HW.shape) != (3, size, size):
@@ -247,5 +255,7 @@ def edit_image(
     mask = torch.as_tensor(mask, dtype=torch.float32)
     if mask.ndim != 2:
         raise InputError(f"the mask must be 2-D, got shape {tuple(mask.shape)}")
-    out, idx = edit(loaded.model, loaded.vae, image_3HW, mask, label, s, seed=[s.seed], return_tokens=True)
+    out, idx = edit(
+        loaded.model, loaded.vae, image_3HW, mask, label, settings, seed=[settings.seed], return_tokens=True
+    )
     return (to_pil(out)[0], idx) if return_tokens else to_pil(out)[0]

@@ -39,9 +39,9 @@ from app.logic import (
     edit_image,
     generate_images,
     generate_progressive,
+    image_seeds,
     mask_from_editor,
-    parse_label,
-    request_settings,
+    parse_request,
     shade,
 )
 from app.serve import private_cache_dir
@@ -277,34 +277,35 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
             speed_of(s),
         )
 
+    # Each handler parses its request once (parse_request) and hands the labels and settings on as they are.
+    def captions(m: LoadedModel, labels: list[int], settings: SamplingSettings) -> list[str]:
+        seeds = image_seeds(settings, len(labels))
+        return [f"{c}: {m.class_names[c]} · seed {seed}" for c, seed in zip(labels, seeds)]
+
     def on_generate(model, label, num_images, seed, cfg, top_k, top_p, more_smooth, speed):
         m = get(model)
-        label = parse_label(label, m.num_classes)
-        S = len(m.model.patch_nums)
-        n, settings = request_settings(
-            m.sampling, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+        labels, settings = parse_request(
+            m, label, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
         )
-        caption = m.class_names[label]
-        for si, images in generate_progressive(m, label, n, settings):
+        S, names = len(m.model.patch_nums), captions(m, labels, settings)
+        for si, images in generate_progressive(m, labels, settings):
             pn = m.model.patch_nums[si]
             status = f"scale {si + 1}/{S} ({pn}x{pn} tokens)" + (" - done" if si + 1 == S else "")
-            yield [(im, f"{label}: {caption} · seed {settings.seed + i}") for i, im in enumerate(images)], status
+            yield list(zip(images, names)), status
 
     def api_generate(label, num_images, seed, cfg, top_k, top_p, model, speed=None):
         m = get(model)
-        label = parse_label(label, m.num_classes)
-        n, settings = request_settings(m.sampling, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
-        images = generate_images(m, label, n, settings)
-        return [(im, f"{label}: {m.class_names[label]} · seed {settings.seed + i}") for i, im in enumerate(images)]
+        labels, settings = parse_request(m, label, num_images, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p)
+        return list(zip(generate_images(m, labels, settings), captions(m, labels, settings)))
 
     def on_edit(model, editor, label, seed, cfg, top_k, top_p, more_smooth, speed):
         m = get(model)
         background, mask = mask_from_editor(editor, m.vae.image_size)
         image = center_square(background, m.vae.image_size)
-        _, settings = request_settings(
-            m.sampling, 1, speed, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+        labels, settings = parse_request(
+            m, label, 1, speed, allow_null=True, seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
         )
-        return shade(image, mask), edit_image(m, image, mask, label, settings)
+        return shade(image, mask), edit_image(m, image, mask, labels[0], settings)
 
     s = first.sampling
     choices = class_choices(first.class_names)

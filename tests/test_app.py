@@ -28,6 +28,7 @@ from app.logic import (
     generate_progressive,
     mask_from_editor,
     parse_label,
+    parse_request,
     request_settings,
     to_pil,
 )
@@ -42,6 +43,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 
 NAMES = [f"digit {i}" for i in range(10)]
 GOOD = dict(label=3, num_images=2, seed=0, cfg=1.0, top_k=10, top_p=0.9)
+
+
+def _images(m, **request):
+    """The images of a request given as the page gives it (widget values), parsed as the page parses it."""
+    return generate_images(m, *parse_request(m, **request))
 
 
 @pytest.fixture(scope="module")
@@ -63,20 +69,20 @@ def models(tmp_path_factory):
 
 
 def test_generate_images_count_and_size(models):
-    images = generate_images(models[0], **GOOD)
+    images = _images(models[0], **GOOD)
     assert len(images) == 2 and all(im.size == (32, 32) and im.mode == "RGB" for im in images)
 
 
 def test_streaming_one_update_per_scale_last_is_final(models):
     m = models[0]
-    steps = list(generate_progressive(m, **GOOD))
+    steps = list(generate_progressive(m, *parse_request(m, **GOOD)))
     assert [si for si, _ in steps] == [0, 1, 2, 3]  # patch_nums (1, 2, 3, 4)
     assert all(len(images) == 2 for _, images in steps)
-    final = generate_images(m, **GOOD)
+    final = _images(m, **GOOD)
     for a, b in zip(steps[-1][1], final):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # image i depends on its seed only (seed + i), not on how many were asked for
-    one = generate_images(m, **{**GOOD, "num_images": 1, "seed": 1})
+    one = _images(m, **{**GOOD, "num_images": 1, "seed": 1})
     np.testing.assert_array_equal(np.asarray(one[0]), np.asarray(final[1]))
 
 
@@ -85,15 +91,15 @@ def test_the_ui_samples_with_the_model_s_settings_auto_precision(models, monkeyp
     m = models[0]
     assert m.sampling == MODEL_DEFAULTS
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
-    got = np.asarray(generate_images(m, 3, 1, seed=4)[0])
+    got = np.asarray(_images(m, label=3, seed=4)[0])
     bf16 = sample(m.model, m.vae, [3], MODEL_DEFAULTS.replace(precision="bf16"), seed=[4])
     fp32 = sample(m.model, m.vae, [3], seed=[4])
     for want, same in ((bf16, True), (fp32, False)):
         assert np.array_equal(got, np.asarray(to_pil(want)[0])) == same
-    # a settings object is the same request as its fields given one by one
+    # a settings object is the same request as its fields given one by one, as the page gives them
     s = SamplingSettings(cfg=1.0, top_k=10, top_p=0.9, seed=4)
-    by_object = generate_images(m, 3, 1, s)[0]
-    by_field = generate_images(m, 3, 1, cfg=1.0, top_k=10, top_p=0.9, seed=4, precision="fp32")[0]
+    by_object = generate_images(m, [3], s)[0]
+    by_field = _images(m, label="3: digit 3", cfg="1", top_k="10", top_p=0.9, seed=4.0, precision="fp32")[0]
     np.testing.assert_array_equal(np.asarray(by_object), np.asarray(by_field))
 
 
@@ -171,11 +177,12 @@ def test_mask_from_editor_crops_like_the_image():
 
 def test_edit_keeps_tokens_outside_the_mask(models):
     m = models[0]
-    image = generate_images(m, label=1, num_images=1, seed=5, cfg=1.0, top_k=10, top_p=0.9)[0]
+    image = _images(m, label=1, num_images=1, seed=5, cfg=1.0, top_k=10, top_p=0.9)[0]
     x = center_square(image, 32)
     mask = torch.zeros(32, 32)
     mask[:16, :16] = 1  # regenerate the top-left quarter
-    out, idx = edit_image(m, x, mask, label=7, seed=0, cfg=1.0, top_k=10, top_p=0.9, return_tokens=True)
+    labels, s = parse_request(m, 7, allow_null=True, seed=0, cfg=1.0, top_k=10, top_p=0.9)
+    out, idx = edit_image(m, x, mask, labels[0], s, return_tokens=True)
     assert out.size == (32, 32)
     truth = m.vae.img_to_idx(x[None] * 2 - 1)
     keeps = keep_masks(mask[None], m.model.patch_nums)
@@ -183,9 +190,12 @@ def test_edit_keeps_tokens_outside_the_mask(models):
         assert torch.equal(got[keep], want[keep]), f"scale {si}"
     assert not torch.equal(idx[-1], truth[-1])  # the masked quarter was resampled
     # a PIL image of another size goes through the same crop/resize, the null class is plain in-painting
-    assert edit_image(m, Image.new("RGB", (64, 48)), mask, label=10, seed=0).size == (32, 32)
+    labels, s = parse_request(m, "10: (no class: plain in-painting)", allow_null=True)
+    assert edit_image(m, Image.new("RGB", (64, 48)), mask, labels[0], s).size == (32, 32)
     with pytest.raises(InputError, match="class 11 is out of range"):
-        edit_image(m, x, mask, label=11)
+        parse_request(m, 11, allow_null=True)
+    with pytest.raises(InputError, match="class 10 is out of range"):  # the null class is an edit's only
+        parse_request(m, 10)
 
 
 # ----------------------------------------------------------------------------- the server
@@ -220,7 +230,7 @@ def test_api_generate_through_gradio_client(client, models):
     assert len(result) == 2 and all(Image.open(r["image"]).size == (32, 32) for r in result)
     assert result[0]["caption"] == "3: digit 3 · seed 0"
     # the same images as the function gives (PNG is lossless)
-    want = generate_images(models[0], **GOOD)
+    want = _images(models[0], **GOOD)
     np.testing.assert_array_equal(np.asarray(Image.open(result[1]["image"]).convert("RGB")), np.asarray(want[1]))
     cache = Path(os.environ["GRADIO_TEMP_DIR"])  # set by build_demo: the server's uploads and outputs
     assert any(cache.rglob("*.png"))
@@ -229,7 +239,8 @@ def test_api_generate_through_gradio_client(client, models):
     other = client.predict(**{**GOOD, "num_images": 1}, model=models[1].name, api_name="/generate")
     assert len(other) == 1 and other[0]["caption"] == "3: 3 · seed 0"
     fast = client.predict(**GOOD, speed="fast", api_name="/generate")
-    want = generate_images(models[0], settings=SamplingSettings.preset("fast", models[0].sampling), **GOOD)
+    labels, s = parse_request(models[0], **GOOD)
+    want = generate_images(models[0], labels, SamplingSettings.preset("fast", s))
     np.testing.assert_array_equal(np.asarray(Image.open(fast[0]["image"]).convert("RGB")), np.asarray(want[0]))
 
 
@@ -267,7 +278,7 @@ def test_page_streams_every_scale(models):
     assert [status for _, status in updates] == [
         "scale 1/4 (1x1 tokens)", "scale 2/4 (2x2 tokens)", "scale 3/4 (3x3 tokens)", "scale 4/4 (4x4 tokens) - done"
     ]  # fmt: skip
-    final = generate_images(models[0], **GOOD)
+    final = _images(models[0], **GOOD)
     assert [caption for _, caption in updates[-1][0]] == ["3: digit 3 · seed 0", "3: digit 3 · seed 1"]
     for (got, _), want in zip(updates[-1][0], final):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
@@ -275,11 +286,56 @@ def test_page_streams_every_scale(models):
         list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 1.5, False, "exact"))
     # the speed choice: the named fast modes over the model's settings, as generate_images takes them
     fast = list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False, "faster"))[-1][0]
-    want = generate_images(models[0], settings=SamplingSettings.preset("faster", models[0].sampling), **GOOD)
+    labels, s = parse_request(models[0], **GOOD)
+    want = generate_images(models[0], labels, SamplingSettings.preset("faster", s))
     for (got, _), w in zip(fast, want):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(w))
     with pytest.raises(gr.Error, match="speed must be one of exact, fast, faster, got 'fastest'"):
         list(handler(models[0].name, "3: digit 3", 2, 0, 1.0, 10, 0.9, False, "fastest"))
+
+
+def test_each_request_is_parsed_once_and_its_settings_reach_the_sampler_as_built(models, monkeypatch):
+    """The page's handlers parse the label once and build the settings once (the model's, the speed's fast
+    modes and the fields over them); the sampler and the editor sample with that very object. A second parse
+    downstream saw values already parsed, over another base, and could refuse or change what the first gave."""
+    import app.logic
+    import app.web
+    from app.web import build_demo
+
+    demo = build_demo(models)
+    handler = {f.name: f.fn for f in demo.fns.values()}
+    m, built, labels_parsed = models[0], [], []
+    real_validate, real_parse_label = SamplingSettings.validate, app.logic.parse_label
+
+    def validate(self):  # every SamplingSettings is validated once, as it is built
+        built.append(self)
+        real_validate(self)
+
+    def parse_label(value, *args, **kwargs):
+        labels_parsed.append(value)
+        return real_parse_label(value, *args, **kwargs)
+
+    monkeypatch.setattr(SamplingSettings, "validate", validate)
+    for module in (app.logic, app.web):  # wherever the app holds the parser, a second call would go through it
+        if hasattr(module, "parse_label"):
+            monkeypatch.setattr(module, "parse_label", parse_label)
+    background = Image.new("RGB", (40, 32), (0, 128, 0))
+    layer = Image.new("RGBA", (40, 32), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (4, 0, 20, 16))
+    editor = {"background": background, "layers": [layer], "composite": None}
+    requests = [
+        ("on_generate", (m.name, "3: digit 3", "2", "7", "1", "10", 0.9, False, "faster"), "3: digit 3"),
+        ("api_generate", (3.0, 2, 7, 1.0, 10, 0.9, m.name, "faster"), 3.0),
+        ("on_edit", (m.name, editor, "10: (no class: plain in-painting)", 7, 1, 10, 0.9, False, "faster"), None),
+    ]
+    want = SamplingSettings.preset("faster", m.sampling).replace(seed=7, cfg=1.0, top_k=10, top_p=0.9)
+    for name, args, label in requests:
+        built.clear(), labels_parsed.clear()
+        result = handler[name](*args)
+        if name == "on_generate":
+            result = list(result)  # a generator: it runs as the page reads it
+        assert built == [want], name  # one object built, nothing downstream built another
+        assert labels_parsed == [label or args[2]], name
 
 
 def test_page_lists_both_tabs_and_models(server, models):

@@ -17,8 +17,17 @@ from scaffold.errors import UserError
 from scaffold.io import temporary_path
 from scaffold.precision import resolve_precision
 from tokenizer import MultiScaleVQVAE, VQVAEConfig, export_tokenizer
-from var.batch_sample import SampleError, generate_folder, image_seed, npz_path, parse_classes, write_npz
+from var.batch_sample import (
+    SampleError,
+    generate_folder,
+    image_seed,
+    npz_path,
+    parse_classes,
+    to_uint8,
+    write_npz,
+)
 from var.export import export_model, load_model
+from var.sample import sample
 from var.settings import MODEL_DEFAULTS, SPEEDS, SamplingSettings
 
 CLASSES, PER_CLASS = [0, 3, 7], 3
@@ -133,6 +142,24 @@ def test_more_smooth_is_batch_independent_too(tmp_path, model_dir):
     assert _files(tmp_path / "a") != _files(tmp_path / "c")
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [SETTINGS, SETTINGS.replace(precision="bf16"), SETTINGS.replace(more_smooth=True)],
+    ids=["fp32", "bf16", "more_smooth"],
+)
+def test_each_image_is_the_sampler_s_image_of_it_alone(tmp_path, model_dir, settings):
+    """Batch sampling decodes with the sampler's decode: each PNG is, byte for byte, what var.sample.sample
+    gives for that image alone with its seed, in every precision (a copy of decode had drifted from it: the
+    tokenizer's residual convolutions ran under the bf16 autocast, which the sampler keeps in fp32)."""
+    loaded = load_model(model_dir)
+    out = tmp_path / "s"
+    generate_folder(loaded, out, CLASSES, 2, settings, batch_size=4, progress=False)
+    for c in CLASSES:
+        for i in range(2):
+            alone = sample(loaded.model, loaded.vae, [c], settings, seed=[image_seed(settings.seed, c, i)])
+            assert np.array_equal(np.asarray(Image.open(batch.image_path(out, c, i))), to_uint8(alone)[0]), (c, i)
+
+
 def test_other_settings_are_refused(tmp_path, model_dir):
     loaded = load_model(model_dir)
     generate_folder(loaded, tmp_path / "a", [0], 1, SETTINGS, progress=False)
@@ -219,7 +246,7 @@ def test_a_changed_model_between_two_runs_is_refused(tmp_path, model_dir, tiny_v
     out = tmp_path / "s"
     assert _sample(tmp_path, model_dir, out) == 0
     record = json.loads((out / "sampling.json").read_text())
-    assert set(record) == {"model_sha256", "tokenizer_sha256", "settings", "model"}
+    assert set(record) == {"format", "model_sha256", "tokenizer_sha256", "settings", "model"}
     # the model's default precision "auto", recorded as what it resolved to on this machine
     resolved = resolve_precision("auto", "cpu")
     assert record["settings"] == MODEL_SETTINGS.replace(precision=resolved).as_dict()
@@ -273,9 +300,10 @@ def test_a_folder_from_before_the_record_is_refused(tmp_path, model_dir, capsys)
         (["--cfg", "1e39"], "guidance (cfg) must be at most 100, got 1e+39"),  # finite, but inf in the logits
         (["--out", "."], "--out . is the working folder or one above it"),
         (["--out", ".."], "--out .. is the working folder or one above it"),
+        (["--model", "nowhere", "--top-k", "-1"], "top-k must be >= 0"),  # parsed before a model is loaded
     ],
     ids=["cfg-nan", "cfg-inf", "top-k-negative", "top-k-fraction", "top-p-2", "seed", "precision", "per-class",
-         "classes", "out-empty", "cfg-absurd", "out-here", "out-above"],
+         "classes", "out-empty", "cfg-absurd", "out-here", "out-above", "before-the-model"],
 )  # fmt: skip
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir, capsys, args, message, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `--out ''` must not write into the current folder
@@ -288,12 +316,12 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, model_dir
 
 
 def test_the_web_ui_and_the_command_refuse_with_the_same_words(tmp_path, model_dir, capsys):
-    from app.logic import generate_images
+    from app.logic import parse_request
 
     loaded = load_model(model_dir)
     for flag, key, value in [("--top-k", "top_k", "-5"), ("--top-p", "top_p", "2"), ("--cfg", "cfg", "nan")]:
         with pytest.raises(UserError) as web:
-            generate_images(loaded, 1, 1, **{key: value})
+            parse_request(loaded, 1, 1, **{key: value})
         assert _sample(tmp_path, model_dir, tmp_path / "s", flag, value) == 2
         assert capsys.readouterr().err.strip() == f"var sample: error: {web.value}"
 
@@ -369,3 +397,16 @@ def test_write_npz_holds_the_images_once(tmp_path):
     with np.load(npz_path(out)) as z:
         assert z["arr_0"].shape == (120, 256, 256, 3) and (z["arr_0"] == 7).all()
         assert z["arr_1"].tolist() == [0] * 60 + [1] * 60
+
+
+def test_a_folder_of_an_older_record_format_is_not_resumed(tmp_path, model_dir, capsys):
+    out = tmp_path / "s"
+    assert _sample(tmp_path, model_dir, out) == 0
+    record = json.loads((out / "sampling.json").read_text())
+    assert record["format"] == batch.RECORD_FORMAT
+    del record["format"]  # as `var sample` wrote it before images were decoded by var.sample.decode
+    (out / "sampling.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    assert _sample(tmp_path, model_dir, out, "--per-class", "3") == 2
+    err = capsys.readouterr().err
+    assert "made by an older version of `var sample` (record format 1, now 2" in err and "delete" in err

@@ -111,6 +111,13 @@ def test_missing_image_and_non_png_output(model_dir, tmp_path, capsys):
     assert "--out must name a .png file" in capsys.readouterr().err
 
 
+def test_the_sampling_flags_are_parsed_before_the_model_is_loaded(image_file, tmp_path, capsys):
+    """A bad flag is refused at once, not after loading a model (a minute for a published one)."""
+    assert _edit(tmp_path / "nowhere", image_file, tmp_path / "o.png", "--box", "0,0,4,4", "--top-k", "-1") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "var edit: error: top-k must be >= 0 (0 keeps every token), got -1"
+
+
 def test_parse_class_accepts_none_ids_and_names():
     assert parse_class("none", NAMES) == 10
     assert parse_class("3", NAMES) == 3

@@ -9,7 +9,15 @@ import pytest
 
 from scaffold.config import load_config
 from scaffold.errors import UserError
-from var.settings import MAX_SEED, MODEL_DEFAULTS, SamplingSettings, SettingsError, count, merge_settings
+from var.settings import (
+    MAX_SEED,
+    MODEL_DEFAULTS,
+    SamplingSettings,
+    SettingsError,
+    count,
+    merge_settings,
+    parse_changes,
+)
 
 
 def test_defaults_are_the_published_fid_setting_exact_and_a_model_s_are_auto():
@@ -58,6 +66,33 @@ def test_bad_values_are_refused_with_one_line(field, value, message):
         SamplingSettings(**{field: value})
     assert str(err.value) == message and isinstance(err.value, UserError)
     assert err.value.field == field
+    if value is None:  # in a request, None is a field not given (the model's value stays)
+        return
+    # a request's parse (the flags, the web page's widgets) is the object's check: the same words, the same field
+    with pytest.raises(SettingsError) as parsed:
+        parse_changes({field: value})
+    assert str(parsed.value) == message and parsed.value.field == field
+
+
+def test_a_request_s_changes_are_parsed_to_what_the_settings_store():
+    raw = dict(cfg="2", top_k=" 5 ", top_p=1, seed=7.0, more_smooth="true", precision="bf16", prune_keep="0.5")
+    changes = parse_changes({**raw, "stop_after": None})  # None: not given
+    built = SamplingSettings(**raw)
+    assert changes == {k: getattr(built, k) for k in raw}
+    assert [type(v) for v in changes.values()] == [type(getattr(built, k)) for k in raw]
+    # every field has its check (a field without one would be stored unparsed)
+    assert parse_changes(MODEL_DEFAULTS.as_dict()) == MODEL_DEFAULTS.as_dict()
+    # the speed's fast modes first, each given change over them: what preset then replace give
+    base = SamplingSettings(cfg=4.0, precision="auto")
+    assert base.replace(**parse_changes({"prune_keep": "0.9"}, " faster ")) == SamplingSettings.preset(
+        "faster", base
+    ).replace(prune_keep=0.9)
+    assert parse_changes({"cfg": None}, "") == parse_changes({}, None) == {}
+    with pytest.raises(SettingsError, match="speed must be one of exact, fast, faster, got 'warp'") as err:
+        parse_changes({}, "warp")
+    assert err.value.field == "speed"
+    with pytest.raises(SettingsError, match="unknown setting 'topk'"):
+        parse_changes({"topk": 5})
 
 
 def test_replace_checks_and_none_keeps_the_value():
@@ -139,6 +174,6 @@ def test_speed_flag_sets_the_fast_modes_and_each_mode_flag_changes_one():
     alone = base.replace(**given_settings(parser.parse_args(["--stop-after", "0.5"])))
     assert alone == base.replace(stop_after=0.5)
     with pytest.raises(SettingsError, match=r"prune_keep \(the fraction of tokens kept\) must be in \(0, 1\]"):
-        base.replace(**given_settings(parser.parse_args(["--prune-keep", "0"])))
+        given_settings(parser.parse_args(["--prune-keep", "0"]))  # the flags alone: before a model is at hand
     with pytest.raises(SystemExit):
         parser.parse_args(["--speed", "fastest"])

@@ -10,10 +10,11 @@ Output::
                                class-major then index order, written atomically once every image exists
 
 Seeding rule: image (class c, index i) is drawn with its own generator seeded by :func:`image_seed`
-``(seed, c, i)`` (63 bits of a BLAKE2b hash), through :func:`var.sample.sample`'s per-image seeds, and
-decoded from its tokens alone. Its bytes therefore depend on the global seed, the class, the index, the
-sampling settings and the device's arithmetic, never on the batch size, the number of processes, or
-where an interrupted run resumed.
+``(seed, c, i)`` (63 bits of a BLAKE2b hash), through :func:`var.sample.generate`'s per-image seeds, and
+decoded from its tokens alone by the sampler's :func:`var.sample.decode`. Its bytes therefore are those of
+``sample(model, vae, [c], settings, seed=[image_seed(seed, c, i)])`` and depend on the global seed, the
+class, the index, the sampling settings and the device's arithmetic, never on the batch size, the number
+of processes, or where an interrupted run resumed.
 
 Lock: the process writing OUT (rank 0) holds ``OUT/.lock`` (scaffold.lock) from the check of its record
 to the end of OUT.npz; a second `var sample` into OUT exits 2 naming it, and the lock ends with the
@@ -64,6 +65,10 @@ __all__ = [
 ]
 
 SETTINGS = "sampling.json"
+# The version of how images are made from a record: 2 since images are decoded by var.sample.decode (each
+# image's f_hat from its own tokens in fp32, the decoder channels-last on a CPU). A folder of another version
+# holds images whose bytes differ, so it is not resumed.
+RECORD_FORMAT = 2
 
 
 class SampleError(UserError, ValueError):
@@ -152,7 +157,7 @@ def _check_out(out: str | os.PathLike) -> Path:
 def record(loaded, settings: SamplingSettings) -> dict:
     """What OUT/sampling.json holds: the model's and the tokenizer's identity (hashes of their weights,
     not paths) and the settings. The model's name is kept for people; it is not compared."""
-    return {**loaded.identity, "settings": settings.as_dict(), "model": loaded.name}
+    return {"format": RECORD_FORMAT, **loaded.identity, "settings": settings.as_dict(), "model": loaded.name}
 
 
 def _check_record(out: Path, new: dict, rank: int) -> None:
@@ -172,6 +177,11 @@ def _check_record(out: Path, new: dict, rank: int) -> None:
         raise SampleError(
             f"{out} was made by an older version of `var sample` (its {SETTINGS} records no model hash): {afresh}"
         )
+    if old.get("format", 1) != RECORD_FORMAT:
+        raise SampleError(
+            f"{out} was made by an older version of `var sample` (record format {old.get('format', 1)}, now "
+            f"{RECORD_FORMAT}: its images were decoded otherwise and would differ in their last bits): {afresh}"
+        )
     changes = []
     for key, what in (("model_sha256", "the model's weights"), ("tokenizer_sha256", "the tokenizer's weights")):
         if old.get(key) != new[key]:
@@ -189,9 +199,9 @@ def _check_record(out: Path, new: dict, rank: int) -> None:
 
 @torch.no_grad()
 def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) -> np.ndarray:
-    """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch."""
-    from scaffold.precision import autocast
-    from var.sample import generate
+    """uint8 images [B, H, W, 3] of the (class, index) pairs `jobs`, each independent of the rest of the batch:
+    image (c, i) is, byte for byte, ``sample(model, vae, [c], s, seed=[image_seed(s.seed, c, i)])`` alone."""
+    from var.sample import decode, generate
 
     device = loaded.model.lvl_1L.device
     labels = torch.tensor([c for c, _ in jobs], device=device)
@@ -200,16 +210,15 @@ def _sample_batch(loaded, jobs: Sequence[tuple[int, int]], s: SamplingSettings) 
     for step in generate(loaded.model, loaded.vae, labels, s, seed=seeds):
         idx_Bl.append(step.idx_Bl)
     vae = loaded.vae
-    # Tokens are identical whatever the batch, but a batched decoder's float sums are not: decoding each
-    # image alone keeps its bytes independent of the batch (a pixel at a rounding boundary would flip).
-    # With more_smooth the image is not a function of the tokens: its f_hat is used, and the batch is
-    # kept at one image (see generate_folder).
-    with autocast(device, s.precision):  # the decoder under the same precision as var.sample.decode
-        if s.more_smooth:
-            imgs = [vae.fhat_to_img(step.f_hat[b : b + 1]) for b in range(len(jobs))]
-        else:
-            imgs = [vae.idx_to_img([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
-    return to_uint8(torch.cat(imgs).float().add(1).mul(0.5))
+    # Tokens are identical whatever the batch, but the batch's f_hat and a batched decoder's float sums are
+    # not: each image's f_hat is summed from its own tokens (fp32, as generate sums it) and decoded alone,
+    # so a pixel at a rounding boundary cannot flip with the batch. With more_smooth the image is not a
+    # function of the tokens: the f_hat of generate is used, and the batch is kept at one (generate_folder).
+    if s.more_smooth:
+        f_hats = [step.f_hat[b : b + 1] for b in range(len(jobs))]
+    else:
+        f_hats = [vae.idx_to_fhat([idx[b : b + 1] for idx in idx_Bl]) for b in range(len(jobs))]
+    return to_uint8(torch.cat([decode(vae, f_hat, s.precision) for f_hat in f_hats]))
 
 
 def generate_folder(
@@ -333,7 +342,7 @@ def run(args: argparse.Namespace) -> int:
     # Everything the command line alone decides is checked before loading a model that may take a
     # minute, and before anything is written: a refused request leaves no folder and no record.
     per_class, batch_size = count(args.per_class, "--per-class"), count(args.batch_size, "--batch-size")
-    SamplingSettings().replace(**given_settings(args))  # the flags alone, checked
+    changes = given_settings(args)  # the sampling flags, parsed: the model's settings are not known yet
     out = _check_out(args.out)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and world_size > 1:
@@ -348,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
     loaded = load_model(args.model, device)
     classes = parse_classes(args.classes, loaded.num_classes)
-    settings = loaded.sampling.replace(**given_settings(args))
+    settings = loaded.sampling.replace(**changes)
     if rank == 0:
         print(f"{loaded.describe()}; {len(classes)} classes x {per_class} images -> {out}")
     # Rank 0 holds the folder from its record's check to OUT.npz: a second `var sample` into it is refused

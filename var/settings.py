@@ -18,6 +18,9 @@ only place where they differ:
 
 The sampling functions follow one rule (:func:`merge_settings`): ``settings`` (default
 ``SamplingSettings()``) with keyword changes of its fields applied by :meth:`SamplingSettings.replace`.
+A request (`var sample`'s and `var edit`'s flags, the web page's widgets) is parsed once where it enters,
+by :func:`parse_changes` (a named speed and field changes, checked field by field), and its settings are
+built once from the model's with those changes; the sampling functions then pass that object on as it is.
 
 Values may arrive as text (a command-line flag, a web form) or as floats that hold integers (a JSON
 ``2.0``): they are converted, but never rounded: ``2.5`` images or a top-k of ``2.5`` are refused.
@@ -28,7 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -49,6 +52,7 @@ __all__ = [
     "integer",
     "merge_settings",
     "number",
+    "parse_changes",
 ]
 
 # "auto" lets the sampler pick per device; the others force an autocast dtype (scaffold/precision.py).
@@ -122,6 +126,68 @@ def _flag(value: Any, what: str, field: str | None = None) -> bool:
     raise SettingsError(f"{what} must be true or false, got {value!r}", field)
 
 
+def _cfg(value: Any) -> float:
+    g = number(value, "guidance (cfg)", "cfg")
+    if g < 0:
+        raise SettingsError(f"guidance (cfg) must be >= 0, got {g}", "cfg")
+    if g > MAX_CFG:
+        raise SettingsError(f"guidance (cfg) must be at most {MAX_CFG:g}, got {g:g}", "cfg")
+    return g
+
+
+def _top_k(value: Any) -> int:
+    k = integer(value, "top-k", "top_k")
+    if k < 0:
+        raise SettingsError(f"top-k must be >= 0 (0 keeps every token), got {k}", "top_k")
+    return k
+
+
+def _top_p(value: Any) -> float:
+    p = number(value, "top-p", "top_p")
+    if not 0 <= p <= 1:  # 0 or 1 keep every token (0 is the published sampler's "off")
+        raise SettingsError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}", "top_p")
+    return p
+
+
+def _seed(value: Any) -> int:
+    s = integer(value, "seed", "seed")
+    if not 0 <= s <= MAX_SEED:
+        raise SettingsError(f"seed must be between 0 and {MAX_SEED}, got {s}", "seed")
+    return s
+
+
+def _precision(value: Any) -> str:
+    if value not in PRECISIONS:
+        raise SettingsError(f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}", "precision")
+    return value
+
+
+def _fraction(name: str, what: str, low_open: bool) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        x = number(value, what, name)
+        if not (0 < x <= 1 if low_open else 0 <= x <= 1):
+            raise SettingsError(f"{what} must be in {'(0' if low_open else '[0'}, 1], got {x:g}", name)
+        return x
+
+    return check
+
+
+# Each field's check (SamplingSettings.validate runs them in this order). A check sees its own field alone, so
+# that a request's changes can be checked before the settings they change are at hand (parse_changes).
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "cfg": _cfg,
+    "top_k": _top_k,
+    "top_p": _top_p,
+    "seed": _seed,
+    "precision": _precision,
+    "guidance_until": _fraction("guidance_until", "guidance_until (the last guided scale's position)", False),
+    "prune_from": _fraction("prune_from", "prune_from (the first pruned scale's position)", False),
+    "prune_keep": _fraction("prune_keep", "prune_keep (the fraction of tokens kept)", True),
+    "stop_after": _fraction("stop_after", "stop_after (the last scale's position)", False),
+    "more_smooth": lambda value: _flag(value, "more_smooth", "more_smooth"),
+}
+
+
 @dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     """What a sampled image depends on besides its class and its seeding: the one home of these defaults.
@@ -171,38 +237,8 @@ class SamplingSettings:
 
     def validate(self) -> None:
         """Check every field and store it in its canonical type (a frozen object is set once, here)."""
-        g = number(self.cfg, "guidance (cfg)", "cfg")
-        if g < 0:
-            raise SettingsError(f"guidance (cfg) must be >= 0, got {g}", "cfg")
-        if g > MAX_CFG:
-            raise SettingsError(f"guidance (cfg) must be at most {MAX_CFG:g}, got {g:g}", "cfg")
-        k = integer(self.top_k, "top-k", "top_k")
-        if k < 0:
-            raise SettingsError(f"top-k must be >= 0 (0 keeps every token), got {k}", "top_k")
-        p = number(self.top_p, "top-p", "top_p")
-        if not 0 <= p <= 1:  # 0 or 1 keep every token (0 is the published sampler's "off")
-            raise SettingsError(f"top-p must be in [0, 1] (0 or 1 keep every token), got {p}", "top_p")
-        s = integer(self.seed, "seed", "seed")
-        if not 0 <= s <= MAX_SEED:
-            raise SettingsError(f"seed must be between 0 and {MAX_SEED}, got {s}", "seed")
-        if self.precision not in PRECISIONS:
-            raise SettingsError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}", "precision"
-            )
-        fractions = {}
-        for name, what, low_open in (
-            ("guidance_until", "guidance_until (the last guided scale's position)", False),
-            ("prune_from", "prune_from (the first pruned scale's position)", False),
-            ("prune_keep", "prune_keep (the fraction of tokens kept)", True),
-            ("stop_after", "stop_after (the last scale's position)", False),
-        ):
-            x = number(getattr(self, name), what, name)
-            if not (0 < x <= 1 if low_open else 0 <= x <= 1):
-                raise SettingsError(f"{what} must be in {'(0' if low_open else '[0'}, 1], got {x:g}", name)
-            fractions[name] = x
-        for name, value in (("cfg", g), ("top_k", k), ("top_p", p), ("seed", s), *fractions.items()):
-            object.__setattr__(self, name, value)
-        object.__setattr__(self, "more_smooth", _flag(self.more_smooth, "more_smooth", "more_smooth"))
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(getattr(self, name)))
 
     # ---- the fast modes, scale by scale (the sampler asks these; S is the number of scales)
 
@@ -239,9 +275,7 @@ class SamplingSettings:
     def preset(cls, speed: str, base: SamplingSettings | None = None) -> SamplingSettings:
         """``base`` (default ``SamplingSettings()``) with the fast modes of the named speed, one of
         :data:`SPEEDS`: ``SamplingSettings.preset("fast")``. The other settings (cfg, seed, ...) stay."""
-        if speed not in SPEEDS:
-            raise SettingsError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}", "speed")
-        return (base if base is not None else cls()).replace(**SPEEDS[speed])
+        return (base if base is not None else cls()).replace(**_speed_modes(speed))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -270,6 +304,12 @@ class SamplingSettings:
             if value is None:
                 raise SettingsError(f"sampling setting {name!r} has no value (null)", str(name))
         return dataclasses.replace(defaults if defaults is not None else cls(), **values)
+
+
+def _speed_modes(speed: Any) -> dict[str, float]:
+    if speed not in SPEEDS:
+        raise SettingsError(f"speed must be one of {', '.join(SPEEDS)}, got {speed!r}", "speed")
+    return SPEEDS[speed]
 
 
 def _check_names(names: Mapping[str, Any], what: str) -> None:
@@ -314,6 +354,21 @@ def merge_settings(settings: SamplingSettings | None, changes: Mapping[str, Any]
     return settings.replace(**changes) if changes else settings
 
 
+def parse_changes(changes: Mapping[str, Any], speed: str | None = None) -> dict[str, Any]:
+    """A request's changes of the settings, parsed once where the request enters (`var sample`'s and
+    `var edit`'s flags, the web page's widgets): the fast modes of the named ``speed`` (one of :data:`SPEEDS`;
+    ``None`` or "" names none), then each of ``changes`` that is given (``None``: not given) over them, each
+    value in its canonical type. The checks and words are :class:`SamplingSettings`' own, field by field,
+    so a bad value is refused here, before the settings it would change are at hand (a command checks its
+    flags before loading a model), and ``base.replace(**parse_changes(...))`` then builds the request's
+    settings, once, for any ``base``."""
+    _check_names(changes, "setting")
+    if speed is not None:
+        speed = str(speed).strip()
+    given = {**(_speed_modes(speed) if speed else {}), **{k: v for k, v in changes.items() if v is not None}}
+    return {name: _CHECKS[name](value) for name, value in given.items()}
+
+
 # ----------------------------------------------------------------------------- command-line flags
 
 
@@ -349,10 +404,6 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, seed_help: str) -> N
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given by :func:`add_sampling_arguments`' flags (None where unset), for
-    :meth:`SamplingSettings.replace`: ``--speed``'s fast modes, then each flag given over them."""
-    given = {name: getattr(args, name) for name in SamplingSettings.field_names()}
-    speed = getattr(args, "speed", None)
-    if speed is not None:
-        given = {**SPEEDS[speed], **{k: v for k, v in given.items() if v is not None}}
-    return given
+    """The settings given by :func:`add_sampling_arguments`' flags, parsed (:func:`parse_changes`): ``--speed``'s
+    fast modes, then each flag given over them; for :meth:`SamplingSettings.replace` of the model's settings."""
+    return parse_changes({name: getattr(args, name) for name in SamplingSettings.field_names()}, args.speed)
