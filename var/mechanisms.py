@@ -172,6 +172,27 @@ class ExternalAttention(TokenMixer):
         return f"heads={self.num_heads}, slots={self.num_slots}, backend={backend}"
 
 
+# ------------------------------------------------------------------------------------ per-scale mixers
+
+
+class _PerScaleMixer(TokenMixer):
+    """A mixer that reads each scale's map alone (lka, gspn): block causal by construction, and sampling
+    needs no state, since a scale's output depends on that scale's tokens only. Subclasses define
+    ``_mix(x_BLC, patch_nums)`` over any run of whole scales."""
+
+    def _mix(self, x_BLC: torch.Tensor, patch_nums: tuple[int, ...]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return self._mix(x_BLC, self.patch_nums)
+
+    def init_state(self, batch: int) -> None:
+        return None
+
+    def step(self, x_BlC: torch.Tensor, state: None, si: int) -> torch.Tensor:
+        return self._mix(x_BlC, (self.patch_nums[si],))
+
+
 # --------------------------------------------------------------------------------------------- lka
 def _depthwise_weight(channels: int, k: int) -> tuple[nn.Parameter, nn.Parameter]:
     # nn.Conv2d's default init for a depthwise conv: fan_in = k*k
@@ -182,7 +203,7 @@ def _depthwise_weight(channels: int, k: int) -> tuple[nn.Parameter, nn.Parameter
     )
 
 
-class LargeKernelAttention(TokenMixer):
+class LargeKernelAttention(_PerScaleMixer):
     """Large kernel attention on each scale's map separately (docs/architecture.md section 7.4):
     u = gelu(proj_1(x)); attn = pw(dw_dilated(dw(u))); out = proj(u * attn), with dw depthwise 5x5 and
     dw_dilated depthwise 7x7 dilation 3 (receptive field 23x23), zero padding at each map's border.
@@ -224,15 +245,6 @@ class LargeKernelAttention(TokenMixer):
             a, patch_nums, self.dwd_weight.to(dt), self.dwd_bias.to(dt), dilation=self.dilation, backend=self.backend
         )
         return self.proj(u * self.pw(a))
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        return self._mix(x_BLC, self.patch_nums)
-
-    def init_state(self, batch: int) -> None:
-        return None
-
-    def step(self, x_BlC: torch.Tensor, state: None, si: int) -> torch.Tensor:
-        return self._mix(x_BlC, (self.patch_nums[si],))
 
     def extra_repr(self) -> str:
         backend = backend_repr("ragged_depthwise_conv2d", self.backend, self)
@@ -310,7 +322,7 @@ class _GSPNPacking:
         return cls._cache[key]
 
 
-class GSPNMixer(TokenMixer):
+class GSPNMixer(_PerScaleMixer):
     """Generalized spatial propagation (docs/architecture.md section 7.5) on each scale's map separately.
 
     v = proj_in(x) is propagated by the 3-neighbour line scan in four directions; each direction has its
@@ -423,15 +435,6 @@ class GSPNMixer(TokenMixer):
         if kernels.resolve_backend("gspn_scan", self.backend, x_BLC.device) == "torch":
             return self._mix_packed(x_BLC, patch_nums)
         return self._mix_per_scale(x_BLC, patch_nums)
-
-    def forward(self, x_BLC: torch.Tensor) -> torch.Tensor:
-        return self._mix(x_BLC, self.patch_nums)
-
-    def init_state(self, batch: int) -> None:
-        return None
-
-    def step(self, x_BlC: torch.Tensor, state: None, si: int) -> torch.Tensor:
-        return self._mix(x_BlC, (self.patch_nums[si],))
 
     def extra_repr(self) -> str:
         backend = backend_repr("gspn_scan", self.backend, self)
