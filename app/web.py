@@ -234,6 +234,19 @@ def theme():
     return gr.themes.Default(font=sans, font_mono=["ui-monospace", "monospace"])
 
 
+def sampling_controls(s: SamplingSettings, smooth_label: str) -> tuple:
+    """The sampling widgets of a tab, set to the model's settings ``s``: guidance, top-k, top-p, more_smooth
+    and the speed preset, in the order the handlers take them."""
+    gr = _gradio()
+    return (
+        gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)"),
+        gr.Number(value=s.top_k, label="Top-k (0 = off)"),
+        gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)"),
+        gr.Checkbox(value=s.more_smooth, label=smooth_label),
+        gr.Radio(choices=list(SPEEDS), value=speed_of(s), label="Speed", info=SPEED_INFO),
+    )
+
+
 def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = None):
     """The page for already-loaded models (the first is selected). Launch with :func:`launch`. `limiter`
     counts every request that runs a model (default: 30 a minute and 2 at once per client)."""
@@ -336,11 +349,7 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
                     with gr.Row():
                         seed = gr.Number(value=0, label="Seed")
                         dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
-                    cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
-                    top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
-                    top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
-                    smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth (smoother visuals)")
-                    speed = gr.Radio(choices=list(SPEEDS), value=speed_of(s), label="Speed", info=SPEED_INFO)
+                    cfg, top_k, top_p, smooth, speed = sampling_controls(s, "more_smooth (smoother visuals)")
                     go = gr.Button("Generate", variant="primary")
                 with gr.Column(scale=2):
                     status = gr.Markdown("")
@@ -377,11 +386,7 @@ def build_demo(models: Sequence[LoadedModel], limiter: ClientLimiter | None = No
                             e_seed = gr.Number(value=0, label="Seed")
                             e_dice = gr.Button("Random seed", size="sm", scale=0, min_width=120)
                         with gr.Accordion("Sampling", open=False):
-                            e_cfg = gr.Slider(0, 10, value=s.cfg, step=0.1, label="Guidance (cfg)")
-                            e_top_k = gr.Number(value=s.top_k, label="Top-k (0 = off)")
-                            e_top_p = gr.Slider(0, 1, value=s.top_p, step=0.01, label="Top-p (0 = off)")
-                            e_smooth = gr.Checkbox(value=s.more_smooth, label="more_smooth")
-                            e_speed = gr.Radio(choices=list(SPEEDS), value=speed_of(s), label="Speed", info=SPEED_INFO)
+                            e_cfg, e_top_k, e_top_p, e_smooth, e_speed = sampling_controls(s, "more_smooth")
                         e_go = gr.Button("Edit", variant="primary")
                     with gr.Column(scale=1):
                         e_input = gr.Image(label="Input as the model sees it (tinted = regenerated)", format="png")
