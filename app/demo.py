@@ -154,15 +154,10 @@ def run(args: argparse.Namespace) -> int:
     logins = parse_logins([], args.auth_file)
     if not args.no_app:  # before the training, not after it
         check_access(args.host, logins, args.public)
+    passed = ("data", "data_root", "mechanism", "tokenizer_steps", "var_steps", "samples_per_class", "judge_steps")
     opts = PipelineOptions(
         workdir=args.workdir or Path("demo" if args.data == "digits" else f"demo-{args.data}"),
-        data=args.data,
-        data_root=args.data_root,
-        mechanism=args.mechanism,
-        tokenizer_steps=args.tokenizer_steps,
-        var_steps=args.var_steps,
-        samples_per_class=args.samples_per_class,
-        judge_steps=args.judge_steps,
+        **{name: getattr(args, name) for name in passed},  # the flags of the same names
     )
     run_demo(opts)
     if not args.no_app:
