@@ -144,20 +144,11 @@ def _query_tile(p_tiles, i_t):
 
 @triton.jit
 def _fwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_o,
-    p_lse,
-    p_tiles,
-    L,
-    D,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_o, p_lse,  # q, k, v, out [B, H, L, D]; lse [B, H, L]
+    p_tiles,  # query tiles [T, 3]
+    L, D, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D
@@ -183,26 +174,11 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dk,
-    p_dv,
-    p_tiles,
-    p_first,
-    n_tiles,
-    L,
-    D,
-    scale,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv,  # [B, H, L, D], lse and delta [B, H, L]
+    p_tiles, p_first, n_tiles,  # query tiles [T, 3], each key tile's first query tile, T
+    L, D, scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
@@ -233,23 +209,11 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dq,
-    p_tiles,
-    L,
-    D,
-    scale,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq,  # [B, H, L, D], lse and delta [B, H, L]
+    p_tiles,  # query tiles [T, 3]
+    L, D, scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D

@@ -44,21 +44,10 @@ BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on 
 
 @triton.jit
 def _lse_kernel(
-    p_q,
-    p_mem_k,
-    p_lse,
-    p_offsets,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_mem_k, p_lse, p_offsets,  # q [B, H, L, D], mem_k [H, S, D], lse [B*H, NUM_SCALES, S]
+    H, L, S, D, NUM_SCALES, sm_scale,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     i_h = i_bh % H
     o_t = tl.arange(0, BLOCK_T)
@@ -85,19 +74,10 @@ def _lse_kernel(
 
 @triton.jit
 def _probs(
-    p_q,
-    p_k,
-    p_lse,
-    o_n,
-    m_n,
-    S,
-    D,
-    sm_scale,
-    eps,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_lse, o_n, m_n,
+    S, D, sm_scale, eps,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """Recompute one tile: q [T, D], P [T, S] (0 outside the tile and past S), 1/r [T]. ``p_q`` is
     this (batch, head)'s q ``[L, D]``, ``p_k`` its memory keys ``[S, D]``, ``p_lse`` the row
     ``[S]`` of the tile's scale."""
@@ -116,24 +96,10 @@ def _probs(
 
 @triton.jit
 def _fwd_kernel(
-    p_q,
-    p_mem_k,
-    p_mem_v,
-    p_lse,
-    p_tiles,
-    p_out,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_mem_k, p_mem_v, p_lse, p_tiles, p_out,  # the tiles: a tile_table [T, 4]
+    H, L, S, D, NUM_SCALES, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_tile, i_bh = tl.program_id(0), tl.program_id(1)
     i_h = i_bh % H
     scale_begin, p, tile_start, i_s = tile_row(p_tiles, i_tile)
@@ -154,22 +120,10 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_tile(
-    p_q,
-    p_k,
-    p_lse,
-    p_do,
-    b_vT,
-    t0,
-    end,
-    S,
-    D,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_lse, p_do, b_vT, t0, end,
+    S, D, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """What both visits of a tile (tokens ``t0 .. min(t0 + BLOCK_T, end) - 1``) recompute: the tile's
     tokens and mask, q, P, A = P / r, dO and dP = (dA - delta) / r. Pointers as in :func:`_probs`,
     ``p_do`` this (batch, head)'s dO ``[L, D]``."""
@@ -186,27 +140,11 @@ def _bwd_tile(
 
 @triton.jit
 def _bwd_kernel(
-    p_q,
-    p_mem_k,
-    p_mem_v,
-    p_lse,
-    p_offsets,
-    p_do,
-    p_dq,
-    p_dk_part,
-    p_dv_part,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_mem_k, p_mem_v, p_lse, p_offsets, p_do,
+    p_dq, p_dk_part, p_dv_part,  # dq [B, H, L, D]; fp32 partials [B, H, S, D] of dmem_k, dmem_v
+    H, L, S, D, NUM_SCALES, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_bh = tl.program_id(0)
     i_h = i_bh % H
     o_s = tl.arange(0, BLOCK_S)

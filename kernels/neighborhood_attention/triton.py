@@ -162,24 +162,12 @@ def _in_window(m_mn, b_kr, b_kc, b_wi, b_wj, K):
 
 @triton.jit
 def _fwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_o,
-    p_lse,
-    p_tiles,
-    p_side,
-    p_begin,
-    L,
-    D,
-    kernel_size,
-    qk_scale,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    p_q, p_k, p_v, p_o, p_lse,  # q, k, v, out [B, H, L, D]; lse [B, H, L]
+    p_tiles, p_side, p_begin,  # query tiles [T, 3]; each scale's side and first token [S]
+    L, D, kernel_size, qk_scale,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
-):
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
         p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
@@ -210,29 +198,13 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dq,
-    p_dk,
-    p_dv,
-    p_tiles,
-    p_side,
-    p_begin,
-    L,
-    D,
-    kernel_size,
-    scale,
-    qk_scale,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    p_q, p_k, p_v, p_do, p_lse, p_delta,  # [B, H, L, D], lse and delta [B, H, L]
+    p_dq, p_dk, p_dv,  # dq [B, H, L, D]; dk, dv fp32 [B, H, L, D], zeroed (atomics)
+    p_tiles, p_side, p_begin,  # query tiles [T, 3]; each scale's side and first token [S]
+    L, D, kernel_size, scale, qk_scale,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
-):
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
         p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C

@@ -70,19 +70,10 @@ def _tap(i_k, o_i, o_j, m_t, p, DIL, K: tl.constexpr):
 
 @triton.jit
 def _conv_kernel(
-    x,
-    w,
-    bias,
-    y,
-    tiles,
-    L,
-    C,
-    DIL,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
+    x, w, bias, y, tiles,  # x, y [B, L, C]; w [C, K*K]; bias [C]; a tile_table [T, 4]
+    L, C, DIL,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     i_tile, i_b, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     scale_begin, p, o_t, m_t, o_i, o_j, o_c, m_c = _tile_tokens(tiles, i_tile, i_c, C, BLOCK_T, BLOCK_C)
     b_y = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
@@ -102,20 +93,10 @@ def _conv_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-    x,
-    dy,
-    dw_part,
-    db_part,
-    tiles,
-    B,
-    L,
-    C,
-    DIL,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
+    x, dy, dw_part, db_part, tiles,  # x, dy [B, L, C]; fp32 partials [T, K*K, C], [T, C]
+    B, L, C, DIL,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     i_tile, i_c = tl.program_id(0), tl.program_id(1)
     scale_begin, p, o_t, m_t, o_i, o_j, o_c, m_c = _tile_tokens(tiles, i_tile, i_c, C, BLOCK_T, BLOCK_C)
     m_tc = m_t[:, None] & m_c[None, :]
