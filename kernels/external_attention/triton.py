@@ -43,17 +43,25 @@ BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on 
 
 
 @triton.jit
+def _head_program(H, S, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (batch, head) (grid axis 0) and head, the memory slots and their mask, and
+    the head-dim offsets: the start of the two kernels that walk a whole (batch, head)."""
+    i_bh = tl.program_id(0)
+    i_h = i_bh % H
+    o_s = tl.arange(0, BLOCK_S)
+    o_d = tl.arange(0, BLOCK_D)
+    m_s = o_s < S
+    return i_bh, i_h, o_s, o_d, m_s
+
+
+@triton.jit
 def _lse_kernel(
     p_q, p_mem_k, p_lse, p_offsets,  # q [B, H, L, D], mem_k [H, S, D], lse [B*H, NUM_SCALES, S]
     H, L, S, D, NUM_SCALES, sm_scale,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    i_bh = tl.program_id(0)
-    i_h = i_bh % H
+    i_bh, i_h, o_s, o_d, m_s = _head_program(H, S, BLOCK_S, BLOCK_D)
     o_t = tl.arange(0, BLOCK_T)
-    o_s = tl.arange(0, BLOCK_S)
-    o_d = tl.arange(0, BLOCK_D)
-    m_s = o_s < S
     b_kT = load_rows_t(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_S], tl.float32)
@@ -145,11 +153,7 @@ def _bwd_kernel(
     H, L, S, D, NUM_SCALES, sm_scale, eps,
     BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    i_bh = tl.program_id(0)
-    i_h = i_bh % H
-    o_s = tl.arange(0, BLOCK_S)
-    o_d = tl.arange(0, BLOCK_D)
-    m_s = o_s < S
+    i_bh, i_h, o_s, o_d, m_s = _head_program(H, S, BLOCK_S, BLOCK_D)
     b_k = load_rows(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [S, D]
     b_vT = load_rows_t(p_mem_v + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_dk = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)

@@ -99,9 +99,11 @@ def _window_start(x, p, n, K):
 
 
 @triton.jit
-def _query_tile(p_tiles, p_side, p_begin, i_t, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Tile ``i_t``: its scale, first row and column, the scale's side ``p`` and first token, the
-    tile's last row and column inside the map, and per query its row, column, token and mask."""
+def _query_tile(p_tiles, p_side, p_begin, L, D, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's (batch, head) (grid axis 1) and the offset of its ``[L, D]`` matrices, and its
+    query tile (axis 0): the tile's scale, first row and column, the scale's side ``p``, the tile's
+    last row and column inside the map, and per query its row, column, token and mask."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_scale = tl.load(p_tiles + i_t * 3)
     r0 = tl.load(p_tiles + i_t * 3 + 1)
     c0 = tl.load(p_tiles + i_t * 3 + 2)
@@ -114,7 +116,8 @@ def _query_tile(p_tiles, p_side, p_begin, i_t, BLOCK_R: tl.constexpr, BLOCK_C: t
     b_tok = q_begin + b_i * p + b_j
     r_last = tl.minimum(r0 + BLOCK_R, p) - 1
     c_last = tl.minimum(c0 + BLOCK_C, p) - 1
-    return q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m
+    base = i_bh.to(tl.int64) * L * D
+    return i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m
 
 
 @triton.jit
@@ -168,11 +171,9 @@ def _fwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
-        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+    i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, L, D, BLOCK_R, BLOCK_C
     )
-    base = i_bh.to(tl.int64) * L * D
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     b_q = load_rows(p_q + base, b_tok, m_m, o_d, D)
@@ -205,11 +206,9 @@ def _bwd_kernel(
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
 ):  # fmt: skip
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
-        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+    i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, L, D, BLOCK_R, BLOCK_C
     )
-    base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
