@@ -6,8 +6,9 @@ specification; ``triton.py`` holds the fused kernels (both registered in ``_back
 named after the op -> ``<Op>Function``, its ``torch.autograd.Function`` -> module-level launchers
 ``_forward`` and ``_backward`` (``_<part>_forward`` where one module holds two Functions) that build
 grids -> the ``@triton.jit`` kernels ``_*_kernel``. What the kernels share lives in
-``_triton_helpers`` (host helpers, ``@triton.jit`` device functions, the attention backwards' delta
-kernel), ``_precision`` and ``_tiles``. The public functions below
+``_triton_helpers`` (host helpers, among them the launches of the two flash attentions' kernels,
+``@triton.jit`` device functions, the attention backwards' delta kernel), ``_precision`` and
+``_tiles``. The public functions below
 check their arguments and dispatch with ``backend="auto" | "triton" | "torch"``; the environment
 variable ``VAR_KERNEL_BACKEND`` overrides the argument (see :mod:`kernels._backend`).
 

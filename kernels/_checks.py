@@ -16,6 +16,7 @@ __all__ = [
     "check_dilation",
     "check_kernel_size",
     "check_patch_nums",
+    "check_qkv",
     "check_same_dtype_device",
     "check_scale",
     "check_tensor",
@@ -43,6 +44,19 @@ def check_same_dtype_device(**tensors: torch.Tensor | None) -> None:
             raise ValueError(f"{name} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; they must match")
         if t.device != first.device:
             raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; they must match")
+
+
+def check_qkv(q: object, k: object, v: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries, keys and values of an attention op: ``[B, H, L, D]`` tensors of one shape, dtype
+    and device."""
+    q_BHLD = check_tensor("q", q, "[B, H, L, D]")
+    k_BHLD = check_tensor("k", k, "[B, H, L, D]")
+    v_BHLD = check_tensor("v", v, "[B, H, L, D]")
+    for name, t in (("k", k_BHLD), ("v", v_BHLD)):
+        if t.shape != q_BHLD.shape:
+            raise ValueError(f"{name} must have the shape of q {tuple(q_BHLD.shape)}, got {tuple(t.shape)}")
+    check_same_dtype_device(q=q_BHLD, k=k_BHLD, v=v_BHLD)
+    return q_BHLD, k_BHLD, v_BHLD
 
 
 def check_patch_nums(patch_nums: Sequence[int], L: int, source: str) -> tuple[int, ...]:

@@ -2,10 +2,13 @@
 
 Three parts:
 
-- host side: :data:`LOG2E` and :func:`dot_block`, used by the launchers;
+- host side: :data:`LOG2E` and :func:`dot_block`, used by the launchers, and the launches of the
+  flash-attention kernels of block-causal and neighborhood attention (:func:`attention_forward`,
+  :func:`attention_backward_launch`), which share one argument order;
 - device side: ``@triton.jit`` functions the kernels call (Triton inlines them into each kernel):
   row blocks of a row-major ``[rows, D]`` matrix loaded and stored with masks, the
-  online-softmax step and the backward's recomputation (P, dS) of flash attention, and the row of a
+  online softmax of flash attention (its start, step and stored end), the backward's loads of the
+  query rows and its recomputation (P, dS), and the row of a
   :func:`kernels._tiles.tile_table`;
 - one shared kernel: the ``delta = rowsum(dO * O)`` preprocess of the attention backwards.
 
@@ -22,17 +25,23 @@ import triton
 import triton.language as tl
 
 from ._backend import triton_interpret
+from ._precision import dot_precision
 
 __all__ = [
     "LOG2E",
+    "attention_backward_launch",
     "attention_delta",
     "attention_dscores",
+    "attention_forward",
     "attention_probs",
     "dot_block",
+    "load_query_rows",
     "load_rows",
     "load_rows_t",
+    "online_softmax_init",
     "online_softmax_step",
     "store_rows",
+    "store_softmax_rows",
     "tile_row",
 ]
 
@@ -43,6 +52,44 @@ def dot_block(n: int) -> int:
     """Block size covering ``n`` along a ``tl.dot`` dimension: a power of two, at least 16 (the
     smallest dot size); the kernels mask the padding."""
     return max(16, triton.next_power_of_2(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Host side: launches of the flash-attention kernels (block-causal and neighborhood attention)
+#
+# Their kernels take, in this order: the tensors (q, k, v, then the outputs of the forward, or
+# dO, lse, delta and the gradients of the backward), the op's tile-table arguments, L and D, the
+# op's own scalars, the scale (backward only) and the logit scale in base 2, then the constexprs
+# BLOCK_D, PRECISION and the op's block sizes and launch options ``cfg``. One program per tile
+# (grid axis 0) and per (batch, head) (axis 1).
+
+
+def _attention_launch(kernel, num_tiles: int, tensors: tuple, tiles: tuple, args: tuple, cfg: dict) -> None:
+    B, H, L, D = tensors[0].shape
+    meta = dict(BLOCK_D=dot_block(D), PRECISION=dot_precision(tensors[0].dtype), **cfg)
+    kernel[(num_tiles, B * H)](*tensors, *tiles, L, D, *args, **meta)
+
+
+def attention_forward(
+    kernel, num_tiles: int, qkv: tuple, tiles: tuple, args: tuple, scale: float, cfg: dict
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a forward ``kernel`` on ``qkv``, contiguous ``[B, H, L, D]`` q, k, v: the output
+    ``[B, H, L, D]`` and the base-2 log-sum-exp of each query row's logits times ``scale * LOG2E``,
+    fp32 ``[B, H, L]``."""
+    q_BHLD = qkv[0]
+    B, H, L, _ = q_BHLD.shape
+    o_BHLD = torch.empty_like(q_BHLD)
+    lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
+    _attention_launch(kernel, num_tiles, (*qkv, o_BHLD, lse_BHL), tiles, (*args, scale * LOG2E), cfg)
+    return o_BHLD, lse_BHL
+
+
+def attention_backward_launch(
+    kernel, num_tiles: int, saved: tuple, grads: tuple, tiles: tuple, args: tuple, scale: float, cfg: dict
+) -> None:
+    """Run a backward ``kernel``: ``saved`` is ``(q, k, v, dO, lse, delta)`` (:func:`attention_delta`),
+    ``grads`` the gradient buffers it writes."""
+    _attention_launch(kernel, num_tiles, (*saved, *grads), tiles, (*args, scale, scale * LOG2E), cfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +122,13 @@ def store_rows(p_x, o_r, m_r, o_d, D, b_x):
 
 
 @triton.jit
+def online_softmax_init(M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The running softmax of ``M`` query rows before any key: ``(b_max, b_sum, b_acc)`` of
+    :func:`online_softmax_step`, -inf, 0 and 0 (fp32)."""
+    return tl.full([M], float("-inf"), tl.float32), tl.zeros([M], tl.float32), tl.zeros([M, BLOCK_D], tl.float32)
+
+
+@triton.jit
 def online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION: tl.constexpr, EMPTY_ROWS: tl.constexpr):
     """Fold one block of keys into the running softmax of every query row.
 
@@ -94,6 +148,34 @@ def online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION: tl.constexpr, 
     b_sum = b_sum * b_alpha + tl.sum(b_p, 1)
     b_acc = b_acc * b_alpha[:, None] + tl.dot(b_p.to(b_v.dtype), b_v, input_precision=PRECISION)
     return b_max_new, b_sum, b_acc
+
+
+@triton.jit
+def store_softmax_rows(p_o, p_lse, row0, o_r, m_r, o_d, D, b_max, b_sum, b_acc):
+    """The end of the forward for query rows ``row0 + o_r`` (``p_o`` and ``p_lse`` at this (batch,
+    head)): the output ``b_acc / b_sum`` and the base-2 log-sum-exp ``b_max + log2(b_sum)`` that
+    :func:`attention_probs` recomputes the probabilities from.
+
+    ``row0`` comes apart from ``o_r`` so the lse address is summed ``(p_lse + row0) + o_r`` as the
+    kernels always did: summing ``row0 + o_r`` first changes the compiled kernels' registers."""
+    store_rows(p_o, row0 + o_r, m_r, o_d, D, b_acc / b_sum[:, None])
+    tl.store(p_lse + row0 + o_r, b_max + tl.log2(b_sum), mask=m_r)
+
+
+@triton.jit
+def load_query_rows(p_q, p_do, p_lse, p_delta, base, base_row, row0, o_r, m_r, o_d, D):
+    """What the backward reads of query rows ``row0 + o_r`` of the (batch, head) whose ``[L, D]``
+    matrices start at ``base`` and ``[L]`` rows at ``base_row``: q and dO ``[R, BLOCK_D]``, the saved
+    log-sum-exp and delta ``[R]``; masked rows read 0.
+
+    The bases and ``row0`` come in apart, not as offset pointers and rows, to keep the address
+    arithmetic in the order and association the kernels had: otherwise ptxas allocates the
+    backward kernels' registers differently, with more spills in some configurations."""
+    b_q = load_rows(p_q + base, row0 + o_r, m_r, o_d, D)
+    b_do = load_rows(p_do + base, row0 + o_r, m_r, o_d, D)
+    b_lse = tl.load(p_lse + base_row + row0 + o_r, mask=m_r, other=0.0)
+    b_delta = tl.load(p_delta + base_row + row0 + o_r, mask=m_r, other=0.0)
+    return b_q, b_do, b_lse, b_delta
 
 
 @triton.jit

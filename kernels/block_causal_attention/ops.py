@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from .._backend import get_impl
-from .._checks import check_patch_nums, check_same_dtype_device, check_scale, check_tensor
+from .._checks import check_patch_nums, check_qkv, check_scale
 
 __all__ = ["block_causal_attention"]
 
@@ -32,13 +32,7 @@ def block_causal_attention(
     Returns:
         ``[B, H, L, D]``; ``out[i] = softmax_j(scale * q[i].k[j] over scale(j) <= scale(i)) @ v``.
     """
-    q_BHLD = check_tensor("q", q, "[B, H, L, D]")
-    k_BHLD = check_tensor("k", k, "[B, H, L, D]")
-    v_BHLD = check_tensor("v", v, "[B, H, L, D]")
-    for name, t in (("k", k_BHLD), ("v", v_BHLD)):
-        if t.shape != q_BHLD.shape:
-            raise ValueError(f"{name} must have the shape of q {tuple(q_BHLD.shape)}, got {tuple(t.shape)}")
-    check_same_dtype_device(q=q_BHLD, k=k_BHLD, v=v_BHLD)
+    q_BHLD, k_BHLD, v_BHLD = check_qkv(q, k, v)
     pns = check_patch_nums(patch_nums, q_BHLD.shape[2], "q [B, H, L, D]")
     scale = check_scale(scale, q_BHLD.shape[3])
     impl = get_impl("block_causal_attention", backend, q_BHLD.device)

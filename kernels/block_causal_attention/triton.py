@@ -41,15 +41,19 @@ from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import ScaleLayout
 from .._triton_helpers import (
-    LOG2E,
+    attention_backward_launch,
     attention_delta,
     attention_dscores,
+    attention_forward,
     attention_probs,
     dot_block,
+    load_query_rows,
     load_rows,
     load_rows_t,
+    online_softmax_init,
     online_softmax_step,
     store_rows,
+    store_softmax_rows,
 )
 
 __all__ = ["BlockCausalAttentionFunction", "block_causal_attention", "query_tiles", "visited_fraction"]
@@ -140,20 +144,11 @@ def _query_tile(p_tiles, i_t):
 
 @triton.jit
 def _fwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_o,
-    p_lse,
-    p_tiles,
-    L,
-    D,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_o, p_lse,  # q, k, v, out [B, H, L, D]; lse [B, H, L]
+    p_tiles,  # query tiles [T, 3]
+    L, D, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D
@@ -164,9 +159,7 @@ def _fwd_kernel(
     m_m = o_m < q_len
     b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
 
-    b_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    b_sum = tl.zeros([BLOCK_M], tl.float32)
-    b_acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    b_max, b_sum, b_acc = online_softmax_init(BLOCK_M, BLOCK_D)
     for n0 in range(0, kv_end, BLOCK_N):
         m_n = (n0 + o_n) < kv_end
         b_kt = load_rows_t(p_k + base, n0 + o_n, m_n, o_d, D)  # [BLOCK_D, BLOCK_N]
@@ -176,32 +169,16 @@ def _fwd_kernel(
         # Key 0 is in every tile's range, so the row max is finite from the first tile on.
         b_max, b_sum, b_acc = online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION, EMPTY_ROWS=False)
 
-    store_rows(p_o + base, q_start + o_m, m_m, o_d, D, b_acc / b_sum[:, None])
-    tl.store(p_lse + i_bh.to(tl.int64) * L + q_start + o_m, b_max + tl.log2(b_sum), mask=m_m)
+    store_softmax_rows(p_o + base, p_lse + i_bh.to(tl.int64) * L, q_start, o_m, m_m, o_d, D, b_max, b_sum, b_acc)
 
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dk,
-    p_dv,
-    p_tiles,
-    p_first,
-    n_tiles,
-    L,
-    D,
-    scale,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_do, p_lse, p_delta, p_dk, p_dv,  # [B, H, L, D], lse and delta [B, H, L]
+    p_tiles, p_first, n_tiles,  # query tiles [T, 3], each key tile's first query tile, T
+    L, D, scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_n, i_bh = tl.program_id(0), tl.program_id(1)
     base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
@@ -217,10 +194,9 @@ def _bwd_dkdv_kernel(
     for i_t in range(tl.load(p_first + i_n), n_tiles):
         q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
         m_m = o_m < q_len
-        b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
-        b_do = load_rows(p_do + base, q_start + o_m, m_m, o_d, D)
-        b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
-        b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
+        b_q, b_do, b_lse, b_delta = load_query_rows(
+            p_q, p_do, p_lse, p_delta, base, base_row, q_start, o_m, m_m, o_d, D
+        )
         m_visible = m_m[:, None] & (o_n[None, :] < kv_end)
         b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)  # [BLOCK_M, BLOCK_N]
         b_dv += tl.dot(tl.trans(b_p.to(b_do.dtype)), b_do, input_precision=PRECISION)
@@ -233,23 +209,11 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dq_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dq,
-    p_tiles,
-    L,
-    D,
-    scale,
-    qk_scale,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_v, p_do, p_lse, p_delta, p_dq,  # [B, H, L, D], lse and delta [B, H, L]
+    p_tiles,  # query tiles [T, 3]
+    L, D, scale, qk_scale,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_start, q_len, kv_end = _query_tile(p_tiles, i_t)
     base = i_bh.to(tl.int64) * L * D
@@ -259,10 +223,7 @@ def _bwd_dq_kernel(
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_m = o_m < q_len
-    b_q = load_rows(p_q + base, q_start + o_m, m_m, o_d, D)
-    b_do = load_rows(p_do + base, q_start + o_m, m_m, o_d, D)
-    b_lse = tl.load(p_lse + base_row + q_start + o_m, mask=m_m, other=0.0)
-    b_delta = tl.load(p_delta + base_row + q_start + o_m, mask=m_m, other=0.0)
+    b_q, b_do, b_lse, b_delta = load_query_rows(p_q, p_do, p_lse, p_delta, base, base_row, q_start, o_m, m_m, o_d, D)
     b_dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     for n0 in range(0, kv_end, BLOCK_N):
@@ -284,26 +245,10 @@ def _bwd_dq_kernel(
 def _forward(
     q_BHLD: torch.Tensor, k_BHLD: torch.Tensor, v_BHLD: torch.Tensor, patch_nums: tuple[int, ...], scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    B, H, L, D = q_BHLD.shape
-    cfg = _config(D, q_BHLD.dtype)
+    cfg = _config(q_BHLD.shape[3], q_BHLD.dtype)
     q_tiles_T3, _ = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
-    o_BHLD = torch.empty_like(q_BHLD)
-    lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
-    _fwd_kernel[(q_tiles_T3.shape[0], B * H)](
-        q_BHLD,
-        k_BHLD,
-        v_BHLD,
-        o_BHLD,
-        lse_BHL,
-        q_tiles_T3,
-        L,
-        D,
-        scale * LOG2E,
-        BLOCK_D=dot_block(D),
-        PRECISION=dot_precision(q_BHLD.dtype),
-        **cfg,
-    )
-    return o_BHLD, lse_BHL
+    qkv = (q_BHLD, k_BHLD, v_BHLD)
+    return attention_forward(_fwd_kernel, q_tiles_T3.shape[0], qkv, (q_tiles_T3,), (), scale, cfg)
 
 
 def _backward(
@@ -316,45 +261,16 @@ def _backward(
     patch_nums: tuple[int, ...],
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, L, D = q_BHLD.shape
-    cfg = _config(D, q_BHLD.dtype)
+    cfg = _config(q_BHLD.shape[3], q_BHLD.dtype)
     q_tiles_T3, k_first_N = _table_tensors(patch_nums, cfg["BLOCK_M"], cfg["BLOCK_N"], q_BHLD.device)
-    delta_BHL = attention_delta(o_BHLD, do_BHLD)
+    saved = (q_BHLD, k_BHLD, v_BHLD, do_BHLD, lse_BHL, attention_delta(o_BHLD, do_BHLD))
     dq_BHLD, dk_BHLD, dv_BHLD = (torch.empty_like(q_BHLD) for _ in range(3))
-    common = dict(BLOCK_D=dot_block(D), PRECISION=dot_precision(q_BHLD.dtype), **cfg)
-    _bwd_dkdv_kernel[(k_first_N.shape[0], B * H)](
-        q_BHLD,
-        k_BHLD,
-        v_BHLD,
-        do_BHLD,
-        lse_BHL,
-        delta_BHL,
-        dk_BHLD,
-        dv_BHLD,
-        q_tiles_T3,
-        k_first_N,
-        q_tiles_T3.shape[0],
-        L,
-        D,
-        scale,
-        scale * LOG2E,
-        **common,
+    n_tiles = q_tiles_T3.shape[0]
+    dkdv_tiles = (q_tiles_T3, k_first_N, n_tiles)
+    attention_backward_launch(
+        _bwd_dkdv_kernel, k_first_N.shape[0], saved, (dk_BHLD, dv_BHLD), dkdv_tiles, (), scale, cfg
     )
-    _bwd_dq_kernel[(q_tiles_T3.shape[0], B * H)](
-        q_BHLD,
-        k_BHLD,
-        v_BHLD,
-        do_BHLD,
-        lse_BHL,
-        delta_BHL,
-        dq_BHLD,
-        q_tiles_T3,
-        L,
-        D,
-        scale,
-        scale * LOG2E,
-        **common,
-    )
+    attention_backward_launch(_bwd_dq_kernel, n_tiles, saved, (dq_BHLD,), (q_tiles_T3,), (), scale, cfg)
     return dq_BHLD, dk_BHLD, dv_BHLD
 
 

@@ -43,28 +43,25 @@ BLOCK_T = 16  # tokens per tile; tl.dot needs >= 16. TODO(gpu): tune (32/64) on 
 
 
 @triton.jit
-def _lse_kernel(
-    p_q,
-    p_mem_k,
-    p_lse,
-    p_offsets,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+def _head_program(H, S, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's (batch, head) (grid axis 0) and head, the memory slots and their mask, and
+    the head-dim offsets: the start of the two kernels that walk a whole (batch, head)."""
     i_bh = tl.program_id(0)
     i_h = i_bh % H
-    o_t = tl.arange(0, BLOCK_T)
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_s = o_s < S
+    return i_bh, i_h, o_s, o_d, m_s
+
+
+@triton.jit
+def _lse_kernel(
+    p_q, p_mem_k, p_lse, p_offsets,  # q [B, H, L, D], mem_k [H, S, D], lse [B*H, NUM_SCALES, S]
+    H, L, S, D, NUM_SCALES, sm_scale,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    i_bh, i_h, o_s, o_d, m_s = _head_program(H, S, BLOCK_S, BLOCK_D)
+    o_t = tl.arange(0, BLOCK_T)
     b_kT = load_rows_t(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_m = tl.full([BLOCK_S], float("-inf"), tl.float32)
     b_l = tl.zeros([BLOCK_S], tl.float32)
@@ -85,32 +82,19 @@ def _lse_kernel(
 
 @triton.jit
 def _probs(
-    p_q,
-    p_mem_k,
-    p_lse,
-    i_bh,
-    i_h,
-    i_s,
-    o_n,
-    m_n,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """Recompute one tile: q [T, D], P [T, S] (0 outside the tile and past S), 1/r [T]."""
+    p_q, p_k, p_lse, o_n, m_n,
+    S, D, sm_scale, eps,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Recompute one tile: q [T, D], P [T, S] (0 outside the tile and past S), 1/r [T]. ``p_q`` is
+    this (batch, head)'s q ``[L, D]``, ``p_k`` its memory keys ``[S, D]``, ``p_lse`` the row
+    ``[S]`` of the tile's scale."""
     o_s = tl.arange(0, BLOCK_S)
     o_d = tl.arange(0, BLOCK_D)
     m_s = o_s < S
-    b_kT = load_rows_t(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)
-    b_q = load_rows(p_q + i_bh * L * D, o_n, m_n, o_d, D)
-    b_lse = tl.load(p_lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+    b_kT = load_rows_t(p_k, o_s, m_s, o_d, D)
+    b_q = load_rows(p_q, o_n, m_n, o_d, D)
+    b_lse = tl.load(p_lse + o_s, mask=m_s, other=0.0)
     b_a = tl.dot(b_q, b_kT, input_precision=PRECISION) * sm_scale
     b_p = tl.exp(b_a - b_lse[None, :])
     b_p = tl.where(m_n[:, None] & m_s[None, :], b_p, 0.0)
@@ -120,26 +104,11 @@ def _probs(
 
 @triton.jit
 def _fwd_kernel(
-    p_q,
-    p_mem_k,
-    p_mem_v,
-    p_lse,
-    p_tiles,
-    p_out,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    i_tile = tl.program_id(0)
-    i_bh = tl.program_id(1)
+    p_q, p_mem_k, p_mem_v, p_lse, p_tiles, p_out,  # the tiles: a tile_table [T, 4]
+    H, L, S, D, NUM_SCALES, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    i_tile, i_bh = tl.program_id(0), tl.program_id(1)
     i_h = i_bh % H
     scale_begin, p, tile_start, i_s = tile_row(p_tiles, i_tile)
     o_t = tl.arange(0, BLOCK_T)
@@ -147,25 +116,9 @@ def _fwd_kernel(
     o_d = tl.arange(0, BLOCK_D)
     m_n = tile_start + o_t < p * p
     o_n = scale_begin + tile_start + o_t
+    p_lse_s = p_lse + (i_bh * NUM_SCALES + i_s) * S
     _, b_p, b_rinv = _probs(
-        p_q,
-        p_mem_k,
-        p_lse,
-        i_bh,
-        i_h,
-        i_s,
-        o_n,
-        m_n,
-        H,
-        L,
-        S,
-        D,
-        NUM_SCALES,
-        sm_scale,
-        eps,
-        BLOCK_S,
-        BLOCK_D,
-        PRECISION,
+        p_q + i_bh * L * D, p_mem_k + i_h * S * D, p_lse_s, o_n, m_n, S, D, sm_scale, eps, BLOCK_S, BLOCK_D, PRECISION
     )
     b_A = b_p * b_rinv[:, None]
     b_v = load_rows(p_mem_v + i_h * S * D, o_s, o_s < S, o_d, D)  # [S, D]
@@ -175,38 +128,18 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_tile(
-    p_q,
-    p_mem_k,
-    p_lse,
-    p_do,
-    b_vT,
-    i_bh,
-    i_h,
-    i_s,
-    t0,
-    end,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
+    p_q, p_k, p_lse, p_do, b_vT, t0, end,
+    S, D, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
     """What both visits of a tile (tokens ``t0 .. min(t0 + BLOCK_T, end) - 1``) recompute: the tile's
-    tokens and mask, q, P, A = P / r, dO and dP = (dA - delta) / r."""
+    tokens and mask, q, P, A = P / r, dO and dP = (dA - delta) / r. Pointers as in :func:`_probs`,
+    ``p_do`` this (batch, head)'s dO ``[L, D]``."""
     o_n = t0 + tl.arange(0, BLOCK_T)
     m_n = o_n < end
-    b_q, b_p, b_rinv = _probs(
-        p_q, p_mem_k, p_lse, i_bh, i_h, i_s, o_n, m_n, H, L, S, D, NUM_SCALES, sm_scale, eps, BLOCK_S, BLOCK_D,
-        PRECISION,
-    )  # fmt: skip
+    b_q, b_p, b_rinv = _probs(p_q, p_k, p_lse, o_n, m_n, S, D, sm_scale, eps, BLOCK_S, BLOCK_D, PRECISION)
     b_A = b_p * b_rinv[:, None]
-    b_do = load_rows(p_do + i_bh * L * D, o_n, m_n, tl.arange(0, BLOCK_D), D)
+    b_do = load_rows(p_do, o_n, m_n, tl.arange(0, BLOCK_D), D)
     b_dA = tl.dot(b_do, b_vT.to(b_do.dtype), input_precision=PRECISION)  # [T, S]
     b_delta = tl.sum(b_dA * b_A, 1)
     b_dP = (b_dA - b_delta[:, None]) * b_rinv[:, None]
@@ -215,49 +148,32 @@ def _bwd_tile(
 
 @triton.jit
 def _bwd_kernel(
-    p_q,
-    p_mem_k,
-    p_mem_v,
-    p_lse,
-    p_offsets,
-    p_do,
-    p_dq,
-    p_dk_part,
-    p_dv_part,
-    H,
-    L,
-    S,
-    D,
-    NUM_SCALES,
-    sm_scale,
-    eps,
-    BLOCK_T: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    i_bh = tl.program_id(0)
-    i_h = i_bh % H
-    o_s = tl.arange(0, BLOCK_S)
-    o_d = tl.arange(0, BLOCK_D)
-    m_s = o_s < S
+    p_q, p_mem_k, p_mem_v, p_lse, p_offsets, p_do,
+    p_dq, p_dk_part, p_dv_part,  # dq [B, H, L, D]; fp32 partials [B, H, S, D] of dmem_k, dmem_v
+    H, L, S, D, NUM_SCALES, sm_scale, eps,
+    BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    i_bh, i_h, o_s, o_d, m_s = _head_program(H, S, BLOCK_S, BLOCK_D)
     b_k = load_rows(p_mem_k + i_h * S * D, o_s, m_s, o_d, D)  # [S, D]
     b_vT = load_rows_t(p_mem_v + i_h * S * D, o_s, m_s, o_d, D)  # [D, S]
     b_dk = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
     b_dv = tl.zeros([BLOCK_S, BLOCK_D], tl.float32)
     b_R = tl.zeros([BLOCK_S], tl.float32)
     b_lse_next = tl.zeros([BLOCK_S], tl.float32)
+    # This (batch, head)'s q and dO [L, D] and memory keys [S, D], for the tiles of both visits.
+    p_q_bh, p_do_bh, p_k_h = p_q + i_bh * L * D, p_do + i_bh * L * D, p_mem_k + i_h * S * D
     for j in range(NUM_SCALES):
         i_s = NUM_SCALES - 1 - j
         begin = tl.load(p_offsets + i_s)
         end = tl.load(p_offsets + i_s + 1)
-        b_lse = tl.load(p_lse + (i_bh * NUM_SCALES + i_s) * S + o_s, mask=m_s, other=0.0)
+        p_lse_s = p_lse + (i_bh * NUM_SCALES + i_s) * S
+        b_lse = tl.load(p_lse_s + o_s, mask=m_s, other=0.0)
         # Visit 1: G[s] = sum over the scale's tokens of dP * P, and dmem_v += A^T dO.
         b_G = tl.zeros([BLOCK_S], tl.float32)
         for t0 in range(begin, end, BLOCK_T):
             _, _, _, b_p, b_A, b_do, b_dP = _bwd_tile(
-                p_q, p_mem_k, p_lse, p_do, b_vT, i_bh, i_h, i_s, t0, end, H, L, S, D, NUM_SCALES, sm_scale, eps,
-                BLOCK_T, BLOCK_S, BLOCK_D, PRECISION,
+                p_q_bh, p_k_h, p_lse_s, p_do_bh, b_vT, t0, end, S, D, sm_scale, eps, BLOCK_T, BLOCK_S, BLOCK_D,
+                PRECISION,
             )  # fmt: skip
             b_G += tl.sum(b_dP * b_p, 0)
             b_dv += tl.dot(tl.trans(b_A.to(b_do.dtype)), b_do, input_precision=PRECISION)
@@ -266,8 +182,8 @@ def _bwd_kernel(
         # Visit 2: da = P * (dP - R[s]); dq = scale * da @ mem_k; dmem_k += scale * da^T q.
         for t0 in range(begin, end, BLOCK_T):
             o_n, m_n, b_q, b_p, _, _, b_dP = _bwd_tile(
-                p_q, p_mem_k, p_lse, p_do, b_vT, i_bh, i_h, i_s, t0, end, H, L, S, D, NUM_SCALES, sm_scale, eps,
-                BLOCK_T, BLOCK_S, BLOCK_D, PRECISION,
+                p_q_bh, p_k_h, p_lse_s, p_do_bh, b_vT, t0, end, S, D, sm_scale, eps, BLOCK_T, BLOCK_S, BLOCK_D,
+                PRECISION,
             )  # fmt: skip
             b_da = b_p * (b_dP - b_R[None, :]) * sm_scale  # [T, S], includes the logit scale
             b_dq = tl.dot(b_da.to(b_k.dtype), b_k, input_precision=PRECISION)  # [T, D]

@@ -49,7 +49,10 @@ def _num_warps(block_h: int) -> int:
 
 
 @triton.jit
-def _scan_fwd_kernel(x, lam, g, h, C, H, W, CHUNK, BLOCK_H: tl.constexpr):
+def _scan_lines(C, H, W, BLOCK_H: tl.constexpr):
+    """The rows of this program's ``(n, c)`` map: row masks (all rows, rows with a row above, rows
+    with a row below), the offset of each row's first column in the ``[N, C, H, W]`` tensors and
+    in gate g0 of ``[N, 3, C, H, W]`` (g1 and g2 are ``C*H*W`` further each), and ``C*H*W``."""
     i_nc = tl.program_id(0)
     i_n = i_nc // C
     i_c = i_nc % C
@@ -58,12 +61,20 @@ def _scan_fwd_kernel(x, lam, g, h, C, H, W, CHUNK, BLOCK_H: tl.constexpr):
     m_r = o_r < H
     m_up = m_r & (o_r >= 1)
     m_dn = o_r + 1 < H
-    p_x = x + i_nc * HW + o_r * W
-    p_lam = lam + i_nc * HW + o_r * W
-    p_h = h + i_nc * HW + o_r * W
-    p_g0 = g + (i_n * 3 * C + i_c) * HW + o_r * W
-    p_g1 = p_g0 + C * HW
-    p_g2 = p_g1 + C * HW
+    o_line = i_nc * HW + o_r * W
+    o_g0 = (i_n * 3 * C + i_c) * HW + o_r * W
+    return o_r, m_r, m_up, m_dn, o_line, o_g0, C * HW
+
+
+@triton.jit
+def _scan_fwd_kernel(x, lam, g, h, C, H, W, CHUNK, BLOCK_H: tl.constexpr):
+    o_r, m_r, m_up, m_dn, o_line, o_g0, CHW = _scan_lines(C, H, W, BLOCK_H)
+    p_x = x + o_line
+    p_lam = lam + o_line
+    p_h = h + o_line
+    p_g0 = g + o_g0
+    p_g1 = p_g0 + CHW
+    p_g2 = p_g1 + CHW
     b_h = tl.zeros([BLOCK_H], tl.float32)
     for c in range(W):
         b_in = tl.load(p_lam + c, mask=m_r, other=0.0).to(tl.float32) * tl.load(p_x + c, mask=m_r, other=0.0).to(
@@ -83,18 +94,9 @@ def _scan_fwd_kernel(x, lam, g, h, C, H, W, CHUNK, BLOCK_H: tl.constexpr):
 
 @triton.jit
 def _scan_bwd_kernel(x, lam, g, h, dy, dh, dx, dlam, dg, C, H, W, CHUNK, BLOCK_H: tl.constexpr):
-    i_nc = tl.program_id(0)
-    i_n = i_nc // C
-    i_c = i_nc % C
-    HW = H * W
-    o_r = tl.arange(0, BLOCK_H)
-    m_r = o_r < H
-    m_up = m_r & (o_r >= 1)
-    m_dn = o_r + 1 < H
-    o_line = i_nc * HW + o_r * W
-    o_g0 = (i_n * 3 * C + i_c) * HW + o_r * W
-    o_g1 = o_g0 + C * HW
-    o_g2 = o_g1 + C * HW
+    o_r, m_r, m_up, m_dn, o_line, o_g0, CHW = _scan_lines(C, H, W, BLOCK_H)
+    o_g1 = o_g0 + CHW
+    o_g2 = o_g1 + CHW
     b_dh = tl.zeros([BLOCK_H], tl.float32)  # dh of column c+1
     for j in range(W):
         c = W - 1 - j

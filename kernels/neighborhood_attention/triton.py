@@ -40,15 +40,19 @@ from .._backend import triton_interpret
 from .._precision import dot_precision
 from .._scales import ScaleLayout
 from .._triton_helpers import (
-    LOG2E,
+    attention_backward_launch,
     attention_delta,
     attention_dscores,
+    attention_forward,
     attention_probs,
     dot_block,
+    load_query_rows,
     load_rows,
     load_rows_t,
+    online_softmax_init,
     online_softmax_step,
     store_rows,
+    store_softmax_rows,
 )
 
 __all__ = ["NeighborhoodAttentionFunction", "neighborhood_attention", "query_tiles"]
@@ -95,9 +99,11 @@ def _window_start(x, p, n, K):
 
 
 @triton.jit
-def _query_tile(p_tiles, p_side, p_begin, i_t, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Tile ``i_t``: its scale, first row and column, the scale's side ``p`` and first token, the
-    tile's last row and column inside the map, and per query its row, column, token and mask."""
+def _query_tile(p_tiles, p_side, p_begin, L, D, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's (batch, head) (grid axis 1) and the offset of its ``[L, D]`` matrices, and its
+    query tile (axis 0): the tile's scale, first row and column, the scale's side ``p``, the tile's
+    last row and column inside the map, and per query its row, column, token and mask."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
     q_scale = tl.load(p_tiles + i_t * 3)
     r0 = tl.load(p_tiles + i_t * 3 + 1)
     c0 = tl.load(p_tiles + i_t * 3 + 2)
@@ -110,7 +116,8 @@ def _query_tile(p_tiles, p_side, p_begin, i_t, BLOCK_R: tl.constexpr, BLOCK_C: t
     b_tok = q_begin + b_i * p + b_j
     r_last = tl.minimum(r0 + BLOCK_R, p) - 1
     c_last = tl.minimum(c0 + BLOCK_C, p) - 1
-    return q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m
+    base = i_bh.to(tl.int64) * L * D
+    return i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m
 
 
 @triton.jit
@@ -131,104 +138,82 @@ def _key_window(p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_
 
 
 @triton.jit
-def _fwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_o,
-    p_lse,
-    p_tiles,
-    p_side,
-    p_begin,
-    L,
-    D,
-    kernel_size,
-    qk_scale,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
-        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+def _key_chunk(t0, o_n, n_keys, n_cols, row0, col0, k_begin, n):
+    """Keys ``t0 .. t0 + BLOCK_N - 1`` of the union rectangle (row-major, ``n_cols`` wide, from map row
+    ``row0`` and column ``col0`` of the side-``n`` scale starting at token ``k_begin``): their row,
+    column and token, and the mask of those inside the rectangle."""
+    o_t = t0 + o_n
+    m_n = o_t < n_keys
+    b_kr = row0 + o_t // n_cols
+    b_kc = col0 + o_t % n_cols
+    b_key = k_begin + b_kr * n + b_kc
+    return b_kr, b_kc, b_key, m_n
+
+
+@triton.jit
+def _in_window(m_mn, b_kr, b_kc, b_wi, b_wj, K):
+    """``[BLOCK_M, BLOCK_N]``: ``m_mn`` and key (row ``b_kr``, column ``b_kc``) lies in the ``K x K``
+    window of the query whose window starts at ``(b_wi, b_wj)``."""
+    return (
+        m_mn
+        & (b_kr[None, :] >= b_wi[:, None])
+        & (b_kr[None, :] < b_wi[:, None] + K)
+        & (b_kc[None, :] >= b_wj[:, None])
+        & (b_kc[None, :] < b_wj[:, None] + K)
     )
-    base = i_bh.to(tl.int64) * L * D
+
+
+@triton.jit
+def _fwd_kernel(
+    p_q, p_k, p_v, p_o, p_lse,  # q, k, v, out [B, H, L, D]; lse [B, H, L]
+    p_tiles, p_side, p_begin,  # query tiles [T, 3]; each scale's side and first token [S]
+    L, D, kernel_size, qk_scale,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, L, D, BLOCK_R, BLOCK_C
+    )
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     b_q = load_rows(p_q + base, b_tok, m_m, o_d, D)
 
-    b_max = tl.full([BLOCK_R * BLOCK_C], float("-inf"), tl.float32)
-    b_sum = tl.zeros([BLOCK_R * BLOCK_C], tl.float32)
-    b_acc = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
+    b_max, b_sum, b_acc = online_softmax_init(BLOCK_R * BLOCK_C, BLOCK_D)
     for s in range(0, q_scale + 1):
         n, k_begin, K, b_wi, b_wj, row0, col0, n_cols, n_keys = _key_window(
             p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_last
         )
         for t0 in range(0, n_keys, BLOCK_N):
-            o_t = t0 + o_n
-            m_n = o_t < n_keys
-            b_kr = row0 + o_t // n_cols
-            b_kc = col0 + o_t % n_cols
-            b_key = k_begin + b_kr * n + b_kc
+            b_kr, b_kc, b_key, m_n = _key_chunk(t0, o_n, n_keys, n_cols, row0, col0, k_begin, n)
             b_kt = load_rows_t(p_k + base, b_key, m_n, o_d, D)
             b_v = load_rows(p_v + base, b_key, m_n, o_d, D)
-            m_visible = (
-                m_n[None, :]
-                & (b_kr[None, :] >= b_wi[:, None])
-                & (b_kr[None, :] < b_wi[:, None] + K)
-                & (b_kc[None, :] >= b_wj[:, None])
-                & (b_kc[None, :] < b_wj[:, None] + K)
-            )
+            m_visible = _in_window(m_n[None, :], b_kr, b_kc, b_wi, b_wj, K)
             b_s = tl.where(m_visible, tl.dot(b_q, b_kt, input_precision=PRECISION) * qk_scale, float("-inf"))
             # A row may see no key of a chunk before it saw any key at all.
             b_max, b_sum, b_acc = online_softmax_step(b_s, b_v, b_max, b_sum, b_acc, PRECISION, EMPTY_ROWS=True)
 
     # Every real query sees at least its own key; padding rows (m_m false) are never stored.
     b_sum = tl.where(m_m, b_sum, 1.0)
-    store_rows(p_o + base, b_tok, m_m, o_d, D, b_acc / b_sum[:, None])
-    tl.store(p_lse + i_bh.to(tl.int64) * L + b_tok, b_max + tl.log2(b_sum), mask=m_m)
+    store_softmax_rows(p_o + base, p_lse + i_bh.to(tl.int64) * L, 0, b_tok, m_m, o_d, D, b_max, b_sum, b_acc)
 
 
 @triton.jit
 def _bwd_kernel(
-    p_q,
-    p_k,
-    p_v,
-    p_do,
-    p_lse,
-    p_delta,
-    p_dq,
-    p_dk,
-    p_dv,
-    p_tiles,
-    p_side,
-    p_begin,
-    L,
-    D,
-    kernel_size,
-    scale,
-    qk_scale,
-    BLOCK_R: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    p_q, p_k, p_v, p_do, p_lse, p_delta,  # [B, H, L, D], lse and delta [B, H, L]
+    p_dq, p_dk, p_dv,  # dq [B, H, L, D]; dk, dv fp32 [B, H, L, D], zeroed (atomics)
+    p_tiles, p_side, p_begin,  # query tiles [T, 3]; each scale's side and first token [S]
+    L, D, kernel_size, scale, qk_scale,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     PRECISION: tl.constexpr,
-):
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
-        p_tiles, p_side, p_begin, i_t, BLOCK_R, BLOCK_C
+):  # fmt: skip
+    i_bh, base, q_scale, r0, c0, r_last, c_last, p, b_i, b_j, b_tok, m_m = _query_tile(
+        p_tiles, p_side, p_begin, L, D, BLOCK_R, BLOCK_C
     )
-    base = i_bh.to(tl.int64) * L * D
     base_row = i_bh.to(tl.int64) * L
     o_n = tl.arange(0, BLOCK_N)
     o_d = tl.arange(0, BLOCK_D)
     m_d = o_d < D
-    b_q = load_rows(p_q + base, b_tok, m_m, o_d, D)
-    b_do = load_rows(p_do + base, b_tok, m_m, o_d, D)
-    b_lse = tl.load(p_lse + base_row + b_tok, mask=m_m, other=0.0)
-    b_delta = tl.load(p_delta + base_row + b_tok, mask=m_m, other=0.0)
+    b_q, b_do, b_lse, b_delta = load_query_rows(p_q, p_do, p_lse, p_delta, base, base_row, 0, b_tok, m_m, o_d, D)
     b_dq = tl.zeros([BLOCK_R * BLOCK_C, BLOCK_D], tl.float32)
 
     for s in range(0, q_scale + 1):
@@ -236,21 +221,10 @@ def _bwd_kernel(
             p_side, p_begin, s, kernel_size, p, b_i, b_j, r0, c0, r_last, c_last
         )
         for t0 in range(0, n_keys, BLOCK_N):
-            o_t = t0 + o_n
-            m_n = o_t < n_keys
-            b_kr = row0 + o_t // n_cols
-            b_kc = col0 + o_t % n_cols
-            b_key = k_begin + b_kr * n + b_kc
+            b_kr, b_kc, b_key, m_n = _key_chunk(t0, o_n, n_keys, n_cols, row0, col0, k_begin, n)
             b_k = load_rows(p_k + base, b_key, m_n, o_d, D)  # [BLOCK_N, BLOCK_D]
             b_v = load_rows(p_v + base, b_key, m_n, o_d, D)
-            m_visible = (
-                m_m[:, None]
-                & m_n[None, :]
-                & (b_kr[None, :] >= b_wi[:, None])
-                & (b_kr[None, :] < b_wi[:, None] + K)
-                & (b_kc[None, :] >= b_wj[:, None])
-                & (b_kc[None, :] < b_wj[:, None] + K)
-            )
+            m_visible = _in_window(m_m[:, None] & m_n[None, :], b_kr, b_kc, b_wi, b_wj, K)
             b_p = attention_probs(b_q, b_k, b_lse, m_visible, qk_scale, PRECISION)
             b_ds = attention_dscores(b_p, b_do, b_v, b_delta, PRECISION)
             b_dq += tl.dot(b_ds.to(b_k.dtype), b_k, input_precision=PRECISION)
@@ -270,62 +244,22 @@ def _bwd_kernel(
 
 
 def _forward(q_BHLD, k_BHLD, v_BHLD, patch_nums, kernel_size, scale):
-    B, H, L, D = q_BHLD.shape
-    cfg = _config(D, q_BHLD.dtype)
-    tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
-    o_BHLD = torch.empty_like(q_BHLD)
-    lse_BHL = torch.empty((B, H, L), dtype=torch.float32, device=q_BHLD.device)
-    _fwd_kernel[(tiles_T3.shape[0], B * H)](
-        q_BHLD,
-        k_BHLD,
-        v_BHLD,
-        o_BHLD,
-        lse_BHL,
-        tiles_T3,
-        side_S,
-        begin_S,
-        L,
-        D,
-        kernel_size,
-        scale * LOG2E,
-        BLOCK_D=dot_block(D),
-        PRECISION=dot_precision(q_BHLD.dtype),
-        **cfg,
-    )
-    return o_BHLD, lse_BHL
+    cfg = _config(q_BHLD.shape[3], q_BHLD.dtype)
+    tables = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)  # tiles, sides, begins
+    qkv = (q_BHLD, k_BHLD, v_BHLD)
+    return attention_forward(_fwd_kernel, tables[0].shape[0], qkv, tables, (kernel_size,), scale, cfg)
 
 
 def _backward(q_BHLD, k_BHLD, v_BHLD, o_BHLD, lse_BHL, do_BHLD, patch_nums, kernel_size, scale):
-    B, H, L, D = q_BHLD.shape
-    cfg = _config(D, q_BHLD.dtype)
-    tiles_T3, side_S, begin_S = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
-    delta_BHL = attention_delta(o_BHLD, do_BHLD)
+    cfg = _config(q_BHLD.shape[3], q_BHLD.dtype)
+    tables = _table_tensors(patch_nums, cfg["BLOCK_R"], cfg["BLOCK_C"], q_BHLD.device)
+    saved = (q_BHLD, k_BHLD, v_BHLD, do_BHLD, lse_BHL, attention_delta(o_BHLD, do_BHLD))
     dq_BHLD = torch.empty_like(q_BHLD)
     # Accumulated by atomics from every query tile: fp32 and zeroed.
     dk_BHLD = torch.zeros(q_BHLD.shape, dtype=torch.float32, device=q_BHLD.device)
     dv_BHLD = torch.zeros(q_BHLD.shape, dtype=torch.float32, device=q_BHLD.device)
-    _bwd_kernel[(tiles_T3.shape[0], B * H)](
-        q_BHLD,
-        k_BHLD,
-        v_BHLD,
-        do_BHLD,
-        lse_BHL,
-        delta_BHL,
-        dq_BHLD,
-        dk_BHLD,
-        dv_BHLD,
-        tiles_T3,
-        side_S,
-        begin_S,
-        L,
-        D,
-        kernel_size,
-        scale,
-        scale * LOG2E,
-        BLOCK_D=dot_block(D),
-        PRECISION=dot_precision(q_BHLD.dtype),
-        **cfg,
-    )
+    grads = (dq_BHLD, dk_BHLD, dv_BHLD)
+    attention_backward_launch(_bwd_kernel, tables[0].shape[0], saved, grads, tables, (kernel_size,), scale, cfg)
     return dq_BHLD, dk_BHLD.to(k_BHLD.dtype), dv_BHLD.to(v_BHLD.dtype)
 
 

@@ -42,23 +42,10 @@ MAX_BLOCK_C = 64  # 64 channels of fp16 = 128 bytes per token row: one coalesced
 
 
 @triton.jit
-def _conv_kernel(
-    x,
-    w,
-    bias,
-    y,
-    tiles,
-    L,
-    C,
-    DIL,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    i_tile = tl.program_id(0)
-    i_b = tl.program_id(1)
-    i_c = tl.program_id(2)
+def _tile_tokens(tiles, i_tile, i_c, C, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Row ``i_tile`` of the tile table and channel block ``i_c``: the scale's first token and map side
+    ``p``, the tile's tokens (index inside the scale, mask, map row and column), the channels and
+    their mask."""
     scale_begin, p, tile_start, _ = tile_row(tiles, i_tile)
     o_t = tile_start + tl.arange(0, BLOCK_T)  # token index inside the scale
     m_t = o_t < p * p
@@ -66,15 +53,34 @@ def _conv_kernel(
     o_j = o_t % p
     o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
     m_c = o_c < C
+    return scale_begin, p, o_t, m_t, o_i, o_j, o_c, m_c
+
+
+@triton.jit
+def _tap(i_k, o_i, o_j, m_t, p, DIL, K: tl.constexpr):
+    """Tap ``i_k`` of the ``K x K`` filter: the map row and column each token of the tile reads, and
+    whether that position lies inside the ``p x p`` map (outside, the 'same' padding reads 0)."""
+    ky = i_k // K
+    kx = i_k % K
+    o_ii = o_i + (ky - K // 2) * DIL
+    o_jj = o_j + (kx - K // 2) * DIL
+    m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+    return o_ii, o_jj, m_in
+
+
+@triton.jit
+def _conv_kernel(
+    x, w, bias, y, tiles,  # x, y [B, L, C]; w [C, K*K]; bias [C]; a tile_table [T, 4]
+    L, C, DIL,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    i_tile, i_b, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    scale_begin, p, o_t, m_t, o_i, o_j, o_c, m_c = _tile_tokens(tiles, i_tile, i_c, C, BLOCK_T, BLOCK_C)
     b_y = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
     # A loop over the taps, not tl.static_range: unrolling 49 taps let the compiler hoist every
     # tap's load, 255 registers and spills (kernels/compile_check.py's table), and ~30 s of compile time.
     for i_k in range(K * K):
-        ky = i_k // K
-        kx = i_k % K
-        o_ii = o_i + (ky - K // 2) * DIL
-        o_jj = o_j + (kx - K // 2) * DIL
-        m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+        o_ii, o_jj, m_in = _tap(i_k, o_i, o_j, m_t, p, DIL, K)
         p_x = x + (i_b * L + scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
         b_x = tl.load(p_x, mask=m_in[:, None] & m_c[None, :], other=0.0)
         b_w = tl.load(w + o_c * (K * K) + i_k, mask=m_c, other=0.0)
@@ -87,37 +93,16 @@ def _conv_kernel(
 
 @triton.jit
 def _wgrad_kernel(
-    x,
-    dy,
-    dw_part,
-    db_part,
-    tiles,
-    B,
-    L,
-    C,
-    DIL,
-    K: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
-    i_tile = tl.program_id(0)
-    i_c = tl.program_id(1)
-    scale_begin, p, tile_start, _ = tile_row(tiles, i_tile)
-    o_t = tile_start + tl.arange(0, BLOCK_T)
-    m_t = o_t < p * p
-    o_i = o_t // p
-    o_j = o_t % p
-    o_c = i_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    m_c = o_c < C
+    x, dy, dw_part, db_part, tiles,  # x, dy [B, L, C]; fp32 partials [T, K*K, C], [T, C]
+    B, L, C, DIL,
+    K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    i_tile, i_c = tl.program_id(0), tl.program_id(1)
+    scale_begin, p, o_t, m_t, o_i, o_j, o_c, m_c = _tile_tokens(tiles, i_tile, i_c, C, BLOCK_T, BLOCK_C)
     m_tc = m_t[:, None] & m_c[None, :]
     p_dy = dy + (scale_begin + o_t)[:, None] * C + o_c[None, :]
     for i_k in range(K * K):  # a loop, not unrolled: see _conv_kernel
-        ky = i_k // K
-        kx = i_k % K
-        o_ii = o_i + (ky - K // 2) * DIL
-        o_jj = o_j + (kx - K // 2) * DIL
-        m_in = m_t & (o_ii >= 0) & (o_ii < p) & (o_jj >= 0) & (o_jj < p)
+        o_ii, o_jj, m_in = _tap(i_k, o_i, o_j, m_t, p, DIL, K)
         p_x = x + (scale_begin + o_ii * p + o_jj)[:, None] * C + o_c[None, :]
         b_acc = tl.zeros([BLOCK_T, BLOCK_C], tl.float32)
         for i_b in range(B):
@@ -132,8 +117,9 @@ def _wgrad_kernel(
         tl.store(db_part + i_tile * C + o_c, tl.sum(b_acc, 0), mask=m_c)
 
 
-def _block_c(C: int) -> int:
-    return min(MAX_BLOCK_C, triton.next_power_of_2(C))
+def _meta(K: int, has_bias: bool, C: int) -> dict:
+    """The constexprs both kernels take: filter size, bias or not, and the token and channel blocks."""
+    return dict(K=K, HAS_BIAS=has_bias, BLOCK_T=BLOCK_T, BLOCK_C=min(MAX_BLOCK_C, triton.next_power_of_2(C)))
 
 
 def _forward(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
@@ -142,23 +128,11 @@ def _forward(x_BLC, patch_nums, weight_Ckk, bias_C, dilation):
     K = weight_Ckk.shape[-1]
     tiles = tile_table(patch_nums, BLOCK_T, x_BLC.device)
     y_BLC = torch.empty_like(x_BLC)
-    block_c = _block_c(C)
-    grid = (tiles.shape[0], B, triton.cdiv(C, block_c))
     has_bias = bias_C is not None
-    _conv_kernel[grid](
-        x_BLC,
-        weight_Ckk,
-        bias_C if has_bias else weight_Ckk,
-        y_BLC,
-        tiles,
-        L,
-        C,
-        dilation,
-        K=K,
-        HAS_BIAS=has_bias,
-        BLOCK_T=BLOCK_T,
-        BLOCK_C=block_c,
-    )
+    meta = _meta(K, has_bias, C)
+    grid = (tiles.shape[0], B, triton.cdiv(C, meta["BLOCK_C"]))
+    bias_or_weight = bias_C if has_bias else weight_Ckk  # a valid pointer the kernel never reads
+    _conv_kernel[grid](x_BLC, weight_Ckk, bias_or_weight, y_BLC, tiles, L, C, dilation, **meta)
     return y_BLC
 
 
@@ -167,25 +141,11 @@ def _weight_grad(x_BLC, dy_BLC, patch_nums, K, dilation, has_bias):
     B, L, C = x_BLC.shape
     tiles = tile_table(patch_nums, BLOCK_T, x_BLC.device)
     num_tiles = tiles.shape[0]
-    block_c = _block_c(C)
     dw_part = torch.empty(num_tiles, K * K, C, dtype=torch.float32, device=x_BLC.device)
     db_part = torch.empty(num_tiles, C, dtype=torch.float32, device=x_BLC.device) if has_bias else dw_part
-    grid = (num_tiles, triton.cdiv(C, block_c))
-    _wgrad_kernel[grid](
-        x_BLC,
-        dy_BLC,
-        dw_part,
-        db_part,
-        tiles,
-        B,
-        L,
-        C,
-        dilation,
-        K=K,
-        HAS_BIAS=has_bias,
-        BLOCK_T=BLOCK_T,
-        BLOCK_C=block_c,
-    )
+    meta = _meta(K, has_bias, C)
+    grid = (num_tiles, triton.cdiv(C, meta["BLOCK_C"]))
+    _wgrad_kernel[grid](x_BLC, dy_BLC, dw_part, db_part, tiles, B, L, C, dilation, **meta)
     # Second stage: the sum over tiles (deterministic).
     return dw_part.sum(0).t().reshape(C, K, K), db_part.sum(0) if has_bias else None
 
