@@ -47,8 +47,6 @@ class ScaleLayout:
     >>> layout = ScaleLayout.of((1, 2, 3))
     >>> layout.num_tokens, layout.sizes, layout.bounds
     (14, (1, 4, 9), ((0, 1), (1, 5), (5, 14)))
-    >>> layout.position(1)  # a scale's place in the schedule, 0 (first) .. 1 (last)
-    0.5
     """
 
     patch_nums: tuple[int, ...]
@@ -81,24 +79,10 @@ class ScaleLayout:
         """Offset of scale ``si``'s first token (the number of tokens before it)."""
         return self.bounds[si][0]
 
-    def end(self, si: int) -> int:
-        """One past scale ``si``'s last token: the keys a token of scale ``si`` may attend to are ``[0, end)``."""
-        return self.bounds[si][1]
-
     @property
     def offsets(self) -> tuple[int, ...]:
         """Where each scale begins, then L (``num_scales + 1`` entries)."""
         return (*(b for b, _ in self.bounds), self.num_tokens)
-
-    def position(self, si: int) -> float:
-        """Scale ``si``'s place in the schedule: ``si / (S - 1)``, 0 for the first and 1 for the last (a
-        one-scale schedule's only scale is 0). Sampling modes are defined on it, so one setting means the
-        same at every resolution."""
-        return si / max(self.num_scales - 1, 1)
-
-    def slices(self) -> list[slice]:
-        """One ``slice(begin, end)`` per scale."""
-        return [slice(b, e) for b, e in self.bounds]
 
     def split(self, x: torch.Tensor, dim: int = 1) -> list[torch.Tensor]:
         """``x`` (``L`` long along ``dim``) cut into its scales."""
@@ -111,8 +95,3 @@ class ScaleLayout:
         return torch.repeat_interleave(
             torch.arange(self.num_scales, device=device), sizes_S, output_size=self.num_tokens
         )
-
-    def key_ends(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """The block-causal mask's bound of every token, a LongTensor ``[L]``: token t of scale s sees keys
-        ``0 .. key_ends[t] - 1`` (the end of its own scale)."""
-        return torch.tensor(self.offsets[1:], device=device)[self.scale_ids(device)]

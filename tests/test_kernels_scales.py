@@ -19,10 +19,8 @@ def test_layout_offsets_bounds_and_ids():
     lay = ScaleLayout.of([1, 2, 3])
     assert lay.patch_nums == (1, 2, 3) and lay.sizes == (1, 4, 9) and lay.num_tokens == 14 and lay.num_scales == 3
     assert lay.bounds == ((0, 1), (1, 5), (5, 14)) and lay.offsets == (0, 1, 5, 14)
-    assert [lay.begin(s) for s in range(3)] == [0, 1, 5] and [lay.end(s) for s in range(3)] == [1, 5, 14]
-    assert lay.slices() == [slice(0, 1), slice(1, 5), slice(5, 14)]
+    assert [lay.begin(s) for s in range(3)] == [0, 1, 5]
     assert lay.scale_ids().tolist() == [0] + [1] * 4 + [2] * 9
-    assert lay.key_ends().tolist() == [1] + [5] * 4 + [14] * 9
     assert ScaleLayout.of(SCHEDULES["512"]).bounds[-1] == (1216, 2240)
 
 
@@ -32,12 +30,6 @@ def test_layout_split_is_the_inverse_of_cat():
     parts = lay.split(x)
     assert [p.shape[1] for p in parts] == [1, 4, 9] and torch.equal(torch.cat(parts, 1), x)
     assert [p.shape[-1] for p in lay.split(torch.zeros(3, 14), dim=-1)] == [1, 4, 9]
-
-
-def test_position_runs_from_zero_to_one():
-    lay = ScaleLayout.of(SCHEDULES["256"])
-    assert [lay.position(s) for s in (0, 9)] == [0.0, 1.0] and lay.position(6) == pytest.approx(6 / 9)
-    assert ScaleLayout.of((4,)).position(0) == 0.0  # a one-scale schedule
 
 
 def test_layouts_are_cached_and_immutable():
